@@ -1,0 +1,68 @@
+r"""Expands a saved learngene into a descendant ViT checkpoint.
+
+  python expand.py --learngene=DIR --method=tleg --depth=8 --out=DIR
+  python expand.py --learngene=DIR --method=sws --stage_depths=3,3,2,2,2 --out=DIR
+
+Writes DIR/params (Orbax) and DIR/model_config.json, so that
+`ViT(**config).apply({'params': params}, x)` runs after
+`lgjax.checkpoint.load_params(DIR)`; `--format=npz` also writes
+DIR/params.npz in big_vision's flat '/'-keyed layout.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from lgjax import checkpoint
+from lgjax import tree as tree_lib
+from lgjax.learngene import METHODS
+
+_LEARNGENE = flags.DEFINE_string('learngene', None, 'Learngene directory (learngene/ + learngene.json).')
+_METHOD = flags.DEFINE_enum('method', None, sorted(METHODS), 'Learngene method; must match learngene.json.')
+_DEPTH = flags.DEFINE_integer('depth', None, 'Descendant depth (tleg).')
+_STAGE_DEPTHS = flags.DEFINE_list('stage_depths', None, 'Blocks per stage, e.g. 3,3,2,2,2 (sws).')
+_OUT = flags.DEFINE_string('out', None, 'Output directory for the descendant checkpoint.')
+_FORMAT = flags.DEFINE_enum('format', 'orbax', ['orbax', 'npz'], 'npz also writes params.npz.')
+_SCAN = flags.DEFINE_bool('scan', False, 'Write the scanned (stacked-blocks) layout.')
+flags.mark_flags_as_required(['learngene', 'method', 'out'])
+
+
+def expand_args(method: str, depth: int | None, stage_depths: list[str] | None) -> object:
+  """The method's second expand argument, from the flags, with the flag named on error."""
+  if method == 'tleg':
+    if depth is None or stage_depths:
+      raise app.UsageError('--method=tleg needs --depth (and no --stage_depths).')
+    return depth
+  if not stage_depths or depth is not None:
+    raise app.UsageError('--method=sws needs --stage_depths (and no --depth).')
+  try:
+    return [int(d) for d in stage_depths]
+  except ValueError:
+    raise app.UsageError(f'--stage_depths must be integers, got {",".join(stage_depths)!r}.') from None
+
+
+def main(argv):
+  del argv
+  arg = expand_args(_METHOD.value, _DEPTH.value, _STAGE_DEPTHS.value)
+  learngene, meta = checkpoint.load_learngene(_LEARNGENE.value)
+  if meta['method'] != _METHOD.value:
+    raise app.UsageError(f'--method={_METHOD.value} but {_LEARNGENE.value!r} holds a '
+                         f'{meta["method"]} learngene.')
+  params = METHODS[_METHOD.value].expand(learngene, arg, scan=_SCAN.value)
+  depth = arg if _METHOD.value == 'tleg' else sum(arg)
+  config = {**meta['model_config'], 'depth': depth, 'scan': _SCAN.value}
+  checkpoint.save_params(_OUT.value, params, config)
+  written = [os.path.join(_OUT.value, checkpoint.PARAMS), os.path.join(_OUT.value, checkpoint.MODEL_CONFIG)]
+  if _FORMAT.value == 'npz':
+    written.append(os.path.join(_OUT.value, 'params.npz'))
+    checkpoint.save_npz(written[-1], params)
+  print(f'Descendant: depth {depth}, width {config["width"]}, '
+        f'{tree_lib.num_params(params):,} params ({_METHOD.value} from {_LEARNGENE.value}).')
+  for path in written:
+    print(f'Wrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,136 @@
+"""Saving and restoring params and learngenes: Orbax trees plus a JSON config.
+
+On-disk layouts (all readers check shapes before anything is used):
+
+  params directory      params/ (Orbax)  + model_config.json  (ViT fields)
+  learngene directory   learngene/ (Orbax) + learngene.json
+                        ({'method': 'tleg'|'sws', 'model_config': {...}, ...})
+  big_vision npz        one array per '/'-joined param name
+
+Nothing is ever unpickled: Orbax and `np.load(..., allow_pickle=False)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lgjax import tree as tree_lib
+from lgjax.learngene import METHODS
+from lgjax.models import ViT, blocks, check_config, param_shapes
+
+PyTree = Any
+PARAMS, MODEL_CONFIG = 'params', 'model_config.json'
+LEARNGENE, LEARNGENE_META = 'learngene', 'learngene.json'
+
+
+def save_tree(path: str, tree: PyTree) -> None:
+  """Writes a pytree of arrays with Orbax (overwriting), blocking until done."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(path), tree, force=True)
+
+
+def restore_tree(path: str) -> PyTree:
+  """Reads a pytree written by `save_tree`, as numpy-backed jax arrays."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'No Orbax checkpoint at {path!r}.')
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(path)
+
+
+def _write_json(path: str, obj: dict) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Missing {path!r}.')
+  with open(path) as f:
+    return json.load(f)
+
+
+def image_shape_of(params: PyTree, model_config: dict) -> tuple[int, int, int]:
+  """The smallest square (H, W, C) input that the params' shapes imply."""
+  ph, pw, channels, _ = np.shape(params['embedding']['kernel'])
+  tokens = np.shape(params['pos_embedding'])[1] if 'pos_embedding' in params else 1
+  side = math.isqrt(tokens)
+  if side * side != tokens:
+    raise ValueError(f'pos_embedding has {tokens} tokens; lgjax reads square grids only.')
+  return side * ph, side * pw, channels
+
+
+def check_params(params: PyTree, model_config: dict, what: str = 'params') -> None:
+  """Names every key whose presence or shape does not fit ViT(**model_config)."""
+  check_config(model_config)
+  if 'embedding' not in params:
+    raise ValueError(f'{what}: missing key "embedding"; not a ViT param tree.')
+  got = {'depth': blocks.depth(params), 'width': np.shape(params['embedding']['kernel'])[-1],
+         'scan': blocks.is_scanned(params)}
+  for field, value in got.items():
+    if model_config.get(field, getattr(ViT, field)) != value:
+      raise ValueError(f'{what} have {field}={value} but model_config has '
+                       f'{field}={model_config.get(field, getattr(ViT, field))!r}.')
+  expected = param_shapes(model_config, image_shape_of(params, model_config))
+  tree_lib.check_shapes(params, expected, what)
+
+
+def save_params(directory: str, params: PyTree, model_config: dict) -> None:
+  """Writes ViT params (Orbax) and the config that rebuilds the model (JSON)."""
+  check_params(params, model_config)
+  os.makedirs(directory, exist_ok=True)
+  save_tree(os.path.join(directory, PARAMS), params)
+  _write_json(os.path.join(directory, MODEL_CONFIG), dict(model_config))
+
+
+def load_params(directory: str) -> tuple[PyTree, dict]:
+  """(params, model_config) such that ViT(**model_config).apply({'params': params}, x) runs."""
+  model_config = _read_json(os.path.join(directory, MODEL_CONFIG))
+  params = restore_tree(os.path.join(directory, PARAMS))
+  check_params(params, model_config, f'params in {directory!r}')
+  return params, model_config
+
+
+def save_learngene(directory: str, learngene: PyTree, *, method: str, model_config: dict,
+                   **meta: Any) -> None:
+  """Writes a learngene (Orbax) and what `expand.py` needs to expand it (JSON)."""
+  if method not in METHODS:
+    raise ValueError(f'method must be one of {sorted(METHODS)}, got {method!r}.')
+  METHODS[method].check(learngene, model_config)
+  os.makedirs(directory, exist_ok=True)
+  save_tree(os.path.join(directory, LEARNGENE), learngene)
+  _write_json(os.path.join(directory, LEARNGENE_META),
+              {'method': method, 'model_config': dict(model_config), **meta})
+
+
+def load_learngene(directory: str) -> tuple[PyTree, dict]:
+  """(learngene, meta); meta has 'method' and the 'model_config' it was trained with."""
+  meta = _read_json(os.path.join(directory, LEARNGENE_META))
+  method = meta.get('method')
+  if method not in METHODS:
+    raise ValueError(f'{directory!r}: learngene.json method must be one of {sorted(METHODS)}, '
+                     f'got {method!r}.')
+  learngene = restore_tree(os.path.join(directory, LEARNGENE))
+  METHODS[method].check(learngene, meta['model_config'])
+  return learngene, meta
+
+
+def save_npz(path: str, params: PyTree) -> None:
+  """big_vision's flat layout: one array per '/'-joined param name."""
+  flat = {name: np.asarray(x) for name, x in tree_lib.flatten_with_names(params)}
+  np.savez(path, **flat)
+
+
+def load_npz(path: str) -> PyTree:
+  """Reads a flat '/'-keyed npz into a nested tree; never unpickles."""
+  with np.load(path, allow_pickle=False) as data:
+    return tree_lib.unflatten_names({k: data[k] for k in data.files})

@@ -1,0 +1,249 @@
+"""A pre-norm ViT/DeiT in Flax linen with big_vision's parameter names.
+
+Parameter tree (unscanned layout, depth L):
+
+  embedding/{kernel,bias}            patch embedding (a strided conv)
+  pos_embedding                      (1, tokens, width), only for posemb='learn'
+  cls                                (1, 1, width), only for pool_type='tok'
+  Transformer/encoderblock_{i}/      i = 0..L-1
+      LayerNorm_0/{scale,bias}
+      MultiHeadDotProductAttention_0/{query,key,value,out}/{kernel,bias}
+      LayerNorm_1/{scale,bias}
+      MlpBlock_0/{Dense_0,Dense_1}/{kernel,bias}
+  Transformer/encoder_norm/{scale,bias}
+  head/{kernel,bias}                 only when num_classes
+
+With `scan=True` the blocks are one `Transformer/encoderblock/...` subtree
+whose leaves carry a leading layer axis; `lgjax.models.blocks` converts
+between the two layouts. Names match big_vision so checkpoints load there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+POSEMBS = ('learn', 'sincos2d')
+POOL_TYPES = ('gap', 'tok')
+
+
+def check_config(config: dict[str, Any]) -> None:
+  """Raises a ValueError naming the first ViT field that cannot work."""
+  unknown = set(config) - {f.name for f in dataclasses.fields(ViT)} - {'parent', 'name'}
+  if unknown:
+    raise ValueError(f'Unknown ViT field(s) {sorted(unknown)}; expected a subset of '
+                     f'{sorted(f.name for f in dataclasses.fields(ViT) if f.name not in ("parent", "name"))}.')
+  get = lambda k: config.get(k, getattr(ViT, k, None))
+  if not isinstance(get('depth'), (int, np.integer)) or get('depth') < 1:
+    raise ValueError(f'depth must be an integer >= 1, got {get("depth")!r}.')
+  width, heads = get('width'), get('num_heads')
+  if not isinstance(width, (int, np.integer)) or width < 1:
+    raise ValueError(f'width must be an integer >= 1, got {width!r}.')
+  if not isinstance(heads, (int, np.integer)) or heads < 1 or width % heads:
+    raise ValueError(f'num_heads must be a positive divisor of width={width}, got {heads!r}.')
+  if get('posemb') not in POSEMBS:
+    raise ValueError(f'posemb must be one of {POSEMBS}, got {get("posemb")!r}.')
+  if get('pool_type') not in POOL_TYPES:
+    raise ValueError(f'pool_type must be one of {POOL_TYPES}, got {get("pool_type")!r}.')
+  for k in ('dropout', 'drop_path'):
+    if not 0.0 <= get(k) < 1.0:
+      raise ValueError(f'{k} must be in [0, 1), got {get(k)!r}.')
+  if get('mlp_dim') is not None and get('mlp_dim') < 1:
+    raise ValueError(f'mlp_dim must be None (4 * width) or >= 1, got {get("mlp_dim")!r}.')
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0,
+                     dtype=jnp.float32) -> jax.Array:
+  """Fixed 2D sin-cos position embedding (MoCo v3 / big_vision), (1, h*w, width)."""
+  if width % 4:
+    raise ValueError(f'width must be divisible by 4 for posemb="sincos2d", got {width}.')
+  y, x = np.mgrid[:h, :w]
+  omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1 or 1))
+  y = np.einsum('m,d->md', y.flatten(), omega)
+  x = np.einsum('m,d->md', x.flatten(), omega)
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return jnp.asarray(pe, dtype)[None]
+
+
+def drop_path_rates(drop_path: float, depth: int) -> np.ndarray:
+  """Per-block stochastic depth rates, rising linearly from 0 (DeiT's rule)."""
+  return np.linspace(0.0, drop_path, depth) if depth > 1 else np.zeros(1)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Self-attention with Flax's parameter layout, via jax.nn.dot_product_attention."""
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    dense = lambda name: nn.DenseGeneral(
+        (self.num_heads, head_dim), dtype=self.dtype, name=name,
+        kernel_init=nn.initializers.xavier_uniform())
+    q, k, v = dense('query')(x), dense('key')(x), dense('value')(x)
+    y = jax.nn.dot_product_attention(q, k, v)
+    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name='out',
+                           kernel_init=nn.initializers.xavier_uniform())(y)
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    inits = dict(kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.normal(stddev=1e-6), dtype=self.dtype)
+    width = x.shape[-1]
+    x = nn.gelu(nn.Dense(self.mlp_dim, **inits)(x))
+    x = nn.Dropout(rate=self.dropout)(x, deterministic)
+    return nn.Dense(width, **inits)(x)
+
+
+def _drop_path(module: nn.Module, x, rate, deterministic: bool):
+  """Drops the whole residual branch per example with probability `rate`."""
+  if deterministic:
+    return x
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(module.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-norm block: x + attn(LN(x)), then x + mlp(LN(x)). Sows both branches."""
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  use_drop_path: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, drop_path_rate, deterministic: bool):
+    no_drop_path = deterministic or not self.use_drop_path
+    y = nn.LayerNorm()(x)
+    y = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype)(y)
+    self.sow('intermediates', 'attn', y)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
+    y = nn.LayerNorm()(x)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype)(y, deterministic)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
+    self.sow('intermediates', 'out', x)
+    return x
+
+
+class _ScanBlock(Encoder1DBlock):
+  """Scan body: carries x, takes the block's drop-path rate as scanned input."""
+
+  def __call__(self, x, drop_path_rate, deterministic: bool):
+    return super().__call__(x, drop_path_rate, deterministic), None
+
+
+class Encoder(nn.Module):
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  scan: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    rates = drop_path_rates(self.drop_path, self.depth)
+    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
+              use_drop_path=self.drop_path > 0, dtype=self.dtype)
+    if self.scan:
+      blocks = nn.scan(
+          _ScanBlock, variable_axes={'params': 0, 'intermediates': 0},
+          split_rngs={'params': True, 'dropout': True},
+          in_axes=(0, nn.broadcast), length=self.depth)
+      x, _ = blocks(name='encoderblock', **kw)(x, jnp.asarray(rates, jnp.float32), deterministic)
+    else:
+      for i in range(self.depth):
+        x = Encoder1DBlock(name=f'encoderblock_{i}', **kw)(x, float(rates[i]), deterministic)
+    return nn.LayerNorm(name='encoder_norm')(x)
+
+
+class ViT(nn.Module):
+  """Pre-norm Vision Transformer; fields and parameter names follow big_vision.
+
+  `num_classes` None or 0 drops the head (the output is the pooled feature).
+  `pool_type` 'gap' averages tokens (TLEG's default, no cls token); 'tok'
+  prepends a learned `cls` token and reads it out. `drop_path` is the largest
+  stochastic-depth rate (linear over depth as in DeiT). `scan` runs the blocks
+  with `nn.scan` so compile time stays flat in depth.
+  """
+  num_classes: int | None = None
+  patch_size: int | Sequence[int] = 16
+  width: int = 768
+  depth: int = 12
+  mlp_dim: int | None = None
+  num_heads: int = 12
+  posemb: str = 'learn'
+  pool_type: str = 'gap'
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  scan: bool = False
+  head_zeroinit: bool = True
+  dtype: Any = 'float32'
+
+  def __post_init__(self):
+    check_config({f.name: getattr(self, f.name) for f in dataclasses.fields(ViT)
+                  if f.name not in ('parent', 'name')})
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, image, *, train: bool = False):
+    dtype = jnp.dtype(self.dtype)
+    patch = tuple(self.patch_size) if isinstance(self.patch_size, Sequence) else (self.patch_size,) * 2
+    x = nn.Conv(self.width, patch, strides=patch, padding='VALID', name='embedding',
+                dtype=dtype)(jnp.asarray(image, dtype))
+    n, h, w, c = x.shape
+    x = x.reshape(n, h * w, c)
+    if self.posemb == 'learn':
+      pos = self.param('pos_embedding', nn.initializers.normal(stddev=1 / np.sqrt(c)),
+                       (1, h * w, c), jnp.float32)
+    else:
+      pos = posemb_sincos_2d(h, w, c)
+    x = x + pos.astype(dtype)
+    if self.pool_type == 'tok':
+      cls = self.param('cls', nn.initializers.zeros, (1, 1, c), jnp.float32)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (n, 1, c)), x], axis=1)
+    x = nn.Dropout(rate=self.dropout)(x, not train)
+    x = Encoder(depth=self.depth, num_heads=self.num_heads,
+                mlp_dim=self.mlp_dim or 4 * self.width, dropout=self.dropout,
+                drop_path=self.drop_path, scan=self.scan, dtype=dtype,
+                name='Transformer')(x, not train)
+    x = x[:, 0] if self.pool_type == 'tok' else jnp.mean(x, axis=1)
+    if self.num_classes:
+      kw = {'kernel_init': nn.initializers.zeros} if self.head_zeroinit else {}
+      x = nn.Dense(self.num_classes, name='head', **kw)(x)
+    return x.astype(jnp.float32)
+
+
+def model_config(model: ViT) -> dict[str, Any]:
+  """The ViT's fields as a JSON-friendly dict, so `ViT(**config)` rebuilds it."""
+  out = {}
+  for f in dataclasses.fields(ViT):
+    if f.name in ('parent', 'name'):
+      continue
+    v = getattr(model, f.name)
+    out[f.name] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def param_shapes(config: dict[str, Any], image_shape: Sequence[int]) -> Any:
+  """The ViT's param tree as ShapeDtypeStructs for (H, W, C) images, allocating nothing."""
+  model = ViT(**config)
+  image = jnp.zeros((1, *image_shape), jnp.float32)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), image))['params']

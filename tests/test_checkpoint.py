@@ -1,0 +1,103 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import IMAGE_SHAPE, TINY, random_like
+from lgjax import checkpoint
+from lgjax.learngene import sws, tleg
+from lgjax.models import ViT, blocks, param_shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_params_round_trip(tmp_path):
+  params = random_like(param_shapes(TINY, IMAGE_SHAPE))
+  checkpoint.save_params(str(tmp_path / 'p'), params, TINY)
+  restored, config = checkpoint.load_params(str(tmp_path / 'p'))
+  _equal(restored, params)
+  assert config == TINY
+
+
+def test_load_params_names_what_does_not_fit(tmp_path):
+  params = random_like(param_shapes(TINY, IMAGE_SHAPE))
+  checkpoint.save_params(str(tmp_path / 'p'), params, TINY)
+  with open(tmp_path / 'p' / 'model_config.json', 'w') as f:
+    json.dump({**TINY, 'mlp_dim': 48}, f)
+  with pytest.raises(ValueError, match=r"'Transformer/encoderblock_0/MlpBlock_0/Dense_0/bias' has shape \(64,\), expected \(48,\)"):
+    checkpoint.load_params(str(tmp_path / 'p'))
+  with pytest.raises(ValueError, match=r'params have depth=3 but model_config has depth=4'):
+    checkpoint.save_params(str(tmp_path / 'q'), params, {**TINY, 'depth': 4})
+  with pytest.raises(FileNotFoundError, match='model_config.json'):
+    checkpoint.load_params(str(tmp_path / 'missing'))
+
+
+def test_learngene_round_trip_keeps_lists(tmp_path):
+  lg = sws.init_learngene(jax.random.key(0), TINY, 2, image_shape=IMAGE_SHAPE)
+  checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='sws', model_config=TINY, aux_stage_depths=[2, 1])
+  restored, meta = checkpoint.load_learngene(str(tmp_path / 'lg'))
+  assert isinstance(restored['stages'], list)
+  _equal(restored, lg)
+  assert meta == {'method': 'sws', 'model_config': TINY, 'aux_stage_depths': [2, 1]}
+  with pytest.raises(ValueError, match="SWS learngene has width=32 but the requested model has width=64"):
+    checkpoint.save_learngene(str(tmp_path / 'x'), lg, method='sws', model_config={**TINY, 'width': 64})
+  with pytest.raises(ValueError, match=r"method must be one of \['sws', 'tleg'\], got 'pool'"):
+    checkpoint.save_learngene(str(tmp_path / 'x'), lg, method='pool', model_config=TINY)
+
+
+def test_npz_round_trip_never_unpickles(tmp_path):
+  params = random_like(param_shapes({**TINY, 'scan': True}, IMAGE_SHAPE))
+  checkpoint.save_npz(str(tmp_path / 'p.npz'), params)
+  with np.load(tmp_path / 'p.npz', allow_pickle=False) as data:
+    assert 'Transformer/encoderblock/MlpBlock_0/Dense_0/kernel' in data.files
+  _equal(checkpoint.load_npz(str(tmp_path / 'p.npz')), params)
+
+
+def _run_expand(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'expand.py'), *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_expand_cli_end_to_end(tmp_path):
+  lg_dir, out = str(tmp_path / 'tleg'), str(tmp_path / 'desc')
+  lg = tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE)
+  checkpoint.save_learngene(lg_dir, lg, method='tleg', model_config=TINY)
+  result = _run_expand(f'--learngene={lg_dir}', '--method=tleg', '--depth=5', f'--out={out}', '--format=npz')
+  assert result.returncode == 0, result.stderr
+  params, config = checkpoint.load_params(out)
+  assert config['depth'] == 5 and 'Descendant: depth 5, width 32' in result.stdout
+  assert f'Wrote {os.path.join(out, "params.npz")}' in result.stdout
+  _equal(params, jax.device_get(tleg.expand(lg, 5)))
+  _equal(checkpoint.load_npz(os.path.join(out, 'params.npz')), params)
+  x = jax.random.normal(jax.random.key(1), (2, *IMAGE_SHAPE))
+  np.testing.assert_allclose(ViT(**config).apply({'params': params}, x),
+                             ViT(**{**TINY, 'depth': 5}).apply({'params': tleg.expand(lg, 5)}, x), rtol=1e-6)
+
+
+def test_expand_cli_sws_scan_and_errors(tmp_path):
+  lg_dir, out = str(tmp_path / 'sws'), str(tmp_path / 'desc')
+  lg = sws.init_learngene(jax.random.key(0), TINY, 3, image_shape=IMAGE_SHAPE)
+  checkpoint.save_learngene(lg_dir, lg, method='sws', model_config=TINY)
+  result = _run_expand(f'--learngene={lg_dir}', '--method=sws', '--stage_depths=2,1,1', f'--out={out}', '--scan')
+  assert result.returncode == 0, result.stderr
+  params, config = checkpoint.load_params(out)
+  assert config['scan'] and blocks.depth(params) == 4
+  out_ = ViT(**config).apply({'params': params}, jnp.ones((1, *IMAGE_SHAPE)))
+  assert out_.shape == (1, TINY['num_classes'])
+
+  wrong = _run_expand(f'--learngene={lg_dir}', '--method=tleg', '--depth=3', f'--out={out}')
+  assert wrong.returncode != 0 and "--method=tleg but" in wrong.stderr and 'holds a sws learngene' in wrong.stderr
+  short = _run_expand(f'--learngene={lg_dir}', '--method=sws', '--stage_depths=2,1', f'--out={out}')
+  assert short.returncode != 0 and 'stage_depths must be a sequence of 3 integers' in short.stderr
+  missing = _run_expand(f'--learngene={lg_dir}', '--method=sws', f'--out={out}')
+  assert missing.returncode != 0 and '--method=sws needs --stage_depths' in missing.stderr

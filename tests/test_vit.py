@@ -1,0 +1,127 @@
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import IMAGE_SHAPE, TINY, random_like
+from lgjax import tree as tree_lib
+from lgjax.models import ViT, blocks, check_config, model_config, param_shapes
+
+BLOCK_NAMES = {
+    'LayerNorm_0/scale', 'LayerNorm_0/bias', 'LayerNorm_1/scale', 'LayerNorm_1/bias',
+    *(f'MultiHeadDotProductAttention_0/{m}/{p}' for m in ('query', 'key', 'value', 'out')
+      for p in ('kernel', 'bias')),
+    *(f'MlpBlock_0/Dense_{i}/{p}' for i in (0, 1) for p in ('kernel', 'bias')),
+}
+
+
+def _names(tree):
+  return {n for n, _ in tree_lib.flatten_with_names(tree)}
+
+
+def test_param_names_follow_big_vision():
+  names = _names(param_shapes({**TINY, 'pool_type': 'tok'}, IMAGE_SHAPE))
+  want = {'embedding/kernel', 'embedding/bias', 'cls', 'pos_embedding',
+          'Transformer/encoder_norm/scale', 'Transformer/encoder_norm/bias',
+          'head/kernel', 'head/bias'}
+  want |= {f'Transformer/encoderblock_{i}/{b}' for i in range(TINY['depth']) for b in BLOCK_NAMES}
+  assert names == want
+
+
+def test_scanned_names_and_shapes():
+  shapes = param_shapes({**TINY, 'scan': True}, IMAGE_SHAPE)
+  block = shapes['Transformer']['encoderblock']
+  assert _names(block) == BLOCK_NAMES
+  assert block['MultiHeadDotProductAttention_0']['query']['kernel'].shape == (3, 32, 4, 8)
+
+
+def test_optional_parts():
+  shapes = param_shapes({**TINY, 'num_classes': None, 'posemb': 'sincos2d'}, IMAGE_SHAPE)
+  assert 'head' not in shapes and 'pos_embedding' not in shapes and 'cls' not in shapes
+  model = ViT(**{**TINY, 'num_classes': 0})
+  x = jnp.ones((2, *IMAGE_SHAPE))
+  out = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), x), x)
+  assert out.shape == (2, TINY['width'])
+
+
+@pytest.mark.parametrize('pool_type', ['gap', 'tok'])
+def test_scan_and_unscanned_agree(pool_type):
+  config = {**TINY, 'pool_type': pool_type}
+  params = random_like(param_shapes(config, IMAGE_SHAPE), seed=1)
+  params = jax.tree.map(lambda x: 0.2 * x, params)
+  x = jax.random.normal(jax.random.key(2), (3, *IMAGE_SHAPE))
+  y = jax.jit(ViT(**config).apply)({'params': params}, x)
+  y_scan = jax.jit(ViT(**config, scan=True).apply)({'params': blocks.to_scanned(params)}, x)
+  np.testing.assert_allclose(y, y_scan, rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(y).max()) > 1e-3  # not a vacuous comparison
+
+
+def test_forward_matches_numpy_reference():
+  """One block, gap pooling, written independently in numpy."""
+  config = {**TINY, 'depth': 1}
+  p = jax.tree.map(lambda x: 0.3 * x, random_like(param_shapes(config, IMAGE_SHAPE), seed=3))
+  x = np.asarray(jax.random.normal(jax.random.key(4), (2, *IMAGE_SHAPE)))
+  got = ViT(**config).apply({'params': p}, x)
+  p = jax.tree.map(np.asarray, p)
+
+  def ln(v, q):
+    mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+    return (v - mu) / np.sqrt(var + 1e-6) * q['scale'] + q['bias']
+
+  gelu = lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
+  patches = x.reshape(2, 4, 4, 4, 4, 1).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, 16)
+  h = patches @ p['embedding']['kernel'].reshape(16, 32) + p['embedding']['bias']
+  h = h + p['pos_embedding']
+  b = p['Transformer']['encoderblock_0']
+  a = b['MultiHeadDotProductAttention_0']
+  y = ln(h, b['LayerNorm_0'])
+  q, k, v = (np.einsum('ntd,dhk->nthk', y, a[m]['kernel']) + a[m]['bias'] for m in ('query', 'key', 'value'))
+  logits = np.einsum('nqhk,nshk->nhqs', q, k) / np.sqrt(8)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  attn = np.einsum('nhqs,nshk->nqhk', w, v)
+  h = h + np.einsum('nqhk,hkd->nqd', attn, a['out']['kernel']) + a['out']['bias']
+  m = b['MlpBlock_0']
+  y = gelu(ln(h, b['LayerNorm_1']) @ m['Dense_0']['kernel'] + m['Dense_0']['bias'])
+  h = h + y @ m['Dense_1']['kernel'] + m['Dense_1']['bias']
+  h = ln(h, p['Transformer']['encoder_norm']).mean(1)
+  want = h @ p['head']['kernel'] + p['head']['bias']
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_drop_path_and_dropout_only_in_training():
+  model = ViT(**TINY, drop_path=0.5, dropout=0.1)
+  x = jax.random.normal(jax.random.key(0), (4, *IMAGE_SHAPE))
+  params = jax.tree.map(lambda v: 0.2 * v, random_like(param_shapes(TINY, IMAGE_SHAPE)))
+  apply = jax.jit(lambda x, train, rng: model.apply({'params': params}, x, train=train, rngs={'dropout': rng}),
+                  static_argnums=1)
+  np.testing.assert_array_equal(apply(x, False, jax.random.key(1)), apply(x, False, jax.random.key(2)))
+  train = lambda s: apply(x, True, jax.random.key(s))
+  assert not np.allclose(train(1), train(2))
+  np.testing.assert_array_equal(train(1), train(1))
+
+
+def test_model_config_rebuilds():
+  model = ViT(**{**TINY, 'patch_size': (4, 4)})
+  config = model_config(model)
+  assert config['patch_size'] == [4, 4] and config['width'] == TINY['width']
+  assert ViT(**config) == ViT(**{**config, 'patch_size': [4, 4]})
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('depth', 0, 'depth must be an integer >= 1, got 0'),
+    ('num_heads', 5, 'num_heads must be a positive divisor of width=32, got 5'),
+    ('pool_type', 'map', "pool_type must be one of ('gap', 'tok'), got 'map'"),
+    ('posemb', 'sincos1d', "posemb must be one of"),
+    ('drop_path', 1.0, 'drop_path must be in [0, 1), got 1.0'),
+])
+def test_bad_config_names_the_field(field, value, message):
+  with pytest.raises(ValueError, match=r'^' + re.escape(message)):
+    ViT(**{**TINY, field: value})
+
+
+def test_unknown_field_is_named():
+  with pytest.raises(ValueError, match=re.escape("Unknown ViT field(s) ['mlp_dims']")):
+    check_config({**TINY, 'mlp_dims': 3})
