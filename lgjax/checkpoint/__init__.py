@@ -46,6 +46,9 @@ def restore_tree(path: str) -> PyTree:
 
 
 def _write_json(path: str, obj: dict) -> None:
+  """Atomic write, by process 0 only (Orbax coordinates the arrays)."""
+  if jax.process_index() != 0:
+    return
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, sort_keys=True)

@@ -1,0 +1,82 @@
+"""Presets shared by the recipes: datasets, model sizes and run lengths.
+
+  mnist5k       the embedded 5,000 MNIST digits: offline, minutes on a laptop
+                CPU. Teachers/learngenes train on digits 0-4 ('source'),
+                descendants on digits 5-9 ('downstream').
+  cifar100      tfds cifar100 at 224x224, as the papers fine-tune on it.
+  imagenet2012  tfds imagenet2012, DeiT sizes and recipe.
+
+Step counts are written as epochs · examples / batch so they read like the
+papers' tables; every one can be overridden with --config.total_steps=N.
+"""
+
+import ml_collections
+
+PRESETS = ('mnist5k', 'cifar100', 'imagenet2012')
+EXAMPLES = {'mnist5k': 2000, 'cifar100': 50_000, 'imagenet2012': 1_281_167}  # train split (per role for mnist5k)
+
+# DeiT model sizes (width, heads, mlp); patch 16 at 224x224.
+DEIT = {'Ti': (192, 3, 768), 'S': (384, 6, 1536), 'B': (768, 12, 3072)}
+
+
+def check_preset(arg: str) -> str:
+  if arg not in PRESETS:
+    raise ValueError(f'config arg must be one of {PRESETS}, got {arg!r}.')
+  return arg
+
+
+def steps(preset: str, epochs: float, batch_size: int) -> int:
+  return max(1, int(epochs * EXAMPLES[preset] / batch_size))
+
+
+def dataset(preset: str, role: str) -> ml_collections.ConfigDict:
+  """role: 'source' (teachers, learngenes) or 'downstream' (descendants)."""
+  if preset == 'mnist5k':
+    return ml_collections.ConfigDict(dict(
+        name='mnist5k', classes=role, train_split='train', eval_split='test',
+        image_size=28, num_classes=5, augment='none', data_dir='', train_fraction=1.0))
+  if preset == 'cifar100':
+    return ml_collections.ConfigDict(dict(
+        name='cifar100', train_split='train', eval_split='test', image_size=224,
+        num_classes=100, augment='inception', data_dir='', train_fraction=1.0))
+  return ml_collections.ConfigDict(dict(
+      name='imagenet2012', train_split='train', eval_split='validation', image_size=224,
+      num_classes=1000, augment='inception', data_dir='', train_fraction=1.0))
+
+
+def model(preset: str, depth: int, size: str = 'S', num_classes: int | None = None,
+          drop_path: float = 0.0) -> ml_collections.ConfigDict:
+  """ViT fields; tiny (width 64, patch 7) for mnist5k, DeiT-`size` otherwise."""
+  if preset == 'mnist5k':
+    width, heads, mlp, patch = 64, 4, 128, 7
+  else:
+    (width, heads, mlp), patch = DEIT[size], 16
+  return ml_collections.ConfigDict(dict(
+      num_classes=num_classes or dataset(preset, 'source').num_classes, patch_size=patch,
+      width=width, depth=depth, mlp_dim=mlp, num_heads=heads, posemb='learn', pool_type='gap',
+      dropout=0.0, drop_path=drop_path, scan=False))
+
+
+def base(preset: str, *, kind: str, batch_size: int, total_steps: int, lr: float,
+         warmup_steps: int) -> ml_collections.ConfigDict:
+  """Fields every recipe has. optimizer.lr is per 512 examples (lr · batch / 512, DeiT)."""
+  config = ml_collections.ConfigDict()
+  config.kind = kind
+  config.seed = 0
+  config.batch_size = batch_size
+  config.total_steps = total_steps
+  small = preset == 'mnist5k'
+  config.eval_every = max(1, total_steps // 5) if small else 5000
+  config.checkpoint_every = max(1, total_steps // 2) if small else 5000
+  config.log_every = 10 if small else 100
+  config.keep_checkpoints = 2
+  config.grad_accum_steps = 1
+  config.parallelism = 'jit'
+  config.compute_dtype = 'float32' if small else 'bfloat16'
+  config.worker_count = 0 if small else 8
+  config.optimizer = ml_collections.ConfigDict(dict(
+      lr=lr, warmup_steps=warmup_steps, min_lr=0.0, weight_decay=0.05, b1=0.9, b2=0.999,
+      clip_norm=1.0))
+  config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, alpha=0.0, temperature=1.0))
+  config.teacher = ml_collections.ConfigDict(dict(dir=''))
+  return config

@@ -1,0 +1,34 @@
+r"""A descendant ViT on the downstream data, initialized from a learngene.
+
+  python train.py --config=configs/descendant.py:mnist5k --workdir=/tmp/desc \
+      --config.init.method=tleg --config.init.learngene_dir=/tmp/tleg/export \
+      --config.model.depth=4
+
+init.method: 'tleg' | 'sws' (expand the learngene to model.depth; SWS splits
+it over stages by init.stage_depths, or sws.split_depth when empty) or
+'scratch'. Params matching an init.reinit regex (default: the head, since
+the downstream classes are new) are freshly initialized. The paper trains
+descendants 35-40 epochs with CE, lr 5e-4, no warmup, drop path 0.1.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = 'mnist5k'):
+  preset = common.check_preset(arg)
+  if preset == 'mnist5k':
+    config = common.base(preset, kind='descendant', batch_size=128,
+                         total_steps=common.steps(preset, 10, 128), lr=8e-3, warmup_steps=0)
+    config.model = common.model(preset, depth=4)
+  else:
+    data = common.dataset(preset, 'downstream')
+    config = common.base(preset, kind='descendant', batch_size=1024,
+                         total_steps=common.steps(preset, 40, 1024), lr=5e-4, warmup_steps=0)
+    config.model = common.model(preset, depth=12, size='S', num_classes=data.num_classes,
+                                drop_path=0.1)
+  config.dataset = common.dataset(preset, 'downstream')
+  config.init = ml_collections.ConfigDict(dict(
+      method='tleg', learngene_dir='', stage_depths=[], reinit=['^head/']))
+  return config

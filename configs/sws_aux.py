@@ -1,0 +1,33 @@
+r"""SWS: train stage-shared weights through the auxiliary model.
+
+  python train.py --config=configs/sws_aux.py:mnist5k --workdir=/tmp/sws \
+      --config.teacher.dir=/tmp/teacher/export
+
+The auxiliary ViT is stage s repeated learngene.stage_depths[s] times (the
+paper: 16 layers as [3, 3, 4, 3, 3], distilled from a teacher). Exports
+workdir/export/ as an SWS learngene directory.
+"""
+
+from configs import common
+from lgjax.learngene import sws
+
+
+def get_config(arg: str = 'mnist5k'):
+  preset = common.check_preset(arg)
+  if preset == 'mnist5k':
+    config = common.base(preset, kind='sws_aux', batch_size=128,
+                         total_steps=common.steps(preset, 15, 128), lr=8e-3,
+                         warmup_steps=common.steps(preset, 1, 128))
+    stage_depths = (2, 2, 2)
+    config.model = common.model(preset, depth=sum(stage_depths))
+  else:
+    config = common.base(preset, kind='sws_aux', batch_size=1024,
+                         total_steps=common.steps(preset, 150, 1024), lr=5e-4,
+                         warmup_steps=common.steps(preset, 5, 1024))
+    stage_depths = sws.AUX_STAGE_DEPTHS
+    config.model = common.model(preset, depth=sum(stage_depths), size='S', drop_path=0.1)
+  config.learngene = dict(stage_depths=list(stage_depths))
+  config.dataset = common.dataset(preset, 'source')
+  config.loss.alpha = 1.0
+  config.loss.label_smoothing = 0.0
+  return config

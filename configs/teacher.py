@@ -1,0 +1,26 @@
+r"""A plain ViT: the teacher / ancestry on the source data, or a scratch baseline.
+
+  python train.py --config=configs/teacher.py:mnist5k --workdir=/tmp/teacher
+
+mnist5k: depth-6 width-64 ViT on digits 0-4. cifar100 / imagenet2012: DeiT-B
+with DeiT's recipe (300 epochs, batch 1024, lr 5e-4·batch/512, 5 warmup
+epochs, weight decay 0.05, label smoothing 0.1, drop path 0.1).
+"""
+
+from configs import common
+
+
+def get_config(arg: str = 'mnist5k'):
+  preset = common.check_preset(arg)
+  if preset == 'mnist5k':
+    config = common.base(preset, kind='model', batch_size=128,
+                         total_steps=common.steps(preset, 15, 128), lr=8e-3,
+                         warmup_steps=common.steps(preset, 1, 128))
+    config.model = common.model(preset, depth=6)
+  else:
+    config = common.base(preset, kind='model', batch_size=1024,
+                         total_steps=common.steps(preset, 300, 1024), lr=5e-4,
+                         warmup_steps=common.steps(preset, 5, 1024))
+    config.model = common.model(preset, depth=12, size='B', drop_path=0.1)
+  config.dataset = common.dataset(preset, 'source')
+  return config

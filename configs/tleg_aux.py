@@ -1,0 +1,31 @@
+r"""TLEG: train a learngene (base, slope) through its auxiliary model.
+
+  python train.py --config=configs/tleg_aux.py:mnist5k --workdir=/tmp/tleg \
+      --config.teacher.dir=/tmp/teacher/export
+
+The auxiliary ViT's blocks are tleg.expand(learngene, model.depth), computed
+inside the loss; the paper distills (pure soft KD, α = 1, τ = 1) from a
+teacher into a 12-layer DeiT-S aux model with AdamW lr 5e-4·batch/512,
+weight decay 0.05, cosine, 5 warmup epochs. Exports workdir/export/ as a
+learngene directory that expand.py and descendant.py read.
+"""
+
+from configs import common
+
+
+def get_config(arg: str = 'mnist5k'):
+  preset = common.check_preset(arg)
+  if preset == 'mnist5k':
+    config = common.base(preset, kind='tleg_aux', batch_size=128,
+                         total_steps=common.steps(preset, 15, 128), lr=8e-3,
+                         warmup_steps=common.steps(preset, 1, 128))
+    config.model = common.model(preset, depth=6)
+  else:
+    config = common.base(preset, kind='tleg_aux', batch_size=1024,
+                         total_steps=common.steps(preset, 150, 1024), lr=5e-4,
+                         warmup_steps=common.steps(preset, 5, 1024))
+    config.model = common.model(preset, depth=12, size='S', drop_path=0.1)
+  config.dataset = common.dataset(preset, 'source')
+  config.loss.alpha = 1.0  # pure soft distillation, as the paper
+  config.loss.label_smoothing = 0.0
+  return config

@@ -1,0 +1,172 @@
+"""Input: random-access sources (tfds or embedded) read through grain.
+
+Training reads a `grain.DataLoader`: shuffled per epoch from a seed, sharded
+by JAX process, with an iterator state that Orbax checkpoints, so a resumed
+run sees exactly the batches an uninterrupted run would. Evaluation walks the
+split once, in order, strided over processes, padded to whole batches with a
+`mask` so every example counts exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterator
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from lgjax.data import mnist5k
+
+AUGMENTS = ('none', 'inception')
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+  """In-memory random-access source (grain's RandomAccessDataSource protocol)."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {'image': self.images[index], 'label': self.labels[index]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+  """The records `indices` of `source`, e.g. a fraction of the training set."""
+  source: Any
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self.source[int(self.indices[index])]
+
+
+def data_source(dataset: Any, split: str) -> Any:
+  """The split of `dataset` (a config with `name`, ...) as a random-access source."""
+  if dataset.name == 'mnist5k':
+    return ArraySource(*mnist5k.load(split, dataset.get('classes', 'all')))
+  import tensorflow_datasets as tfds  # only needed for tfds datasets
+  data_dir = dataset.get('data_dir') or None
+  try:
+    return tfds.data_source(dataset.name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # tfds raises several types for "not prepared here"
+    raise FileNotFoundError(
+        f'tfds dataset {dataset.name!r} split {split!r} is not prepared in '
+        f'{data_dir or "the default TFDS data dir"} ({type(e).__name__}: {str(e)[:200]}). Prepare it '
+        f'once, in the array_record format that random access needs:\n'
+        f'  tfds build {dataset.name} --file_format=array_record'
+        + (f' --data_dir={data_dir}' if data_dir else '')) from None
+
+
+def train_source(dataset: Any) -> Any:
+  """The training split, cut to `dataset.train_fraction` by a fixed permutation."""
+  source = data_source(dataset, dataset.train_split)
+  fraction = dataset.get('train_fraction', 1.0)
+  if not 0 < fraction <= 1:
+    raise ValueError(f'dataset.train_fraction must be in (0, 1], got {fraction!r}.')
+  if fraction < 1:
+    keep = max(1, int(round(fraction * len(source))))
+    source = Subset(source, np.sort(np.random.default_rng(0).permutation(len(source))[:keep]))
+  return source
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+  squeeze = image.shape[-1] == 1
+  pil = Image.fromarray(image[..., 0] if squeeze else image)
+  out = np.asarray(pil.resize((size, size), Image.BILINEAR))
+  return out[..., None] if squeeze else out
+
+
+def _random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
+                         scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  """Inception-style crop (as timm/DeiT and big_vision's inception_crop)."""
+  h, w = image.shape[:2]
+  for _ in range(10):
+    area = h * w * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    ch, cw = int(round(math.sqrt(area / aspect))), int(round(math.sqrt(area * aspect)))
+    if 0 < ch <= h and 0 < cw <= w:
+      top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+      return _resize(image[top:top + ch, left:left + cw], size)
+  return _resize(image, size)
+
+
+def _center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
+  h, w = image.shape[:2]
+  side = int(min(h, w) * crop_fraction)
+  top, left = (h - side) // 2, (w - side) // 2
+  return _resize(image[top:top + side, left:left + side], size)
+
+
+class Preprocess(grain.transforms.RandomMap):
+  """uint8 image -> float32 in [-1, 1] at `image_size`, augmented when training."""
+
+  def __init__(self, image_size: int, augment: str, train: bool):
+    if augment not in AUGMENTS:
+      raise ValueError(f'dataset.augment must be one of {AUGMENTS}, got {augment!r}.')
+    self.image_size, self.augment, self.train = image_size, augment, train
+
+  def random_map(self, example: dict, rng: np.random.Generator) -> dict:
+    image = np.asarray(example['image'])
+    if self.augment == 'inception':
+      if self.train:
+        image = _random_resized_crop(image, self.image_size, rng)
+        if rng.uniform() < 0.5:
+          image = image[:, ::-1]
+      else:
+        image = _center_crop(image, self.image_size)
+    elif image.shape[0] != self.image_size or image.shape[1] != self.image_size:
+      image = _resize(image, self.image_size)
+    return {'image': image.astype(np.float32) / 127.5 - 1.0,
+            'label': np.int32(example['label'])}
+
+
+def train_loader(dataset: Any, *, local_batch_size: int, seed: int,
+                 worker_count: int = 0) -> grain.DataLoader:
+  """Endless shuffled batches of this process's shard; checkpointable iterator."""
+  source = train_source(dataset)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shuffle=True, seed=seed, num_epochs=None,
+      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True))
+  return grain.DataLoader(
+      data_source=source, sampler=sampler, worker_count=worker_count,
+      operations=[Preprocess(dataset.image_size, dataset.augment, train=True),
+                  grain.transforms.Batch(local_batch_size, drop_remainder=True)])
+
+
+def eval_batches(dataset: Any, *, local_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """The eval split once, strided over processes; every process yields the same
+  number of batches, padding marked by mask == 0."""
+  source = data_source(dataset, dataset.eval_split)
+  preprocess = Preprocess(dataset.image_size, dataset.augment, train=False)
+  mine = np.arange(jax.process_index(), len(source), jax.process_count())
+  per_process = math.ceil(len(source) / jax.process_count())
+  num_batches = math.ceil(per_process / local_batch_size)
+  rng = np.random.default_rng(0)  # unused by eval preprocessing
+  for b in range(num_batches):
+    idx = mine[b * local_batch_size:(b + 1) * local_batch_size]
+    examples = [preprocess.random_map(source[int(i)], rng) for i in idx]
+    pad = local_batch_size - len(examples)
+    template = examples[0] if examples else preprocess.random_map(source[0], rng)
+    examples += [template] * pad
+    yield {'image': np.stack([e['image'] for e in examples]),
+           'label': np.stack([e['label'] for e in examples]),
+           'mask': np.array([1.0] * (local_batch_size - pad) + [0.0] * pad, np.float32)}
+
+
+def num_train_examples(dataset: Any) -> int:
+  return len(train_source(dataset))
+
+
+def image_shape(dataset: Any) -> tuple[int, int, int]:
+  """(H, W, C) of preprocessed images, read off the first training example."""
+  example = data_source(dataset, dataset.train_split)[0]
+  return dataset.image_size, dataset.image_size, int(np.shape(example['image'])[-1])

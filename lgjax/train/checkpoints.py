@@ -1,0 +1,68 @@
+"""Training checkpoints: Orbax CheckpointManager over (train state, data iterator).
+
+Every process calls save (Orbax coordinates multi-host writes). A step is
+only visible once Orbax has committed it, so a process killed mid-write
+leaves a temporary directory that is never taken for a checkpoint; on
+resume, a committed step that still fails to restore is reported and the
+next older one is used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+PyTree = Any
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, *, keep: int):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler()})
+
+  def save(self, step: int, state: PyTree, data_iterator: Any) -> None:
+    """Starts an (async) save of `state` and the iterator position at `step`."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
+        force=True)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def restore_latest(self, abstract_state: PyTree, data_iterator: Any) -> tuple[PyTree, int] | None:
+    """(state, step) from the newest intact checkpoint, or None for a fresh run.
+
+    `abstract_state` gives shapes, dtypes and shardings; `data_iterator` is
+    moved to the saved position in place.
+    """
+    self.manager.reload()
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      except Exception as e:  # a damaged step: say so, fall back to an older one
+        logging.warning('Checkpoint step %d in %s cannot be restored (%s: %s); trying an older one.',
+                        step, self.directory, type(e).__name__, str(e)[:300])
+        continue
+      return restored['state'], step
+    return None
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract(state: PyTree, sharding: jax.sharding.Sharding) -> PyTree:
+  """ShapeDtypeStructs of `state` placed with `sharding`: the restore target."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)

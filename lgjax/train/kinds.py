@@ -1,0 +1,147 @@
+"""What is trained, chosen by `config.kind`.
+
+A kind says how to initialize the trainable tree, how to turn it into ViT
+params inside the loss (identity for a plain ViT; the learngene expansion for
+an auxiliary model, so gradients reach the learngene), and how to export it.
+
+  model       a plain ViT (teacher, or a from-scratch baseline)
+  tleg_aux    trainable = TLEG learngene; params = tleg.expand(lg, model.depth)
+  sws_aux     trainable = SWS learngene;  params = sws.expand(lg, learngene.stage_depths)
+  descendant  a ViT initialized from a learngene (init.method) or from scratch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from lgjax import checkpoint
+from lgjax import tree as tree_lib
+from lgjax.learngene import METHODS, sws, tleg
+from lgjax.models import ViT, check_config
+
+KINDS = ('model', 'tleg_aux', 'sws_aux', 'descendant')
+INIT_METHODS = ('scratch', *sorted(METHODS))
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  name: str
+  init: Callable[[jax.Array], PyTree]          # rng -> trainable tree
+  to_params: Callable[[PyTree], PyTree]        # trainable -> ViT params (pure, in the loss)
+  export: Callable[[str, PyTree], None]        # (directory, trainable) -> files expand.py/load_params read
+
+
+def model_config(config: Any) -> dict:
+  """The ViT fields of `config.model` as a plain dict (what checkpoints store)."""
+  cfg = config.model.to_dict()
+  check_config(cfg)
+  return cfg
+
+
+def _vit_init(model_cfg: dict, image_shape: Sequence[int]) -> Callable[[jax.Array], PyTree]:
+  model = ViT(**model_cfg)
+  return jax.jit(lambda rng: model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))['params'])
+
+
+def check_stage_depths(config: Any) -> tuple[int, ...]:
+  """learngene.stage_depths: one entry >= 1 per stage, summing to model.depth."""
+  depths = tuple(config.learngene.stage_depths)
+  sws.check_stage_depths(depths, len(depths) or 1)
+  if sum(depths) != config.model.depth:
+    raise ValueError(f'learngene.stage_depths {list(depths)} sum to {sum(depths)}, expected '
+                     f'model.depth={config.model.depth}.')
+  return depths
+
+
+def _plain(model_cfg: dict, image_shape) -> Kind:
+  return Kind('model', _vit_init(model_cfg, image_shape), lambda p: p,
+              lambda d, p: checkpoint.save_params(d, p, model_cfg))
+
+
+def _tleg_aux(config: Any, model_cfg: dict, image_shape) -> Kind:
+  depth, scan = model_cfg['depth'], model_cfg.get('scan', False)
+  return Kind('tleg_aux',
+              lambda rng: tleg.init_learngene(rng, model_cfg, image_shape=image_shape),
+              lambda lg: tleg.expand(lg, depth, scan=scan),
+              lambda d, lg: checkpoint.save_learngene(d, lg, method='tleg', model_config=model_cfg,
+                                                      aux_depth=depth))
+
+
+def _sws_aux(config: Any, model_cfg: dict, image_shape) -> Kind:
+  depths, scan = check_stage_depths(config), model_cfg.get('scan', False)
+  return Kind('sws_aux',
+              lambda rng: sws.init_learngene(rng, model_cfg, len(depths), image_shape=image_shape),
+              lambda lg: sws.expand(lg, depths, scan=scan),
+              lambda d, lg: checkpoint.save_learngene(d, lg, method='sws', model_config=model_cfg,
+                                                      aux_stage_depths=list(depths)))
+
+
+def expand_for(config: Any, learngene: PyTree, method: str, scan: bool) -> PyTree:
+  """Expands a restored learngene to model.depth (split over SWS stages by
+  init.stage_depths, or by sws.split_depth when that is empty)."""
+  depth = config.model.depth
+  if method == 'tleg':
+    return tleg.expand(learngene, depth, scan=scan)
+  stage_depths = tuple(config.init.get('stage_depths') or ()) or sws.split_depth(
+      depth, len(learngene['stages']))
+  if sum(stage_depths) != depth:
+    raise ValueError(f'init.stage_depths {list(stage_depths)} sum to {sum(stage_depths)}, expected '
+                     f'model.depth={depth}.')
+  return sws.expand(learngene, stage_depths, scan=scan)
+
+
+def merge_reinit(inherited: PyTree, fresh: PyTree, reinit: Sequence[str]) -> PyTree:
+  """Takes from `fresh` the params whose '/'-name matches a `reinit` regex (e.g. a new
+  head for new classes) and the rest from `inherited`, after checking shapes fit."""
+  patterns = [re.compile(p) for p in reinit]
+  take_fresh = lambda name: any(p.search(name) for p in patterns)
+  kept = {n: x for n, x in tree_lib.flatten_with_names(inherited) if not take_fresh(n)}
+  fresh_flat = dict(tree_lib.flatten_with_names(fresh))
+  expected = {n: fresh_flat[n] for n in fresh_flat if not take_fresh(n)}
+  tree_lib.check_shapes(kept, expected, 'The expanded learngene (params not matched by init.reinit)')
+  return tree_lib.unflatten_names({n: kept.get(n, x) for n, x in fresh_flat.items()})
+
+
+def _descendant(config: Any, model_cfg: dict, image_shape) -> Kind:
+  method = config.init.method
+  fresh_init = _vit_init(model_cfg, image_shape)
+  export = lambda d, p: checkpoint.save_params(d, p, model_cfg)
+  if method == 'scratch':
+    return Kind('descendant', fresh_init, lambda p: p, export)
+  learngene, meta = checkpoint.load_learngene(config.init.learngene_dir)
+  if meta['method'] != method:
+    raise ValueError(f'init.method={method!r} but init.learngene_dir={config.init.learngene_dir!r} '
+                     f'holds a {meta["method"]!r} learngene.')
+  METHODS[method].check(learngene, model_cfg)
+  inherited = expand_for(config, learngene, method, model_cfg.get('scan', False))
+  reinit = tuple(config.init.get('reinit', ('^head/',)))
+
+  def init(rng):
+    return merge_reinit(inherited, fresh_init(rng), reinit)
+
+  return Kind('descendant', init, lambda p: p, export)
+
+
+def make_kind(config: Any, image_shape: Sequence[int]) -> Kind:
+  """The Kind for `config.kind`; raises before any work if the config cannot train."""
+  if config.kind not in KINDS:
+    raise ValueError(f'kind must be one of {KINDS}, got {config.kind!r}.')
+  model_cfg = model_config(config)
+  if config.kind == 'model':
+    return _plain(model_cfg, image_shape)
+  if config.kind == 'tleg_aux':
+    return _tleg_aux(config, model_cfg, image_shape)
+  if config.kind == 'sws_aux':
+    return _sws_aux(config, model_cfg, image_shape)
+  if config.init.method not in INIT_METHODS:
+    raise ValueError(f'init.method must be one of {INIT_METHODS}, got {config.init.method!r}.')
+  if config.init.method != 'scratch' and not config.init.get('learngene_dir'):
+    raise ValueError(f'init.learngene_dir must name a learngene directory for '
+                     f'init.method={config.init.method!r}.')
+  return _descendant(config, model_cfg, image_shape)

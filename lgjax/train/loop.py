@@ -1,0 +1,187 @@
+"""train_and_evaluate(config, workdir): the whole run, as a few small functions."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import signal
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from lgjax import checkpoint, data
+from lgjax.models import ViT
+from lgjax.train import checkpoints, kinds, optim, parallel, reporting, step
+
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+EXPORT_DIR = 'export'
+
+
+def check_config(config: Any) -> None:
+  """Everything that can be checked before any work, each error naming its field."""
+  for field in ('total_steps', 'batch_size', 'checkpoint_every', 'eval_every', 'log_every',
+                'keep_checkpoints', 'grad_accum_steps'):
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'{field} must be an integer >= 1, got {value!r}.')
+  if config.kind not in kinds.KINDS:
+    raise ValueError(f'kind must be one of {kinds.KINDS}, got {config.kind!r}.')
+  if config.parallelism not in parallel.BACKENDS:
+    raise ValueError(f'parallelism must be one of {parallel.BACKENDS}, got {config.parallelism!r}.')
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype must be one of {COMPUTE_DTYPES}, got {config.compute_dtype!r}.')
+  parallel.check_batch_size(config.batch_size, config.grad_accum_steps)
+  if not 0.0 <= config.loss.alpha <= 1.0:
+    raise ValueError(f'loss.alpha (distillation weight) must be in [0, 1], got {config.loss.alpha!r}.')
+  if config.loss.alpha > 0 and not config.teacher.get('dir'):
+    raise ValueError(f'loss.alpha={config.loss.alpha} distills from a teacher: set teacher.dir to a '
+                     f'params directory (e.g. a teacher run\'s {EXPORT_DIR}/).')
+  if config.loss.temperature <= 0:
+    raise ValueError(f'loss.temperature must be > 0, got {config.loss.temperature!r}.')
+  if config.dataset.image_size % _patch(config.model.patch_size):
+    raise ValueError(f'dataset.image_size={config.dataset.image_size} must be a multiple of '
+                     f'model.patch_size={config.model.patch_size}.')
+
+
+def _patch(patch_size) -> int:
+  return patch_size if isinstance(patch_size, int) else patch_size[0]
+
+
+def load_teacher(config: Any, compute_dtype: str) -> tuple[ViT | None, Any]:
+  """(teacher module, params) from teacher.dir, or (None, None) without distillation."""
+  if config.loss.alpha == 0:
+    return None, None
+  params, teacher_cfg = checkpoint.load_params(config.teacher.dir)
+  if teacher_cfg.get('num_classes') != config.model.num_classes:
+    raise ValueError(f'teacher.dir {config.teacher.dir!r} has num_classes={teacher_cfg.get("num_classes")} '
+                     f'but model.num_classes={config.model.num_classes}; distillation needs the same classes.')
+  return ViT(**{**teacher_cfg, 'dtype': compute_dtype}), params
+
+
+@contextlib.contextmanager
+def preemption_guard():
+  """Yields a function step -> bool that says when to save and stop: on SIGTERM
+  (one process), or at JAX's preemption sync point (all processes agree)."""
+  got_sigterm = []
+  previous = None
+  try:
+    previous = signal.signal(signal.SIGTERM, lambda *_: got_sigterm.append(True))
+  except ValueError:  # not the main thread: no signal handling
+    pass
+
+  def preempted(step_num: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step_num)
+    return bool(got_sigterm)
+
+  try:
+    yield preempted
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def evaluate(config, backend, eval_step, state) -> dict[str, float]:
+  """Accuracy and loss over the whole eval split (padding masked out)."""
+  totals = {'correct': 0.0, 'loss': 0.0, 'count': 0.0}
+  local_batch = config.batch_size // jax.process_count()
+  for batch in data.eval_batches(config.dataset, local_batch_size=local_batch):
+    sums = backend.metrics(eval_step(state, backend.place_batch(batch)))
+    totals = {k: totals[k] + sums[k] for k in totals}
+  count = max(totals['count'], 1.0)
+  return {'eval_accuracy': totals['correct'] / count, 'eval_loss': totals['loss'] / count}
+
+
+def _say(message: str) -> None:
+  logging.info(message)
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _save_config(config: Any, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+  """Trains `config.kind` for config.total_steps, resuming from workdir, and exports
+  the result to workdir/export/. Returns the final metrics."""
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  backend = parallel.make_backend(config.parallelism)
+  teacher, teacher_params = load_teacher(config, config.compute_dtype)
+  image_shape = data.image_shape(config.dataset)
+  kind = kinds.make_kind(config, image_shape)
+  model_cfg = kinds.model_config(config)
+  model = ViT(**{**model_cfg, 'dtype': config.compute_dtype})
+  schedule = optim.learning_rate(config.optimizer, config.batch_size, config.total_steps)
+  optimizer = optim.make_optimizer(config.optimizer, config.batch_size, config.total_steps)
+  _save_config(config, workdir)
+
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  trainable = kind.init(init_rng)
+  state = jax.jit(functools.partial(step.init_state, optimizer=optimizer),
+                  out_shardings=backend.replicated)(trainable, seed_rng=train_rng)
+
+  local_batch = config.batch_size // jax.process_count()
+  iterator = iter(data.train_loader(config.dataset, local_batch_size=local_batch, seed=config.seed,
+                                    worker_count=config.get('worker_count', 0)))
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  restored = ckpt.restore_latest(checkpoints.abstract(state, backend.replicated), iterator)
+  start = 0
+  if restored is not None:
+    state, start = restored
+    _say(f'Resuming from checkpoint step {start} in {ckpt.directory}.')
+
+  train_step = backend.wrap_train(functools.partial(
+      step.make_train_step, model=model, to_params=kind.to_params, optimizer=optimizer,
+      schedule=schedule, loss_config=config.loss, teacher=teacher,
+      grad_accum_steps=config.grad_accum_steps))
+  eval_step = backend.wrap_eval(functools.partial(step.make_eval_step, model=model,
+                                                  to_params=kind.to_params))
+  dstate = backend.place_state(state)
+  dteacher = None if teacher is None else backend.place_state(teacher_params)
+  offset = jax.process_index() * local_batch
+  reporter = reporting.Reporter(workdir, total_steps=config.total_steps, start_step=start,
+                                batch_size=config.batch_size)
+  final: dict[str, float] = {}
+  try:
+    with preemption_guard() as preempted:
+      for step_num in range(start + 1, config.total_steps + 1):
+        batch = next(iterator)
+        batch['index'] = np.arange(offset, offset + local_batch, dtype=np.int32)
+        dstate, metrics = train_step(dstate, backend.place_batch(batch), dteacher)
+        stop = preempted(step_num)
+        save = stop or step_num % config.checkpoint_every == 0 or step_num == config.total_steps
+        if save or step_num % config.log_every == 0:
+          final = backend.metrics(metrics)
+          if not math.isfinite(final['loss']):
+            raise FloatingPointError(
+                f'Loss is {final["loss"]} at step {step_num}; stopping. The last good checkpoint '
+                f'is kept in {ckpt.directory} (steps {ckpt.manager.all_steps()}).')
+          reporter.write(step_num, {**final, 'images_per_sec': reporter.throughput(step_num)})
+        if step_num % config.eval_every == 0 or step_num == config.total_steps:
+          final.update(evaluate(config, backend, eval_step, dstate))
+          reporter.write(step_num, {k: v for k, v in final.items() if k.startswith('eval')})
+        if save:
+          ckpt.save(step_num, backend.canonical(dstate), iterator)
+        if stop:
+          _say(f'Preempted at step {step_num}: checkpoint saved, exiting.')
+          ckpt.wait()
+          return {**final, 'step': step_num, 'preempted': True}
+    ckpt.wait()
+    if start >= config.total_steps:  # already done: report the final eval again
+      final.update(evaluate(config, backend, eval_step, dstate))
+    kind.export(os.path.join(workdir, EXPORT_DIR), backend.canonical(dstate).params)
+  finally:
+    ckpt.close()
+    reporter.close()
+  if jax.process_index() == 0:
+    reporting.plot_curves(workdir)
+  return {**final, 'step': config.total_steps}

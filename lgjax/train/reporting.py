@@ -1,0 +1,93 @@
+"""What a user sees: progress bar, metrics as JSON lines and TensorBoard, a PNG.
+
+Only process 0 writes; other processes get a writer that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import tqdm
+
+METRICS_FILE = 'metrics.jsonl'
+PLOT_FILE = 'curves.png'
+
+
+class Reporter:
+
+  def __init__(self, workdir: str, *, total_steps: int, start_step: int, batch_size: int,
+               enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.workdir, self.batch_size = workdir, batch_size
+    self._last = (start_step, time.perf_counter())
+    if not self.enabled:
+      return
+    import tensorboardX  # light writer, no TensorFlow needed
+    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self.jsonl = open(os.path.join(workdir, METRICS_FILE), 'a')
+    self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
+
+  def throughput(self, step: int) -> float:
+    """Images per second since the last call."""
+    last_step, last_time = self._last
+    now = time.perf_counter()
+    self._last = (step, now)
+    return (step - last_step) * self.batch_size / max(now - last_time, 1e-9)
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self.jsonl.write(json.dumps({'step': step, **metrics}) + '\n')
+    self.jsonl.flush()
+    for k, v in metrics.items():
+      self.tb.add_scalar(k, v, step)
+    self.bar.n = step
+    self.bar.set_postfix({k: f'{v:.4g}' for k, v in metrics.items()
+                          if k in ('loss', 'learning_rate', 'images_per_sec', 'eval_accuracy')})
+
+  def close(self) -> None:
+    if self.enabled:
+      self.bar.close()
+      self.tb.close()
+      self.jsonl.close()
+
+
+def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
+  """Step -> metrics, the latest record winning (a resumed run rewrites some steps)."""
+  by_step: dict[int, dict[str, float]] = {}
+  path = os.path.join(workdir, METRICS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        record = json.loads(line)
+        by_step.setdefault(record.pop('step'), {}).update(record)
+  return by_step
+
+
+def plot_curves(workdir: str) -> str:
+  """Loss and accuracy against step, as workdir/curves.png."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  by_step = read_metrics(workdir)
+  steps = sorted(by_step)
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, keys in ((ax_loss, ('loss', 'eval_loss')), (ax_acc, ('train_accuracy', 'eval_accuracy'))):
+    for key in keys:
+      xs = [s for s in steps if key in by_step[s]]
+      if xs:
+        ax.plot(xs, [by_step[s][key] for s in xs], marker='.' if key.startswith('eval') else None, label=key)
+    ax.set_xlabel('step')
+    ax.legend()
+    ax.grid(alpha=0.3)
+  ax_loss.set_ylabel('loss')
+  ax_acc.set_ylabel('accuracy')
+  fig.tight_layout()
+  path = os.path.join(workdir, PLOT_FILE)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

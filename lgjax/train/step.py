@@ -1,0 +1,102 @@
+"""The one train step and eval step; parallel backends only wrap them.
+
+The loss is written per example and vmapped: example i of a global batch draws
+its dropout / drop-path randomness from fold_in(fold_in(rng, step), index_i),
+so the numbers do not depend on how the batch is split over devices, hosts
+(jit or pmap backend) or gradient-accumulation micro-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from lgjax.train import losses
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array        # int32 scalar
+  params: PyTree         # the trainable tree: ViT params or a learngene
+  opt_state: PyTree
+  rng: jax.Array         # raw uint32 key data (Orbax-friendly)
+
+
+def init_state(trainable: PyTree, optimizer: optax.GradientTransformation, seed_rng: jax.Array) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                    opt_state=optimizer.init(trainable), rng=jax.random.key_data(seed_rng))
+
+
+def make_train_step(*, model, to_params: Callable, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, loss_config: Any, teacher=None,
+                    grad_accum_steps: int = 1, axis_name: str | None = None) -> Callable:
+  """(state, batch, teacher_params) -> (state, metrics). batch: image, label, index.
+
+  With `axis_name` (pmap) the gradients and metrics are averaged over that axis;
+  under jit over a mesh the batch is one global array and nothing else is needed.
+  """
+  loss_kw = dict(label_smoothing=loss_config.label_smoothing, alpha=loss_config.alpha,
+                 temperature=loss_config.temperature)
+
+  def batch_loss(trainable, teacher_params, batch, step_rng):
+    params = to_params(trainable)  # once per step, outside the per-example vmap
+
+    def example_loss(image, label, index):
+      rng = jax.random.fold_in(step_rng, index)
+      logits = model.apply({'params': params}, image[None], train=True, rngs={'dropout': rng})[0]
+      t_logits = None if teacher is None else teacher.apply({'params': teacher_params}, image[None])[0]
+      return losses.classification_loss(logits, label, t_logits, **loss_kw), logits
+
+    per_example, logits = jax.vmap(example_loss)(batch['image'], batch['label'], batch['index'])
+    correct = jnp.argmax(logits, -1) == batch['label']
+    return per_example.mean(), correct.mean()
+
+  grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
+
+  def accumulated_grads(trainable, teacher_params, batch, step_rng):
+    if grad_accum_steps == 1:
+      return grad_fn(trainable, teacher_params, batch, step_rng)
+    # Micro-batch j holds examples j, j+k, ...: each device keeps its own rows.
+    micro = jax.tree.map(lambda x: x.reshape(-1, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def body(acc, mb):
+      out = grad_fn(trainable, teacher_params, mb, step_rng)
+      return jax.tree.map(jnp.add, acc, out), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, trainable, teacher_params,
+                                                        jax.tree.map(lambda x: x[0], micro), step_rng))
+    total, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda x: x / grad_accum_steps, total)
+
+  def train_step(state: TrainState, batch: dict, teacher_params: PyTree):
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    (loss, accuracy), grads = accumulated_grads(state.params, teacher_params, batch, step_rng)
+    if axis_name is not None:
+      loss, accuracy, grads = jax.lax.pmean((loss, accuracy, grads), axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'train_accuracy': accuracy, 'grad_norm': optax.global_norm(grads),
+               'learning_rate': schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(*, model, to_params: Callable, axis_name: str | None = None) -> Callable:
+  """(state, batch with mask) -> sums of correct predictions, loss and examples."""
+
+  def eval_step(state: TrainState, batch: dict):
+    logits = model.apply({'params': to_params(state.params)}, batch['image'])
+    mask = batch['mask']
+    sums = {'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
+            'loss': jnp.sum(losses.cross_entropy(logits, batch['label']) * mask),
+            'count': jnp.sum(mask)}
+    return sums if axis_name is None else jax.lax.psum(sums, axis_name)
+
+  return eval_step
