@@ -73,7 +73,7 @@ def base(preset: str, *, kind: str, batch_size: int, total_steps: int, lr: float
   config.grad_accum_steps = 1
   config.parallelism = 'jit'
   config.compute_dtype = 'float32' if small else 'bfloat16'
-  config.worker_count = 0 if small else 8
+  config.input_threads = 0 if small else 16  # grain threads reading and augmenting
   config.optimizer = ml_collections.ConfigDict(dict(
       lr=lr, warmup_steps=warmup_steps, min_lr=0.0, weight_decay=0.05, b1=0.9, b2=0.999,
       clip_norm=1.0))

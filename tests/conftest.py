@@ -24,3 +24,26 @@ def random_like(tree, seed=0):
   """Random values in the shapes of `tree`, so no test passes by zeros."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), tree)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in __import__('sys').path:
+  __import__('sys').path.insert(0, ROOT)
+
+
+def run_config(recipe: str, **overrides):
+  """A recipe's mnist5k config shrunk to a seconds-long run (width 32, depth 2)."""
+  import importlib
+  config = importlib.import_module(f'configs.{recipe}').get_config('mnist5k')
+  config.model.update(width=32, num_heads=2, mlp_dim=64, depth=2)
+  if recipe == 'sws_aux':
+    config.learngene.stage_depths = [1, 1]
+  config.update(batch_size=16, total_steps=4, eval_every=1000, checkpoint_every=1000, log_every=1)
+  config.optimizer.warmup_steps = 1
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config

@@ -1,8 +1,9 @@
 """Input: random-access sources (tfds or embedded) read through grain.
 
-Training reads a `grain.DataLoader`: shuffled per epoch from a seed, sharded
-by JAX process, with an iterator state that Orbax checkpoints, so a resumed
-run sees exactly the batches an uninterrupted run would. Evaluation walks the
+Training reads a grain dataset: indices shuffled per epoch from a seed and
+cut into global batches, each process reading only its rows, so one process
+and many see the same global batches; its iterator state is what Orbax
+checkpoints, so a resumed run sees exactly the batches an uninterrupted run would. Evaluation walks the
 split once, in order, strided over processes, padded to whole batches with a
 `mask` so every example counts exactly once.
 """
@@ -106,7 +107,7 @@ def _center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> 
   return _resize(image[top:top + side, left:left + side], size)
 
 
-class Preprocess(grain.transforms.RandomMap):
+class Preprocess:
   """uint8 image -> float32 in [-1, 1] at `image_size`, augmented when training."""
 
   def __init__(self, image_size: int, augment: str, train: bool):
@@ -114,7 +115,7 @@ class Preprocess(grain.transforms.RandomMap):
       raise ValueError(f'dataset.augment must be one of {AUGMENTS}, got {augment!r}.')
     self.image_size, self.augment, self.train = image_size, augment, train
 
-  def random_map(self, example: dict, rng: np.random.Generator) -> dict:
+  def __call__(self, example: dict, rng: np.random.Generator) -> dict:
     image = np.asarray(example['image'])
     if self.augment == 'inception':
       if self.train:
@@ -129,17 +130,31 @@ class Preprocess(grain.transforms.RandomMap):
             'label': np.int32(example['label'])}
 
 
-def train_loader(dataset: Any, *, local_batch_size: int, seed: int,
-                 worker_count: int = 0) -> grain.DataLoader:
-  """Endless shuffled batches of this process's shard; checkpointable iterator."""
+def train_loader(dataset: Any, *, batch_size: int, seed: int, num_threads: int = 0) -> grain.IterDataset:
+  """Endless batches: this process's rows of each global batch of `batch_size`.
+
+  The global stream is the same for any number of processes (indices shuffled
+  per epoch from `seed`, cut into global batches); process p reads only rows
+  [p·b, (p+1)·b) of each. Example k of the stream is augmented with a
+  generator seeded by (seed, k). Iterate with `iter(...)`; the iterator's
+  state is what Orbax checkpoints.
+  """
   source = train_source(dataset)
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shuffle=True, seed=seed, num_epochs=None,
-      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True))
-  return grain.DataLoader(
-      data_source=source, sampler=sampler, worker_count=worker_count,
-      operations=[Preprocess(dataset.image_size, dataset.augment, train=True),
-                  grain.transforms.Batch(local_batch_size, drop_remainder=True)])
+  processes, me = jax.process_count(), jax.process_index()
+  if batch_size % processes:
+    raise ValueError(f'batch_size={batch_size} must be a multiple of the number of processes ({processes}).')
+  local = batch_size // processes
+  preprocess = Preprocess(dataset.image_size, dataset.augment, train=True)
+
+  def read(batch_index: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+    first = batch_index * batch_size + me * local
+    examples = [preprocess(source[int(i)], np.random.default_rng((seed, first + j)))
+                for j, i in enumerate(indices[me * local:(me + 1) * local])]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+  ds = ds.batch(batch_size, drop_remainder=True).map_with_index(read)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 if num_threads else 0))
 
 
 def eval_batches(dataset: Any, *, local_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -153,9 +168,9 @@ def eval_batches(dataset: Any, *, local_batch_size: int) -> Iterator[dict[str, n
   rng = np.random.default_rng(0)  # unused by eval preprocessing
   for b in range(num_batches):
     idx = mine[b * local_batch_size:(b + 1) * local_batch_size]
-    examples = [preprocess.random_map(source[int(i)], rng) for i in idx]
+    examples = [preprocess(source[int(i)], rng) for i in idx]
     pad = local_batch_size - len(examples)
-    template = examples[0] if examples else preprocess.random_map(source[0], rng)
+    template = examples[0] if examples else preprocess(source[0], rng)
     examples += [template] * pad
     yield {'image': np.stack([e['image'] for e in examples]),
            'label': np.stack([e['label'] for e in examples]),

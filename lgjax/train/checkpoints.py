@@ -3,8 +3,8 @@
 Every process calls save (Orbax coordinates multi-host writes). A step is
 only visible once Orbax has committed it, so a process killed mid-write
 leaves a temporary directory that is never taken for a checkpoint; on
-resume, a committed step that still fails to restore is reported and the
-next older one is used.
+resume, a committed step that still fails to restore is reported, moved
+aside to `damaged-STEP`, and the next older one is used.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 PyTree = Any
 
@@ -51,9 +52,14 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(data_iterator)))
-      except Exception as e:  # a damaged step: say so, fall back to an older one
-        logging.warning('Checkpoint step %d in %s cannot be restored (%s: %s); trying an older one.',
-                        step, self.directory, type(e).__name__, str(e)[:300])
+      except Exception as e:  # a damaged step: say so, set it aside, fall back to an older one
+        aside = os.path.join(self.directory, f'damaged-{step}')
+        logging.warning('Checkpoint step %d in %s cannot be restored (%s: %s); moved to %s, '
+                        'trying an older one.', step, self.directory, type(e).__name__, str(e)[:300], aside)
+        if jax.process_index() == 0:
+          os.replace(os.path.join(self.directory, str(step)), aside)
+        multihost_utils.sync_global_devices(f'lgjax_damaged_{step}')
+        self.manager.reload()
         continue
       return restored['state'], step
     return None

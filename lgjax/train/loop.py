@@ -130,8 +130,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                   out_shardings=backend.replicated)(trainable, seed_rng=train_rng)
 
   local_batch = config.batch_size // jax.process_count()
-  iterator = iter(data.train_loader(config.dataset, local_batch_size=local_batch, seed=config.seed,
-                                    worker_count=config.get('worker_count', 0)))
+  iterator = iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed,
+                                    num_threads=config.input_threads))
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   restored = ckpt.restore_latest(checkpoints.abstract(state, backend.replicated), iterator)
   start = 0

@@ -81,7 +81,7 @@ def make_train_step(*, model, to_params: Callable, optimizer: optax.GradientTran
       loss, accuracy, grads = jax.lax.pmean((loss, accuracy, grads), axis_name)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'train_accuracy': accuracy, 'grad_norm': optax.global_norm(grads),
+    metrics = {'loss': loss, 'train_accuracy': accuracy, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

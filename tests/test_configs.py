@@ -1,0 +1,45 @@
+import importlib
+
+import pytest
+
+from configs import common
+from lgjax.models import check_config
+from lgjax.train import kinds, loop
+
+RECIPES = ('teacher', 'tleg_aux', 'sws_aux', 'descendant')
+
+
+@pytest.mark.parametrize('recipe', RECIPES)
+@pytest.mark.parametrize('preset', common.PRESETS)
+def test_every_config_loads(recipe, preset):
+  config = importlib.import_module(f'configs.{recipe}').get_config(preset)
+  for field in ('total_steps', 'batch_size', 'seed', 'checkpoint_every', 'eval_every'):
+    assert field in config
+  check_config(config.model.to_dict())
+  assert config.kind in kinds.KINDS
+  assert config.model.num_classes == config.dataset.num_classes
+  if config.kind == 'sws_aux':
+    assert kinds.check_stage_depths(config)
+  if config.kind.endswith('_aux'):
+    assert config.loss.alpha == 1.0  # the papers distill the aux model from a teacher
+  if config.kind != 'descendant' or preset == 'mnist5k':
+    # Descendant configs need a learngene_dir, and big presets a tfds dir: the rest must pass.
+    config.teacher.dir = '/teacher' if config.loss.alpha else ''
+    loop.check_config(config)
+
+
+def test_paper_settings():
+  tleg = importlib.import_module('configs.tleg_aux').get_config('imagenet2012')
+  assert tleg.model.depth == 12 and tleg.model.width == 384  # DeiT-S aux, 12 layers
+  assert tleg.optimizer.lr == 5e-4 and tleg.optimizer.weight_decay == 0.05
+  assert tleg.optimizer.warmup_steps == int(5 * 1_281_167 / 1024)
+  sws = importlib.import_module('configs.sws_aux').get_config('imagenet2012')
+  assert list(sws.learngene.stage_depths) == [3, 3, 4, 3, 3] and sws.model.depth == 16
+  desc = importlib.import_module('configs.descendant').get_config('cifar100')
+  assert desc.model.num_classes == 100 and desc.optimizer.warmup_steps == 0
+  assert desc.total_steps == int(40 * 50_000 / 1024)
+
+
+def test_unknown_preset():
+  with pytest.raises(ValueError, match=r"config arg must be one of \('mnist5k', 'cifar100', 'imagenet2012'\), got 'mnist'"):
+    importlib.import_module('configs.teacher').get_config('mnist')

@@ -1,0 +1,260 @@
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import ROOT, run_config
+from lgjax import checkpoint, data
+from lgjax.learngene import sws, tleg
+from lgjax.models import ViT, blocks
+from lgjax.train import kinds, loop, reporting, train_and_evaluate
+
+
+def losses(workdir):
+  by_step = reporting.read_metrics(str(workdir))
+  return np.array([by_step[s]['loss'] for s in sorted(by_step) if 'loss' in by_step[s]])
+
+
+def restore_export(workdir):
+  return checkpoint.load_params(os.path.join(str(workdir), loop.EXPORT_DIR))
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('teacher')
+  train_and_evaluate(run_config('teacher', total_steps=3), str(workdir))
+  return os.path.join(str(workdir), loop.EXPORT_DIR)
+
+
+def test_model_trains_on_embedded_data(tmp_path):
+  config = run_config('teacher', total_steps=16, eval_every=8, **{'optimizer.lr': 0.3})
+  final = train_and_evaluate(config, str(tmp_path))
+  curve = losses(tmp_path)
+  assert len(curve) == 16 and curve[-4:].mean() < curve[:2].mean() - 0.05
+  assert 0.0 <= final['eval_accuracy'] <= 1.0 and final['step'] == 16
+  assert reporting.read_metrics(str(tmp_path))[8]['eval_accuracy'] >= 0
+  params, model_cfg = restore_export(tmp_path)
+  assert model_cfg['depth'] == 2 and blocks.depth(params) == 2
+  assert os.path.getsize(tmp_path / reporting.PLOT_FILE) > 1000
+  assert os.listdir(tmp_path / 'tensorboard')
+
+
+def test_trains_on_mock_tfds_data(tmp_path):
+  config = run_config('teacher', total_steps=3, **{'model.num_classes': 10, 'model.patch_size': 8})
+  config.dataset.update(name='cifar10', image_size=32, num_classes=10, augment='inception',
+                        train_split='train', eval_split='test')
+  with tfds.testing.mock_data(num_examples=48):
+    final = train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(final['loss']) and 'eval_accuracy' in final
+
+
+def _changed(a, b):
+  return [float(np.abs(np.asarray(x) - np.asarray(y)).max()) > 0 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+
+
+def test_tleg_aux_trains_the_learngene_and_expands(tmp_path, teacher_dir):
+  config = run_config('tleg_aux', **{'teacher.dir': teacher_dir})
+  train_and_evaluate(config, str(tmp_path / 'aux'))
+  learngene, meta = checkpoint.load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
+  assert meta['method'] == 'tleg' and meta['aux_depth'] == 2
+  kind = kinds.make_kind(config, data.image_shape(config.dataset))
+  initial = kind.init(jax.random.split(jax.random.key(config.seed))[0])
+  assert all(_changed(learngene['base'], initial['base']))
+  assert all(_changed(learngene['slope'], initial['slope']))
+
+  out = tmp_path / 'desc'
+  result = subprocess.run([sys.executable, 'expand.py', f'--learngene={tmp_path / "aux" / "export"}',
+                           '--method=tleg', '--depth=3', f'--out={out}'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  params, model_cfg = checkpoint.load_params(str(out))
+  logits = ViT(**model_cfg).apply({'params': params}, np.zeros((2, 28, 28, 1), np.float32))
+  assert logits.shape == (2, 5) and np.isfinite(logits).all()
+
+
+def test_sws_aux_and_descendant(tmp_path, teacher_dir):
+  config = run_config('sws_aux', total_steps=2, **{'teacher.dir': teacher_dir})
+  train_and_evaluate(config, str(tmp_path / 'aux'))
+  learngene, meta = checkpoint.load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
+  assert meta['aux_stage_depths'] == [1, 1] and len(learngene['stages']) == 2
+  desc = run_config('descendant', total_steps=2, **{
+      'init.method': 'sws', 'init.learngene_dir': str(tmp_path / 'aux' / loop.EXPORT_DIR),
+      'model.depth': 3, 'init.stage_depths': [2, 1]})
+  kind = kinds.make_kind(desc, data.image_shape(desc.dataset))
+  params = kind.init(jax.random.key(0))
+  expected = sws.expand(learngene, (2, 1))
+  for i, stage in ((0, 0), (1, 0), (2, 1)):
+    jax.tree.map(np.testing.assert_array_equal, params['Transformer'][f'encoderblock_{i}'],
+                 learngene['stages'][stage])
+  np.testing.assert_array_equal(params['embedding']['kernel'], expected['embedding']['kernel'])
+  final = train_and_evaluate(desc, str(tmp_path / 'desc'))
+  assert np.isfinite(final['loss'])
+
+
+def test_descendant_inherits_all_but_a_new_head(tmp_path):
+  lg = tleg.init_learngene(jax.random.key(5), run_config('tleg_aux').model.to_dict(), image_shape=(28, 28, 1))
+  lg['shared']['head']['kernel'] = lg['shared']['head']['kernel'] + 1.0  # tell heads apart
+  checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='tleg', model_config=run_config('tleg_aux').model.to_dict())
+  config = run_config('descendant', **{'init.learngene_dir': str(tmp_path / 'lg'), 'model.depth': 3})
+  params = kinds.make_kind(config, (28, 28, 1)).init(jax.random.key(0))
+  expected = tleg.expand(lg, 3)
+  for name in ('Transformer', 'embedding', 'pos_embedding'):
+    jax.tree.map(np.testing.assert_array_equal, params[name], expected[name])
+  assert np.abs(np.asarray(params['head']['kernel'])).max() == 0  # fresh (zero-init) head
+
+  config.init.reinit = []
+  config.model.num_classes = 7
+  with pytest.raises(ValueError, match=r"'head/kernel' has shape \(32, 5\), expected \(32, 7\)"):
+    kinds.make_kind(config, (28, 28, 1)).init(jax.random.key(0))
+  config = run_config('descendant', **{'init.learngene_dir': str(tmp_path / 'lg'), 'init.method': 'sws'})
+  with pytest.raises(ValueError, match="init.method='sws' but init.learngene_dir=.* holds a 'tleg' learngene"):
+    kinds.make_kind(config, (28, 28, 1))
+
+
+def _one_device_losses(tmp_path, overrides):
+  """The same run in a fresh process that sees a single CPU device."""
+  script = ('import json, sys; sys.path.insert(0, "tests"); from conftest import run_config; '
+            'from lgjax.train import train_and_evaluate; from test_train import losses; '
+            f'train_and_evaluate(run_config("teacher", **{overrides!r}), {str(tmp_path / "one")!r}); '
+            f'print(json.dumps(losses({str(tmp_path / "one")!r}).tolist()))')
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0'}
+  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_jit_pmap_one_device_and_accumulation_agree(tmp_path):
+  overrides = {'model.drop_path': 0.2, 'model.dropout': 0.1}  # randomness keyed per example
+  assert jax.device_count() == 8
+  jit = losses_of(tmp_path / 'jit', parallelism='jit', **overrides)
+  pmap = losses_of(tmp_path / 'pmap', parallelism='pmap', **overrides)
+  accum = losses_of(tmp_path / 'accum', grad_accum_steps=2, **overrides)
+  one = _one_device_losses(tmp_path, overrides)
+  np.testing.assert_allclose(pmap, jit, rtol=1e-5)
+  np.testing.assert_allclose(one, jit, rtol=1e-5)
+  np.testing.assert_allclose(accum, jit, rtol=1e-5)
+  assert len(set(np.round(jit, 4))) > 1  # the loss moves: the comparison is not vacuous
+
+
+def losses_of(workdir, **overrides):
+  train_and_evaluate(run_config('teacher', **overrides), str(workdir))
+  return losses(workdir)
+
+
+def test_resume_is_bitwise_identical(tmp_path, monkeypatch):
+  overrides = dict(total_steps=6, checkpoint_every=2, **{'model.drop_path': 0.1})
+  train_and_evaluate(run_config('teacher', **overrides), str(tmp_path / 'straight'))
+
+  @contextlib.contextmanager
+  def stop_at_3():
+    yield lambda step: step == 3
+
+  with monkeypatch.context() as m:
+    m.setattr(loop, 'preemption_guard', stop_at_3)
+    first = train_and_evaluate(run_config('teacher', **overrides), str(tmp_path / 'resumed'))
+  assert first['preempted'] and first['step'] == 3
+  assert not os.path.exists(tmp_path / 'resumed' / loop.EXPORT_DIR)
+  train_and_evaluate(run_config('teacher', **overrides), str(tmp_path / 'resumed'))
+  straight, _ = restore_export(tmp_path / 'straight')
+  resumed, _ = restore_export(tmp_path / 'resumed')
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+  np.testing.assert_array_equal(losses(tmp_path / 'resumed'), losses(tmp_path / 'straight'))
+
+
+def test_resume_skips_a_damaged_checkpoint(tmp_path, capsys):
+  config = run_config('teacher', total_steps=4, checkpoint_every=2)
+  train_and_evaluate(config, str(tmp_path))
+  ckpt_dir = tmp_path / 'checkpoints'
+  assert sorted(os.listdir(ckpt_dir)) == ['2', '4']
+  # Damage the newest step, as a crash mid-write on a filesystem without atomic renames would.
+  for root, _, files in os.walk(ckpt_dir / '4' / 'state'):
+    for f in files:
+      os.remove(os.path.join(root, f))
+  config.total_steps = 5
+  train_and_evaluate(config, str(tmp_path))
+  assert 'Resuming from checkpoint step 2' in capsys.readouterr().out
+  assert sorted(os.listdir(ckpt_dir)) == ['4', '5', 'damaged-4']
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(
+      [sys.executable, 'train.py', '--config=configs/teacher.py:mnist5k', f'--workdir={workdir}',
+       '--config.total_steps=100000', '--config.log_every=1', '--config.model.depth=1',
+       '--config.batch_size=16', '--config.checkpoint_every=100000'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    import time
+    deadline = time.time() + 240
+    while time.time() < deadline and len(reporting.read_metrics(str(workdir))) < 2:
+      time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, err[-2000:]
+  assert 'Preempted at step' in out
+  step = int(out.split('Preempted at step ')[1].split(':')[0])
+  assert os.listdir(workdir / 'checkpoints') == [str(step)]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = run_config('teacher', total_steps=6, checkpoint_every=1, **{'optimizer.lr': 1e35,
+                                                                       'optimizer.clip_norm': 0.0})
+  with pytest.raises(FloatingPointError, match=r'Loss is (nan|inf) at step \d; stopping. The last good checkpoint'):
+    train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  by_step = reporting.read_metrics(str(tmp_path))
+  assert steps and all(np.isfinite(by_step[s]['loss']) for s in steps)
+
+
+@pytest.mark.parametrize('overrides,error,message', [
+    (dict(batch_size=12), ValueError, r'batch_size=12 must be a positive multiple of the number of devices \(8\)'),
+    (dict(batch_size=16, grad_accum_steps=4), ValueError, r'times grad_accum_steps \(4\) = 32'),
+    (dict(kind='student'), ValueError, r"kind must be one of \('model', 'tleg_aux', 'sws_aux', 'descendant'\), got 'student'"),
+    (dict(parallelism='pjit'), ValueError, r"parallelism must be one of \('jit', 'pmap'\)"),
+    ({'loss.alpha': 0.5}, ValueError, r'loss.alpha=0.5 distills from a teacher: set teacher.dir'),
+    ({'loss.alpha': 0.5, 'teacher.dir': '/nonexistent/teacher'}, FileNotFoundError, r"/nonexistent/teacher/model_config.json"),
+    ({'dataset.name': 'cifar10', 'dataset.image_size': 28}, FileNotFoundError, r'tfds build cifar10 --file_format=array_record'),
+    ({'total_steps': 0}, ValueError, r'total_steps must be an integer >= 1, got 0'),
+    ({'model.patch_size': 5}, ValueError, r'dataset.image_size=28 must be a multiple of model.patch_size=5'),
+])
+def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
+  with pytest.raises(error, match=message):
+    train_and_evaluate(run_config('teacher', **overrides), str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_descendant_config_errors(tmp_path):
+  with pytest.raises(ValueError, match=r"init.learngene_dir must name a learngene directory for init.method='tleg'"):
+    train_and_evaluate(run_config('descendant'), str(tmp_path))
+  with pytest.raises(ValueError, match=r"init.method must be one of \('scratch', 'sws', 'tleg'\), got 'lora'"):
+    train_and_evaluate(run_config('descendant', **{'init.method': 'lora'}), str(tmp_path))
+
+
+def test_two_processes_match_one(tmp_path):
+  args = ['train.py', '--config=configs/teacher.py:mnist5k', '--config.total_steps=3', '--config.log_every=1',
+          '--config.batch_size=16', '--config.model.depth=1', '--config.model.drop_path=0.1']
+  port = 20000 + os.getpid() % 20000
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0'}
+  procs = [subprocess.Popen([sys.executable, *args, f'--workdir={tmp_path / "two"}',
+                             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  single = subprocess.run([sys.executable, *args, f'--workdir={tmp_path / "one"}'], cwd=ROOT, env={
+      **os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0'},
+                          capture_output=True, text=True, timeout=400)
+  assert single.returncode == 0, single.stderr[-3000:]
+  np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
+  assert len(losses(tmp_path / 'two')) == 3
