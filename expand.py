@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
@@ -45,6 +45,8 @@ def expand_args(method: str, depth: int | None, stage_depths: list[str] | None) 
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   arg = expand_args(_METHOD.value, _DEPTH.value, _STAGE_DEPTHS.value)
   learngene, meta = checkpoint.load_learngene(_LEARNGENE.value)
   if meta['method'] != _METHOD.value:

@@ -1,4 +1,5 @@
-r"""Trains any lgjax model: a ViT, a learngene's auxiliary model, a descendant.
+r"""Trains any lgjax model: a ViT, a learngene's auxiliary model, a descendant,
+or a recipe of such runs (configs/demo.py).
 
   python train.py --config=configs/teacher.py:mnist5k --workdir=/tmp/teacher \
       [--config.total_steps=100 --config.batch_size=64 ...] [--multihost]
@@ -21,18 +22,19 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_addre
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-# Orbax and grain log every save at INFO; users see the progress bar instead.
-flags.FLAGS.set_default('verbosity', logging.WARNING)
-
-
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO; the bar says enough
+    logging.set_verbosity(logging.WARNING)
   import jax  # after flags, so --multihost can initialize before any device use
   if _MULTIHOST.value or _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from lgjax.train import train_and_evaluate
+  from lgjax.train import recipe, train_and_evaluate
   logging.info('JAX process %d of %d, %d devices.', jax.process_index(), jax.process_count(),
                jax.device_count())
+  if _CONFIG.value.kind == 'recipe':
+    recipe.run_recipe(_CONFIG.value, _WORKDIR.value)
+    return
   metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
     print('Final: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'

@@ -258,3 +258,20 @@ def test_two_processes_match_one(tmp_path):
   assert single.returncode == 0, single.stderr[-3000:]
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
   assert len(losses(tmp_path / 'two')) == 3
+
+
+def test_demo_recipe_chains_runs(tmp_path, capsys):
+  import importlib
+  from lgjax.train import recipe
+  config = importlib.import_module('configs.demo').get_config('mnist5k')
+  assert config.order[:2] == ['teacher', 'tleg'] and set(config.order) == set(config.runs)
+  for name in config.order:
+    run = config.runs[name]
+    run.model.update(width=32, num_heads=2, mlp_dim=64, depth=min(run.model.depth, 2))
+    run.update(batch_size=16, total_steps=2, eval_every=1000, checkpoint_every=1000)
+  config.order = ['teacher', 'tleg', 'depth2_tleg']
+  rows = recipe.run_recipe(config, str(tmp_path))
+  assert [r['run'] for r in rows] == config.order
+  assert [r['init'] for r in rows] == ['model', 'tleg_aux', 'tleg']
+  assert os.path.exists(tmp_path / 'depth2_tleg' / loop.EXPORT_DIR / 'model_config.json')
+  assert '| depth2_tleg | downstream | tleg | 2 | 2 |' in capsys.readouterr().out

@@ -1,0 +1,101 @@
+"""Train-step throughput: plain ViT vs the TLEG auxiliary model of the same depth.
+
+The aux model's params are computed from the learngene inside the loss
+(tleg.expand), so the ratio aux/plain is the cost of that computation (target
+≥ 0.95 in images/s, i.e. ≤ 1.05x time). Both run side by side in one process
+with the matmul peak measured in the same run.
+
+  python benchmarks/train_throughput.py [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lgjax.learngene import tleg
+from lgjax.models import ViT
+from lgjax.train import optim, step
+
+
+def median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+  """Achieved f32 GFLOP/s of one large jitted matmul: the machine's practical peak."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  return 2 * n ** 3 / median_time(lambda: f(a), repeats) / 1e9
+
+
+def build_step(model_cfg, to_params, trainable, batch_size):
+  opt = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
+                                       b1=0.9, b2=0.999, clip_norm=1.0))
+  loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, alpha=0.0, temperature=1.0))
+  optimizer = optim.make_optimizer(opt, batch_size, 1000)
+  fn = step.make_train_step(model=ViT(**model_cfg), to_params=to_params, optimizer=optimizer,
+                            schedule=optim.learning_rate(opt, batch_size, 1000), loss_config=loss)
+  state = step.init_state(trainable, optimizer, jax.random.key(1))
+  return jax.jit(fn, donate_argnums=(0,)), state
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--width', type=int, default=192)
+  p.add_argument('--depth', type=int, default=12)
+  p.add_argument('--heads', type=int, default=3)
+  p.add_argument('--batch', type=int, default=128)
+  p.add_argument('--image', type=int, default=32)
+  p.add_argument('--patch', type=int, default=4)
+  p.add_argument('--repeats', type=int, default=5)
+  args = p.parse_args()
+  cfg = dict(num_classes=100, patch_size=args.patch, width=args.width, depth=args.depth,
+             num_heads=args.heads, mlp_dim=4 * args.width)
+  shape = (args.image, args.image, 3)
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.standard_normal((args.batch, *shape)), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, 100, args.batch), jnp.int32),
+           'index': jnp.arange(args.batch, dtype=jnp.int32)}
+
+  lg = tleg.init_learngene(jax.random.key(0), cfg, image_shape=shape)
+  plain = jax.tree.map(jnp.array, tleg.expand(lg, args.depth))  # own buffers: steps donate state
+  runs = {'plain ViT': build_step(cfg, lambda p: p, plain, args.batch),
+          'TLEG aux (params = expand(lg))': build_step(
+              cfg, lambda l: tleg.expand(l, args.depth), jax.tree.map(jnp.array, lg), args.batch)}
+
+  peak = matmul_peak_gflops()
+  rows = []
+  for name, (fn, state) in runs.items():
+    flops = fn.lower(state, batch, None).compile().cost_analysis()['flops']
+    holder = {'state': state}
+
+    def one():
+      holder['state'], metrics = fn(holder['state'], batch, None)
+      return metrics['loss']
+
+    jax.block_until_ready(one())
+    t = median_time(one, args.repeats)
+    rows.append((name, args.batch / t, flops / t / 1e9))
+
+  print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
+        f'batch {args.batch}, {jax.devices()[0].device_kind}; matmul peak {peak:.0f} GFLOP/s')
+  print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"vs plain":>8} |')
+  print(f'|{"-" * 34}|{"-" * 11}|{"-" * 10}|{"-" * 9}|{"-" * 10}|')
+  for name, ips, gflops in rows:
+    print(f'| {name:<32} | {ips:9.1f} | {gflops:8.1f} | {gflops / peak:7.1%} | {ips / rows[0][1]:8.3f} |')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,37 @@
+r"""The learngene story end to end, as one recipe of ordinary runs.
+
+  python train.py --config=configs/demo.py:mnist5k --workdir=/tmp/lgjax_demo
+
+1. teacher     a ViT on the source classes (digits 0-4);
+2. tleg        a TLEG learngene distilled from it through the auxiliary model;
+3. descendants of two depths on the downstream classes (digits 5-9), each
+   initialized from the learngene and from scratch, with equal budgets.
+Prints a table (run, init, depth, steps, accuracy). Each run is also
+runnable alone with its recipe file (teacher.py, tleg_aux.py, descendant.py).
+"""
+
+import ml_collections
+
+from configs import common, descendant, teacher, tleg_aux
+
+DEPTHS = (2, 4)
+
+
+def get_config(arg: str = 'mnist5k'):
+  preset = common.check_preset(arg)
+  runs = ml_collections.ConfigDict()
+  runs.teacher = teacher.get_config(preset)
+  runs.tleg = tleg_aux.get_config(preset)
+  runs.tleg.teacher.dir = '{workdir}/teacher/export'
+  for depth in DEPTHS:
+    for method in ('tleg', 'scratch'):
+      run = descendant.get_config(preset)
+      run.model.depth = depth
+      run.init.method = method
+      run.init.learngene_dir = '{workdir}/tleg/export' if method != 'scratch' else ''
+      runs[f'depth{depth}_{method}'] = run
+  config = ml_collections.ConfigDict()
+  config.kind = 'recipe'
+  config.runs = runs
+  config.order = ['teacher', 'tleg'] + [f'depth{d}_{m}' for d in DEPTHS for m in ('tleg', 'scratch')]
+  return config
