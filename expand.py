@@ -2,6 +2,8 @@ r"""Expands a saved learngene into a descendant ViT checkpoint.
 
   python expand.py --learngene=DIR --method=tleg --depth=8 --out=DIR
   python expand.py --learngene=DIR --method=sws --stage_depths=3,3,2,2,2 --out=DIR
+  python expand.py --learngene=DIR --method=condense --num_random=4 --placement=below \
+      [--num_classes=10 --seed=0] --out=DIR
 
 Writes DIR/params (Orbax) and DIR/model_config.json, so that
 `ViT(**config).apply({'params': params}, x)` runs after
@@ -13,24 +15,35 @@ from __future__ import annotations
 
 import os
 
+import jax
 from absl import app, flags, logging
 
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
-from lgjax.learngene import METHODS
+from lgjax.learngene import METHODS, condense
 
 _LEARNGENE = flags.DEFINE_string('learngene', None, 'Learngene directory (learngene/ + learngene.json).')
 _METHOD = flags.DEFINE_enum('method', None, sorted(METHODS), 'Learngene method; must match learngene.json.')
 _DEPTH = flags.DEFINE_integer('depth', None, 'Descendant depth (tleg).')
 _STAGE_DEPTHS = flags.DEFINE_list('stage_depths', None, 'Blocks per stage, e.g. 3,3,2,2,2 (sws).')
+_NUM_RANDOM = flags.DEFINE_integer('num_random', None, 'Fresh blocks stacked on the layers (condense).')
+_PLACEMENT = flags.DEFINE_enum('placement', 'below', ['below', 'above'], 'Where fresh blocks go (condense).')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', None, 'A new head with this many classes (condense).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of freshly initialized parts (condense).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory for the descendant checkpoint.')
-_FORMAT = flags.DEFINE_enum('format', 'orbax', ['orbax', 'npz'], 'npz also writes params.npz.')
+_FORMAT = flags.DEFINE_enum('format', 'orbax', ['orbax', 'npz', 'safetensors'],
+                            'npz / safetensors also write params.npz (big_vision) / '
+                            'params.safetensors (timm) beside the Orbax checkpoint.')
 _SCAN = flags.DEFINE_bool('scan', False, 'Write the scanned (stacked-blocks) layout.')
 flags.mark_flags_as_required(['learngene', 'method', 'out'])
 
 
 def expand_args(method: str, depth: int | None, stage_depths: list[str] | None) -> object:
   """The method's second expand argument, from the flags, with the flag named on error."""
+  if method == 'condense':
+    if _NUM_RANDOM.value is None or depth is not None or stage_depths:
+      raise app.UsageError('--method=condense needs --num_random (and no --depth or --stage_depths).')
+    return _NUM_RANDOM.value
   if method == 'tleg':
     if depth is None or stage_depths:
       raise app.UsageError('--method=tleg needs --depth (and no --stage_depths).')
@@ -52,14 +65,20 @@ def main(argv):
   if meta['method'] != _METHOD.value:
     raise app.UsageError(f'--method={_METHOD.value} but {_LEARNGENE.value!r} holds a '
                          f'{meta["method"]} learngene.')
-  params = METHODS[_METHOD.value].expand(learngene, arg, scan=_SCAN.value)
-  depth = arg if _METHOD.value == 'tleg' else sum(arg)
-  config = {**meta['model_config'], 'depth': depth, 'scan': _SCAN.value}
+  config = {**meta['model_config'], 'scan': _SCAN.value}
+  if _METHOD.value == 'condense':
+    params = condense.expand(learngene, arg, rng=jax.random.key(_SEED.value), placement=_PLACEMENT.value,
+                             num_classes=_NUM_CLASSES.value, scan=_SCAN.value)
+    config = {**config, **condense.descendant_config(learngene, arg, _NUM_CLASSES.value), 'scan': _SCAN.value}
+  else:
+    params = METHODS[_METHOD.value].expand(learngene, arg, scan=_SCAN.value)
+    config['depth'] = arg if _METHOD.value == 'tleg' else sum(arg)
+  depth = config['depth']
   checkpoint.save_params(_OUT.value, params, config)
   written = [os.path.join(_OUT.value, checkpoint.PARAMS), os.path.join(_OUT.value, checkpoint.MODEL_CONFIG)]
-  if _FORMAT.value == 'npz':
-    written.append(os.path.join(_OUT.value, 'params.npz'))
-    checkpoint.save_npz(written[-1], params)
+  if _FORMAT.value != 'orbax':
+    written.append(os.path.join(_OUT.value, f'params.{_FORMAT.value}'))
+    checkpoint.save_params(written[-1], params, config, format=_FORMAT.value)
   print(f'Descendant: depth {depth}, width {config["width"]}, '
         f'{tree_lib.num_params(params):,} params ({_METHOD.value} from {_LEARNGENE.value}).')
   for path in written:

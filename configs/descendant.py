@@ -5,8 +5,11 @@ r"""A descendant ViT on the downstream data, initialized from a learngene.
       --config.model.depth=4
 
 init.method: 'tleg' | 'sws' (expand the learngene to model.depth; SWS splits
-it over stages by init.stage_depths, or sws.split_depth when empty) or
-'scratch'. Params matching an init.reinit regex (default: the head, since
+it over stages by init.stage_depths, or sws.split_depth when empty),
+'condense' (the learngene layers plus model.depth - k fresh blocks at
+init.placement 'below' | 'above'; the learngene from init.learngene_dir, or
+condensed here from init.ancestry, any checkpoint file or directory, at
+block indices init.layers) or 'scratch'. Params matching an init.reinit regex (default: the head, since
 the downstream classes are new) are freshly initialized. The paper trains
 descendants 35-40 epochs with CE, lr 5e-4, no warmup, drop path 0.1.
 """
@@ -30,5 +33,6 @@ def get_config(arg: str = 'mnist5k'):
                                 drop_path=0.1)
   config.dataset = common.dataset(preset, 'downstream')
   config.init = ml_collections.ConfigDict(dict(
-      method='tleg', learngene_dir='', stage_depths=[], reinit=['^head/']))
+      method='tleg', learngene_dir='', stage_depths=[], placement='below', ancestry='',
+      layers=[], reinit=['^head/']))
   return config

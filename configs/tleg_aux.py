@@ -28,4 +28,7 @@ def get_config(arg: str = 'mnist5k'):
   config.dataset = common.dataset(preset, 'source')
   config.loss.alpha = 1.0  # pure soft distillation, as the paper
   config.loss.label_smoothing = 0.0
+  # init.fit_from: start the learngene from tleg.fit of an existing ViT (any
+  # checkpoint load_params reads) instead of the paper's random init.
+  config.init = dict(fit_from='')
   return config

@@ -51,7 +51,7 @@ def test_learngene_round_trip_keeps_lists(tmp_path):
   assert meta == {'method': 'sws', 'model_config': TINY, 'aux_stage_depths': [2, 1]}
   with pytest.raises(ValueError, match="SWS learngene has width=32 but the requested model has width=64"):
     checkpoint.save_learngene(str(tmp_path / 'x'), lg, method='sws', model_config={**TINY, 'width': 64})
-  with pytest.raises(ValueError, match=r"method must be one of \['sws', 'tleg'\], got 'pool'"):
+  with pytest.raises(ValueError, match=r"method must be one of \['condense', 'sws', 'tleg'\], got 'pool'"):
     checkpoint.save_learngene(str(tmp_path / 'x'), lg, method='pool', model_config=TINY)
 
 
@@ -101,3 +101,22 @@ def test_expand_cli_sws_scan_and_errors(tmp_path):
   assert short.returncode != 0 and 'stage_depths must be a sequence of 3 integers' in short.stderr
   missing = _run_expand(f'--learngene={lg_dir}', '--method=sws', f'--out={out}')
   assert missing.returncode != 0 and '--method=sws needs --stage_depths' in missing.stderr
+
+
+def test_expand_cli_condense_to_safetensors(tmp_path):
+  from lgjax.learngene import condense
+  params = random_like(param_shapes({**TINY, 'depth': 4}, IMAGE_SHAPE))
+  lg = condense.condense(params, [2, 3])
+  checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='condense', model_config={**TINY, 'depth': 4})
+  out = str(tmp_path / 'desc')
+  result = _run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', '--num_random=1',
+                       '--placement=above', '--num_classes=3', f'--out={out}', '--format=safetensors')
+  assert result.returncode == 0, result.stderr
+  restored, config = checkpoint.load_params(out)
+  assert config['depth'] == 3 and config['num_classes'] == 3 and 'Descendant: depth 3' in result.stdout
+  jax.tree.map(np.testing.assert_array_equal, restored['Transformer']['encoderblock_1'],
+               params['Transformer']['encoderblock_3'])
+  timm, _ = checkpoint.load_params(os.path.join(out, 'params.safetensors'), num_heads=TINY['num_heads'])
+  jax.tree.map(np.testing.assert_array_equal, timm, restored)
+  missing = _run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', f'--out={out}')
+  assert missing.returncode != 0 and '--method=condense needs --num_random' in missing.stderr

@@ -4,8 +4,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -192,9 +194,9 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
        '--config.batch_size=16', '--config.checkpoint_every=100000'],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    import time
     deadline = time.time() + 240
     while time.time() < deadline and len(reporting.read_metrics(str(workdir))) < 2:
+      assert proc.poll() is None, proc.communicate()[1][-3000:]
       time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -236,7 +238,7 @@ def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
 def test_descendant_config_errors(tmp_path):
   with pytest.raises(ValueError, match=r"init.learngene_dir must name a learngene directory for init.method='tleg'"):
     train_and_evaluate(run_config('descendant'), str(tmp_path))
-  with pytest.raises(ValueError, match=r"init.method must be one of \('scratch', 'sws', 'tleg'\), got 'lora'"):
+  with pytest.raises(ValueError, match=r"init.method must be one of \('scratch', 'condense', 'sws', 'tleg'\), got 'lora'"):
     train_and_evaluate(run_config('descendant', **{'init.method': 'lora'}), str(tmp_path))
 
 
@@ -275,3 +277,15 @@ def test_demo_recipe_chains_runs(tmp_path, capsys):
   assert [r['init'] for r in rows] == ['model', 'tleg_aux', 'tleg']
   assert os.path.exists(tmp_path / 'depth2_tleg' / loop.EXPORT_DIR / 'model_config.json')
   assert '| depth2_tleg | downstream | tleg | 2 | 2 |' in capsys.readouterr().out
+
+
+def test_bfloat16_compute_keeps_float32_state(tmp_path):
+  final = train_and_evaluate(run_config('teacher', total_steps=2, compute_dtype='bfloat16'), str(tmp_path))
+  assert np.isfinite(final['loss'])
+  params, _ = restore_export(tmp_path)
+  assert {np.asarray(x).dtype for x in jax.tree.leaves(params)} == {np.dtype('float32')}
+  model = ViT(**{**run_config('teacher').model.to_dict(), 'dtype': 'bfloat16'})
+  x = np.zeros((1, 28, 28, 1), np.float32)
+  hidden = model.apply({'params': params}, x, capture_intermediates=True, mutable=['intermediates'])[1]
+  dense = hidden['intermediates']['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['__call__'][0]
+  assert dense.dtype == jnp.bfloat16

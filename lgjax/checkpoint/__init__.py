@@ -1,11 +1,15 @@
-"""Saving and restoring params and learngenes: Orbax trees plus a JSON config.
+"""Saving and restoring params and learngenes.
 
 On-disk layouts (all readers check shapes before anything is used):
 
   params directory      params/ (Orbax)  + model_config.json  (ViT fields)
   learngene directory   learngene/ (Orbax) + learngene.json
-                        ({'method': 'tleg'|'sws', 'model_config': {...}, ...})
-  big_vision npz        one array per '/'-joined param name
+                        ({'method': 'tleg'|'sws'|'condense', 'model_config': {...}, ...})
+  big_vision .npz       one array per '/'-joined param name
+  timm .safetensors     a timm/DeiT VisionTransformer state dict
+
+`load_params(path)` reads any of the params layouts, inferring the model
+config from shapes where the file carries none; `save_params` writes them.
 
 Nothing is ever unpickled: Orbax and `np.load(..., allow_pickle=False)`.
 """
@@ -20,10 +24,12 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import safetensors.numpy
 
 from lgjax import tree as tree_lib
+from lgjax.checkpoint import convert
 from lgjax.learngene import METHODS
-from lgjax.models import ViT, blocks, check_config, param_shapes
+from lgjax.models import ViT, blocks, check_config, config_from_params, param_shapes
 
 PyTree = Any
 PARAMS, MODEL_CONFIG = 'params', 'model_config.json'
@@ -87,19 +93,46 @@ def check_params(params: PyTree, model_config: dict, what: str = 'params') -> No
   tree_lib.check_shapes(params, expected, what)
 
 
-def save_params(directory: str, params: PyTree, model_config: dict) -> None:
-  """Writes ViT params (Orbax) and the config that rebuilds the model (JSON)."""
+FORMATS = ('orbax', 'npz', 'safetensors')
+
+
+def save_params(path: str, params: PyTree, model_config: dict, format: str = 'orbax') -> None:
+  """Writes ViT params: 'orbax' (a directory: params/ + model_config.json),
+  'npz' (big_vision's flat file) or 'safetensors' (a timm state dict)."""
+  if format not in FORMATS:
+    raise ValueError(f'format must be one of {FORMATS}, got {format!r}.')
   check_params(params, model_config)
-  os.makedirs(directory, exist_ok=True)
-  save_tree(os.path.join(directory, PARAMS), params)
-  _write_json(os.path.join(directory, MODEL_CONFIG), dict(model_config))
+  if format == 'npz':
+    save_npz(path, params)
+  elif format == 'safetensors':
+    if jax.process_index() == 0:
+      safetensors.numpy.save_file(convert.to_timm(params, model_config), path)
+  else:
+    os.makedirs(path, exist_ok=True)
+    save_tree(os.path.join(path, PARAMS), params)
+    _write_json(os.path.join(path, MODEL_CONFIG), dict(model_config))
 
 
-def load_params(directory: str) -> tuple[PyTree, dict]:
-  """(params, model_config) such that ViT(**model_config).apply({'params': params}, x) runs."""
-  model_config = _read_json(os.path.join(directory, MODEL_CONFIG))
-  params = restore_tree(os.path.join(directory, PARAMS))
-  check_params(params, model_config, f'params in {directory!r}')
+def load_params(path: str, **overrides: Any) -> tuple[PyTree, dict]:
+  """(params, model_config) such that ViT(**model_config).apply({'params': params}, x) runs.
+
+  `path`: an lgjax params directory, a big_vision `.npz` or a timm
+  `.safetensors` file. For files the config is read off the shapes (and,
+  for timm, set to compute what timm computes); `overrides` set ViT fields
+  shapes cannot tell, e.g. num_heads=12 for a timm model whose heads are not 64 wide.
+  """
+  if path.endswith('.npz'):
+    params = convert.from_big_vision(_read_npz(path))
+    model_config = config_from_params(params, **overrides)
+  elif path.endswith('.safetensors'):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'No safetensors file at {path!r}.')
+    params, implied = convert.from_timm(safetensors.numpy.load_file(path), overrides.get('num_heads'))
+    model_config = config_from_params(params, **{**implied, **overrides})
+  else:
+    model_config = {**_read_json(os.path.join(path, MODEL_CONFIG)), **overrides}
+    params = restore_tree(os.path.join(path, PARAMS))
+  check_params(params, model_config, f'params in {path!r}')
   return params, model_config
 
 
@@ -133,7 +166,13 @@ def save_npz(path: str, params: PyTree) -> None:
   np.savez(path, **flat)
 
 
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'No npz file at {path!r}.')
+  with np.load(path, allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
 def load_npz(path: str) -> PyTree:
   """Reads a flat '/'-keyed npz into a nested tree; never unpickles."""
-  with np.load(path, allow_pickle=False) as data:
-    return tree_lib.unflatten_names({k: data[k] for k in data.files})
+  return tree_lib.unflatten_names(_read_npz(path))

@@ -1,6 +1,6 @@
-"""Learngene methods, one module each: init_learngene(...), expand(learngene, ...)."""
-from lgjax.learngene import sws, tleg
+"""Learngene methods, one module each: init_learngene / condense, check, expand."""
+from lgjax.learngene import condense, sws, tleg
 
-METHODS = {'tleg': tleg, 'sws': sws}
+METHODS = {'tleg': tleg, 'sws': sws, 'condense': condense}
 
-__all__ = ['METHODS', 'sws', 'tleg']
+__all__ = ['METHODS', 'condense', 'sws', 'tleg']

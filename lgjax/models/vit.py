@@ -28,8 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lgjax.models import blocks
+
 POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
+FINAL_NORMS = ('tokens', 'pooled')
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -50,6 +53,8 @@ def check_config(config: dict[str, Any]) -> None:
     raise ValueError(f'posemb must be one of {POSEMBS}, got {get("posemb")!r}.')
   if get('pool_type') not in POOL_TYPES:
     raise ValueError(f'pool_type must be one of {POOL_TYPES}, got {get("pool_type")!r}.')
+  if get('final_norm') not in FINAL_NORMS:
+    raise ValueError(f'final_norm must be one of {FINAL_NORMS}, got {get("final_norm")!r}.')
   for k in ('dropout', 'drop_path'):
     if not 0.0 <= get(k) < 1.0:
       raise ValueError(f'{k} must be in [0, 1), got {get(k)!r}.')
@@ -96,6 +101,7 @@ class MultiHeadDotProductAttention(nn.Module):
 class MlpBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -103,7 +109,7 @@ class MlpBlock(nn.Module):
     inits = dict(kernel_init=nn.initializers.xavier_uniform(),
                  bias_init=nn.initializers.normal(stddev=1e-6), dtype=self.dtype)
     width = x.shape[-1]
-    x = nn.gelu(nn.Dense(self.mlp_dim, **inits)(x))
+    x = nn.gelu(nn.Dense(self.mlp_dim, **inits)(x), approximate=self.gelu_approximate)
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
     return nn.Dense(width, **inits)(x)
 
@@ -123,18 +129,20 @@ class Encoder1DBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   use_drop_path: bool = False
+  gelu_approximate: bool = True
+  layer_norm_epsilon: float = 1e-6
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, drop_path_rate, deterministic: bool):
     no_drop_path = deterministic or not self.use_drop_path
-    y = nn.LayerNorm()(x)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon)(x)
     y = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype)(y)
     self.sow('intermediates', 'attn', y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
-    y = nn.LayerNorm()(x)
-    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype)(y, deterministic)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon)(x)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.dtype)(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
     self.sow('intermediates', 'out', x)
@@ -155,13 +163,19 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   scan: bool = False
+  pool_type: str = 'gap'
+  final_norm: str = 'tokens'
+  gelu_approximate: bool = True
+  layer_norm_epsilon: float = 1e-6
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
+    """Tokens -> pooled representation (blocks, encoder_norm, pooling)."""
     rates = drop_path_rates(self.drop_path, self.depth)
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
-              use_drop_path=self.drop_path > 0, dtype=self.dtype)
+              use_drop_path=self.drop_path > 0, gelu_approximate=self.gelu_approximate,
+              layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype)
     if self.scan:
       blocks = nn.scan(
           _ScanBlock, variable_axes={'params': 0, 'intermediates': 0},
@@ -171,7 +185,9 @@ class Encoder(nn.Module):
     else:
       for i in range(self.depth):
         x = Encoder1DBlock(name=f'encoderblock_{i}', **kw)(x, float(rates[i]), deterministic)
-    return nn.LayerNorm(name='encoder_norm')(x)
+    norm = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')
+    pool = lambda t: t[:, 0] if self.pool_type == 'tok' else jnp.mean(t, axis=1)
+    return norm(pool(x)) if self.final_norm == 'pooled' else pool(norm(x))
 
 
 class ViT(nn.Module):
@@ -182,6 +198,11 @@ class ViT(nn.Module):
   prepends a learned `cls` token and reads it out. `drop_path` is the largest
   stochastic-depth rate (linear over depth as in DeiT). `scan` runs the blocks
   with `nn.scan` so compile time stays flat in depth.
+
+  Fields that let lgjax compute what other codebases' ViTs compute (defaults
+  are big_vision's): `gelu_approximate` (False: timm's exact-erf GELU),
+  `layer_norm_epsilon`, `final_norm` ('tokens': LayerNorm every token, then
+  pool; 'pooled': pool, then LayerNorm, as timm's fc_norm with avg pooling).
   """
   num_classes: int | None = None
   patch_size: int | Sequence[int] = 16
@@ -195,6 +216,9 @@ class ViT(nn.Module):
   drop_path: float = 0.0
   scan: bool = False
   head_zeroinit: bool = True
+  gelu_approximate: bool = True
+  layer_norm_epsilon: float = 1e-6
+  final_norm: str = 'tokens'
   dtype: Any = 'float32'
 
   def __post_init__(self):
@@ -222,9 +246,10 @@ class ViT(nn.Module):
     x = nn.Dropout(rate=self.dropout)(x, not train)
     x = Encoder(depth=self.depth, num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim or 4 * self.width, dropout=self.dropout,
-                drop_path=self.drop_path, scan=self.scan, dtype=dtype,
+                drop_path=self.drop_path, scan=self.scan, pool_type=self.pool_type,
+                final_norm=self.final_norm, gelu_approximate=self.gelu_approximate,
+                layer_norm_epsilon=self.layer_norm_epsilon, dtype=dtype,
                 name='Transformer')(x, not train)
-    x = x[:, 0] if self.pool_type == 'tok' else jnp.mean(x, axis=1)
     if self.num_classes:
       kw = {'kernel_init': nn.initializers.zeros} if self.head_zeroinit else {}
       x = nn.Dense(self.num_classes, name='head', **kw)(x)
@@ -247,3 +272,30 @@ def param_shapes(config: dict[str, Any], image_shape: Sequence[int]) -> Any:
   model = ViT(**config)
   image = jnp.zeros((1, *image_shape), jnp.float32)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), image))['params']
+
+
+def config_from_params(params: Any, **overrides: Any) -> dict[str, Any]:
+  """ViT fields read off a param tree's names and shapes; `overrides` win.
+
+  Shapes fix patch_size, width, depth, num_heads, mlp_dim, num_classes, the
+  layout (scan) and which of cls / pos_embedding exist. What shapes cannot
+  tell (GELU flavour, where the final norm runs, epsilon) keeps big_vision's
+  defaults unless overridden.
+  """
+  try:
+    ph, pw, _, width = np.shape(params['embedding']['kernel'])
+    shared, (first, *_) = blocks.split(params)  # block 0 sets the shapes; check_params tests the rest
+    attn = first['MultiHeadDotProductAttention_0']['query']['kernel']
+    mlp = first['MlpBlock_0']['Dense_0']['kernel']
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f'Cannot read a ViT config off these params: missing or misshapen {e}.') from None
+  config = dict(
+      patch_size=int(ph) if ph == pw else [int(ph), int(pw)], width=int(width),
+      depth=blocks.depth(params), num_heads=int(np.shape(attn)[-2]), mlp_dim=int(np.shape(mlp)[-1]),
+      num_classes=int(np.shape(shared['head']['kernel'])[-1]) if 'head' in shared else None,
+      pool_type='tok' if 'cls' in shared else 'gap',
+      posemb='learn' if 'pos_embedding' in shared else 'sincos2d',
+      scan=blocks.is_scanned(params))
+  config.update(overrides)
+  check_config(config)
+  return config

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
-from lgjax.learngene import METHODS, sws, tleg
+from lgjax.learngene import METHODS, condense, sws, tleg
 from lgjax.models import ViT, check_config
 
 KINDS = ('model', 'tleg_aux', 'sws_aux', 'descendant')
@@ -66,8 +66,14 @@ def _plain(model_cfg: dict, image_shape) -> Kind:
 
 def _tleg_aux(config: Any, model_cfg: dict, image_shape) -> Kind:
   depth, scan = model_cfg['depth'], model_cfg.get('scan', False)
-  return Kind('tleg_aux',
-              lambda rng: tleg.init_learngene(rng, model_cfg, image_shape=image_shape),
+  init = lambda rng: tleg.init_learngene(rng, model_cfg, image_shape=image_shape)
+  fit_from = config.get('init', {}).get('fit_from')
+  if fit_from:  # start from the least-squares fit to an existing ViT's blocks
+    learngene = tleg.fit(checkpoint.load_params(fit_from)[0])
+    tree_lib.check_shapes(learngene, jax.eval_shape(init, jax.random.key(0)),
+                          f'The TLEG fit of init.fit_from={fit_from!r}')
+    init = lambda rng: learngene
+  return Kind('tleg_aux', init,
               lambda lg: tleg.expand(lg, depth, scan=scan),
               lambda d, lg: checkpoint.save_learngene(d, lg, method='tleg', model_config=model_cfg,
                                                       aux_depth=depth))
@@ -82,12 +88,19 @@ def _sws_aux(config: Any, model_cfg: dict, image_shape) -> Kind:
                                                       aux_stage_depths=list(depths)))
 
 
-def expand_for(config: Any, learngene: PyTree, method: str, scan: bool) -> PyTree:
-  """Expands a restored learngene to model.depth (split over SWS stages by
-  init.stage_depths, or by sws.split_depth when that is empty)."""
+def expand_for(config: Any, learngene: PyTree, method: str, scan: bool, rng: jax.Array) -> PyTree:
+  """Expands a restored learngene to model.depth: TLEG directly; SWS split over
+  stages by init.stage_depths (or sws.split_depth); condense by stacking
+  model.depth - k fresh blocks at init.placement."""
   depth = config.model.depth
   if method == 'tleg':
     return tleg.expand(learngene, depth, scan=scan)
+  if method == 'condense':
+    k = len(learngene['layers'])
+    if depth < k:
+      raise ValueError(f'model.depth={depth} must be >= the {k} condensed learngene layers.')
+    return condense.expand(learngene, depth - k, rng=rng, placement=config.init.get('placement', 'below'),
+                           scan=scan)
   stage_depths = tuple(config.init.get('stage_depths') or ()) or sws.split_depth(
       depth, len(learngene['stages']))
   if sum(stage_depths) != depth:
@@ -108,22 +121,37 @@ def merge_reinit(inherited: PyTree, fresh: PyTree, reinit: Sequence[str]) -> PyT
   return tree_lib.unflatten_names({n: kept.get(n, x) for n, x in fresh_flat.items()})
 
 
-def _descendant(config: Any, model_cfg: dict, image_shape) -> Kind:
+def _learngene_for(config: Any) -> tuple[PyTree, str]:
+  """The descendant's learngene: from init.learngene_dir, or condensed on the spot
+  from init.ancestry (any checkpoint load_params reads) at init.layers."""
   method = config.init.method
-  fresh_init = _vit_init(model_cfg, image_shape)
-  export = lambda d, p: checkpoint.save_params(d, p, model_cfg)
-  if method == 'scratch':
-    return Kind('descendant', fresh_init, lambda p: p, export)
+  if method == 'condense' and config.init.get('ancestry'):
+    params, _ = checkpoint.load_params(config.init.ancestry)
+    layers = list(config.init.get('layers') or ())
+    if not layers:
+      raise ValueError('init.layers must list the ancestry blocks to inherit when init.ancestry is set.')
+    return condense.condense(params, layers), method
   learngene, meta = checkpoint.load_learngene(config.init.learngene_dir)
   if meta['method'] != method:
     raise ValueError(f'init.method={method!r} but init.learngene_dir={config.init.learngene_dir!r} '
                      f'holds a {meta["method"]!r} learngene.')
+  return learngene, method
+
+
+def _descendant(config: Any, model_cfg: dict, image_shape) -> Kind:
+  fresh_init = _vit_init(model_cfg, image_shape)
+  export = lambda d, p: checkpoint.save_params(d, p, model_cfg)
+  if config.init.method == 'scratch':
+    return Kind('descendant', fresh_init, lambda p: p, export)
+  learngene, method = _learngene_for(config)
   METHODS[method].check(learngene, model_cfg)
-  inherited = expand_for(config, learngene, method, model_cfg.get('scan', False))
   reinit = tuple(config.init.get('reinit', ('^head/',)))
+  scan = model_cfg.get('scan', False)
+  jax.eval_shape(lambda r: expand_for(config, learngene, method, scan, r), jax.random.key(0))  # fail early
 
   def init(rng):
-    return merge_reinit(inherited, fresh_init(rng), reinit)
+    fresh_rng, expand_rng = jax.random.split(rng)
+    return merge_reinit(expand_for(config, learngene, method, scan, expand_rng), fresh_init(fresh_rng), reinit)
 
   return Kind('descendant', init, lambda p: p, export)
 
@@ -141,7 +169,7 @@ def make_kind(config: Any, image_shape: Sequence[int]) -> Kind:
     return _sws_aux(config, model_cfg, image_shape)
   if config.init.method not in INIT_METHODS:
     raise ValueError(f'init.method must be one of {INIT_METHODS}, got {config.init.method!r}.')
-  if config.init.method != 'scratch' and not config.init.get('learngene_dir'):
+  if config.init.method != 'scratch' and not (config.init.get('learngene_dir') or config.init.get('ancestry')):
     raise ValueError(f'init.learngene_dir must name a learngene directory for '
-                     f'init.method={config.init.method!r}.')
+                     f'init.method={config.init.method!r}' + (' (or set init.ancestry)' if config.init.method == 'condense' else '') + '.')
   return _descendant(config, model_cfg, image_shape)
