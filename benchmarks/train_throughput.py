@@ -3,7 +3,9 @@
 The aux model's params are computed from the learngene inside the loss
 (tleg.expand), so the ratio aux/plain is the cost of that computation (target
 ≥ 0.95 in images/s, i.e. ≤ 1.05x time). Both run side by side in one process
-with the matmul peak measured in the same run.
+with the matmul peak measured in the same run. Model FLOPs are counted
+analytically (lgjax.models.flops, training = 3x forward), since XLA's cost
+analysis does not see the GEMMs that GPUs hand to cuBLAS.
 
   python benchmarks/train_throughput.py [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
 """
@@ -19,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from lgjax.learngene import tleg
-from lgjax.models import ViT
+from lgjax.models import ViT, flops
 from lgjax.train import optim, step
 
 
@@ -32,9 +34,9 @@ def median_time(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-  """Achieved f32 GFLOP/s of one large jitted matmul: the machine's practical peak."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_peak_gflops(n: int, dtype: str, repeats: int = 10) -> float:
+  """Achieved GFLOP/s of one large jitted matmul in `dtype`: the machine's practical peak."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x: x @ x)
   jax.block_until_ready(f(a))
   return 2 * n ** 3 / median_time(lambda: f(a), repeats) / 1e9
@@ -60,25 +62,25 @@ def main():
   p.add_argument('--image', type=int, default=32)
   p.add_argument('--patch', type=int, default=4)
   p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
   args = p.parse_args()
   cfg = dict(num_classes=100, patch_size=args.patch, width=args.width, depth=args.depth,
-             num_heads=args.heads, mlp_dim=4 * args.width)
+             num_heads=args.heads, mlp_dim=4 * args.width, dtype=args.dtype)
   shape = (args.image, args.image, 3)
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.standard_normal((args.batch, *shape)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 100, args.batch), jnp.int32),
            'index': jnp.arange(args.batch, dtype=jnp.int32)}
 
-  lg = tleg.init_learngene(jax.random.key(0), cfg, image_shape=shape)
+  lg = tleg.init_learngene(jax.random.key(0), {**cfg, 'dtype': 'float32'}, image_shape=shape)
   plain = jax.tree.map(jnp.array, tleg.expand(lg, args.depth))  # own buffers: steps donate state
   runs = {'plain ViT': build_step(cfg, lambda p: p, plain, args.batch),
           'TLEG aux (params = expand(lg))': build_step(
               cfg, lambda l: tleg.expand(l, args.depth), jax.tree.map(jnp.array, lg), args.batch)}
 
-  peak = matmul_peak_gflops()
+  peak = matmul_peak_gflops(8192 if jax.default_backend() == 'gpu' else 2048, args.dtype)
   rows = []
   for name, (fn, state) in runs.items():
-    flops = fn.lower(state, batch, None).compile().cost_analysis()['flops']
     holder = {'state': state}
 
     def one():
@@ -87,10 +89,11 @@ def main():
 
     jax.block_until_ready(one())
     t = median_time(one, args.repeats)
-    rows.append((name, args.batch / t, flops / t / 1e9))
+    rows.append((name, args.batch / t, 3 * flops.forward_flops(cfg, shape) * args.batch / t / 1e9))
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
-        f'batch {args.batch}, {jax.devices()[0].device_kind}; matmul peak {peak:.0f} GFLOP/s')
+        f'batch {args.batch}, {args.dtype}, {jax.devices()[0].device_kind}; measured {args.dtype} '
+        f'matmul peak {peak:.0f} GFLOP/s (MFU = "of peak")')
   print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"vs plain":>8} |')
   print(f'|{"-" * 34}|{"-" * 11}|{"-" * 10}|{"-" * 9}|{"-" * 10}|')
   for name, ips, gflops in rows:

@@ -125,3 +125,11 @@ def test_bad_config_names_the_field(field, value, message):
 def test_unknown_field_is_named():
   with pytest.raises(ValueError, match=re.escape("Unknown ViT field(s) ['mlp_dims']")):
     check_config({**TINY, 'mlp_dims': 3})
+
+
+def test_forward_flops_by_hand():
+  from lgjax.models import flops
+  # 16 patches of 4x4x1; per block: qkvo 8*16*32^2 = 131072, attention 4*16^2*32 = 32768,
+  # MLP 4*16*32*64 = 131072; stem 2*16*16*32 = 16384; head 2*32*5 = 320.
+  assert flops.forward_flops(TINY, IMAGE_SHAPE) == 16384 + 3 * (131072 + 32768 + 131072) + 320
+  assert flops.num_tokens({**TINY, 'pool_type': 'tok'}, IMAGE_SHAPE) == 17

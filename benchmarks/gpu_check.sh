@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Accelerator check, about 5 minutes on one GPU:
+#   1. JAX with CUDA: the installed one if it sees a GPU, else the CUDA build from the registry;
+#   2. the device-agnostic tests (model, expansion, condense, checkpoints) on the GPU;
+#   3. train-step throughput and MFU in bf16 of DeiT-S (width 384, depth 12, 224x224, patch 16),
+#      plain ViT and TLEG aux, against a bf16 matmul peak measured in the same run.
+# Writes gpu_tests.log and gpu_throughput.md to $OUT (default benchmarks/results).
+# On a machine without a registry, carry lgjax's light dependencies as wheels in .whl/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+
+if ! $PY -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
+  $PY -m pip install -q -U "jax[cuda13]" || $PY -m pip install -q -U "jax[cuda12]" || exit 1
+fi
+if [ -d .whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/lgjax_site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/lgjax_site:$PWD
+else
+  $PY -m pip install -q -e . || exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_device.txt"
+$PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/gpu_device.txt"
+
+# Full f32 matmuls on the GPU: the tests compare against numpy at 1e-4..1e-6.
+JAX_PLATFORMS=cuda XLA_FLAGS= JAX_DEFAULT_MATMUL_PRECISION=highest PYTHONUNBUFFERED=1 \
+  timeout 200 $PY -m pytest -q -p no:cacheprovider -x tests/test_vit.py tests/test_blocks.py \
+  tests/test_tleg.py tests/test_sws.py tests/test_condense.py tests/test_checkpoint.py \
+  tests/test_convert.py -k "not files_serve" 2>&1 | tee "$OUT/gpu_tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+timeout 240 $PY benchmarks/train_throughput.py --width 384 --heads 6 --depth 12 --image 224 \
+  --patch 16 --batch 256 --dtype bfloat16 --repeats 10 2>&1 | tee "$OUT/gpu_throughput.md"
+exit $(( tests_rc || PIPESTATUS[0] ))
