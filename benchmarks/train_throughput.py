@@ -47,8 +47,9 @@ def build_step(model_cfg, to_params, trainable, batch_size):
                                        b1=0.9, b2=0.999, clip_norm=1.0))
   loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, alpha=0.0, temperature=1.0))
   optimizer = optim.make_optimizer(opt, batch_size, 1000)
-  fn = step.make_train_step(model=ViT(**model_cfg), to_params=to_params, optimizer=optimizer,
-                            schedule=optim.learning_rate(opt, batch_size, 1000), loss_config=loss)
+  fn = step.make_train_step(example_loss=step.classification_loss(ViT(**model_cfg), loss),
+                            to_params=to_params, optimizer=optimizer,
+                            schedule=optim.learning_rate(opt, batch_size, 1000))
   state = step.init_state(trainable, optimizer, jax.random.key(1))
   return jax.jit(fn, donate_argnums=(0,)), state
 

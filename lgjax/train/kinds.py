@@ -35,6 +35,9 @@ class Kind:
   init: Callable[[jax.Array], PyTree]          # rng -> trainable tree
   to_params: Callable[[PyTree], PyTree]        # trainable -> ViT params (pure, in the loss)
   export: Callable[[str, PyTree], None]        # (directory, trainable) -> files expand.py/load_params read
+  example_loss: Callable | None = None         # teacher -> step.ExampleLoss; None: classification
+  predict: Callable | None = None              # (trainable, images) -> {name: logits}; None: the ViT's
+  report: Callable | None = None               # (workdir, final metrics) -> None, after training
 
 
 def model_config(config: Any) -> dict:

@@ -87,14 +87,16 @@ def preemption_guard():
 
 
 def evaluate(config, backend, eval_step, state) -> dict[str, float]:
-  """Accuracy and loss over the whole eval split (padding masked out)."""
-  totals = {'correct': 0.0, 'loss': 0.0, 'count': 0.0}
+  """Accuracy and loss over the whole eval split (padding masked out):
+  eval_accuracy / eval_loss, with a suffix for each extra prediction."""
+  totals: dict[str, float] = {}
   local_batch = config.batch_size // jax.process_count()
   for batch in data.eval_batches(config.dataset, local_batch_size=local_batch):
     sums = backend.metrics(eval_step(state, backend.place_batch(batch)))
-    totals = {k: totals[k] + sums[k] for k in totals}
-  count = max(totals['count'], 1.0)
-  return {'eval_accuracy': totals['correct'] / count, 'eval_loss': totals['loss'] / count}
+    totals = {k: totals.get(k, 0.0) + v for k, v in sums.items()}
+  count = max(totals.pop('count'), 1.0)
+  rename = lambda k: 'eval_accuracy' + k[len('correct'):] if k.startswith('correct') else 'eval_' + k
+  return {rename(k): v / count for k, v in totals.items()}
 
 
 def _say(message: str) -> None:
@@ -139,12 +141,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     state, start = restored
     _say(f'Resuming from checkpoint step {start} in {ckpt.directory}.')
 
+  example_loss = (kind.example_loss(teacher) if kind.example_loss
+                  else step.classification_loss(model, config.loss, teacher))
+  predict = kind.predict or (lambda p, x: {'': model.apply({'params': kind.to_params(p)}, x)})
   train_step = backend.wrap_train(functools.partial(
-      step.make_train_step, model=model, to_params=kind.to_params, optimizer=optimizer,
-      schedule=schedule, loss_config=config.loss, teacher=teacher,
-      grad_accum_steps=config.grad_accum_steps))
-  eval_step = backend.wrap_eval(functools.partial(step.make_eval_step, model=model,
-                                                  to_params=kind.to_params))
+      step.make_train_step, example_loss=example_loss, to_params=kind.to_params,
+      optimizer=optimizer, schedule=schedule, grad_accum_steps=config.grad_accum_steps))
+  eval_step = backend.wrap_eval(functools.partial(step.make_eval_step, predict=predict))
   dstate = backend.place_state(state)
   dteacher = None if teacher is None else backend.place_state(teacher_params)
   offset = jax.process_index() * local_batch
@@ -184,4 +187,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     reporter.close()
   if jax.process_index() == 0:
     reporting.plot_curves(workdir)
+    if kind.report:
+      kind.report(workdir, final)
   return {**final, 'step': config.total_steps}

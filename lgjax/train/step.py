@@ -33,27 +33,44 @@ def init_state(trainable: PyTree, optimizer: optax.GradientTransformation, seed_
                     opt_state=optimizer.init(trainable), rng=jax.random.key_data(seed_rng))
 
 
-def make_train_step(*, model, to_params: Callable, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, loss_config: Any, teacher=None,
+ExampleLoss = Callable[..., tuple[jax.Array, jax.Array]]
+"""(params, teacher_params, image, label, rng, step_rng) -> (loss, logits) for ONE example.
+
+`params` are the model params (the kind's to_params already applied), `rng`
+is the example's own key, `step_rng` the step's (the same for every example,
+e.g. to pick one stitched spec per step)."""
+
+
+def classification_loss(model, loss_config: Any, teacher=None) -> ExampleLoss:
+  """(1 - α)·CE + α·KD of `model`, the teacher (if any) run on the same example."""
+  kw = dict(label_smoothing=loss_config.label_smoothing, alpha=loss_config.alpha,
+            temperature=loss_config.temperature)
+
+  def example_loss(params, teacher_params, image, label, rng, step_rng):
+    del step_rng
+    logits = model.apply({'params': params}, image[None], train=True, rngs={'dropout': rng})[0]
+    t_logits = None if teacher is None else teacher.apply({'params': teacher_params}, image[None])[0]
+    return losses.classification_loss(logits, label, t_logits, **kw), logits
+
+  return example_loss
+
+
+def make_train_step(*, example_loss: ExampleLoss, to_params: Callable,
+                    optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     grad_accum_steps: int = 1, axis_name: str | None = None) -> Callable:
   """(state, batch, teacher_params) -> (state, metrics). batch: image, label, index.
 
   With `axis_name` (pmap) the gradients and metrics are averaged over that axis;
   under jit over a mesh the batch is one global array and nothing else is needed.
   """
-  loss_kw = dict(label_smoothing=loss_config.label_smoothing, alpha=loss_config.alpha,
-                 temperature=loss_config.temperature)
 
   def batch_loss(trainable, teacher_params, batch, step_rng):
     params = to_params(trainable)  # once per step, outside the per-example vmap
 
-    def example_loss(image, label, index):
-      rng = jax.random.fold_in(step_rng, index)
-      logits = model.apply({'params': params}, image[None], train=True, rngs={'dropout': rng})[0]
-      t_logits = None if teacher is None else teacher.apply({'params': teacher_params}, image[None])[0]
-      return losses.classification_loss(logits, label, t_logits, **loss_kw), logits
+    def one(image, label, index):
+      return example_loss(params, teacher_params, image, label, jax.random.fold_in(step_rng, index), step_rng)
 
-    per_example, logits = jax.vmap(example_loss)(batch['image'], batch['label'], batch['index'])
+    per_example, logits = jax.vmap(one)(batch['image'], batch['label'], batch['index'])
     correct = jnp.argmax(logits, -1) == batch['label']
     return per_example.mean(), correct.mean()
 
@@ -88,15 +105,19 @@ def make_train_step(*, model, to_params: Callable, optimizer: optax.GradientTran
   return train_step
 
 
-def make_eval_step(*, model, to_params: Callable, axis_name: str | None = None) -> Callable:
-  """(state, batch with mask) -> sums of correct predictions, loss and examples."""
+def make_eval_step(*, predict: Callable, axis_name: str | None = None) -> Callable:
+  """(state, batch with mask) -> sums of correct predictions, loss and examples.
+
+  `predict(trainable, images)` gives {name: logits}; name '' is the model's
+  own, others (e.g. one per stitched spec) get their own sums.
+  """
 
   def eval_step(state: TrainState, batch: dict):
-    logits = model.apply({'params': to_params(state.params)}, batch['image'])
     mask = batch['mask']
-    sums = {'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
-            'loss': jnp.sum(losses.cross_entropy(logits, batch['label']) * mask),
-            'count': jnp.sum(mask)}
+    sums = {'count': jnp.sum(mask)}
+    for name, logits in predict(state.params, batch['image']).items():
+      sums['correct' + name] = jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask)
+      sums['loss' + name] = jnp.sum(losses.cross_entropy(logits, batch['label']) * mask)
     return sums if axis_name is None else jax.lax.psum(sums, axis_name)
 
   return eval_step
