@@ -1,6 +1,6 @@
 """Learngene methods, one module each: init_learngene / condense, check, expand."""
-from lgjax.learngene import condense, sws, tleg
+from lgjax.learngene import condense, pool, sws, tleg
 
-METHODS = {'tleg': tleg, 'sws': sws, 'condense': condense}
+METHODS = {'tleg': tleg, 'sws': sws, 'condense': condense, 'pool': pool}
 
-__all__ = ['METHODS', 'condense', 'sws', 'tleg']
+__all__ = ['METHODS', 'condense', 'pool', 'sws', 'tleg']

@@ -186,8 +186,36 @@ class Encoder(nn.Module):
       for i in range(self.depth):
         x = Encoder1DBlock(name=f'encoderblock_{i}', **kw)(x, float(rates[i]), deterministic)
     norm = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')
-    pool = lambda t: t[:, 0] if self.pool_type == 'tok' else jnp.mean(t, axis=1)
-    return norm(pool(x)) if self.final_norm == 'pooled' else pool(norm(x))
+    return norm_and_pool(x, norm, self.pool_type, self.final_norm)
+
+
+def embed(module: nn.Module, image, config) -> jax.Array:
+  """Patch embedding, position embedding and cls token, as params of `module`
+  (embedding, pos_embedding, cls). Called inside a compact method; `config`
+  is anything with the ViT's fields (the ViT itself, or a stitched model's front)."""
+  dtype = jnp.dtype(config.dtype)
+  ps = config.patch_size
+  patch = tuple(ps) if isinstance(ps, Sequence) else (ps,) * 2
+  x = nn.Conv(config.width, patch, strides=patch, padding='VALID', name='embedding',
+              dtype=dtype, parent=module)(jnp.asarray(image, dtype))
+  n, h, w, c = x.shape
+  x = x.reshape(n, h * w, c)
+  if config.posemb == 'learn':
+    pos = module.param('pos_embedding', nn.initializers.normal(stddev=1 / np.sqrt(c)),
+                       (1, h * w, c), jnp.float32)
+  else:
+    pos = posemb_sincos_2d(h, w, c)
+  x = x + pos.astype(dtype)
+  if config.pool_type == 'tok':
+    cls = module.param('cls', nn.initializers.zeros, (1, 1, c), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (n, 1, c)), x], axis=1)
+  return x
+
+
+def norm_and_pool(x, norm: nn.Module, pool_type: str, final_norm: str):
+  """Tokens -> one vector: LayerNorm then pool ('tokens'), or pool then LayerNorm ('pooled')."""
+  pool = lambda t: t[:, 0] if pool_type == 'tok' else jnp.mean(t, axis=1)
+  return norm(pool(x)) if final_norm == 'pooled' else pool(norm(x))
 
 
 class ViT(nn.Module):
@@ -229,20 +257,7 @@ class ViT(nn.Module):
   @nn.compact
   def __call__(self, image, *, train: bool = False):
     dtype = jnp.dtype(self.dtype)
-    patch = tuple(self.patch_size) if isinstance(self.patch_size, Sequence) else (self.patch_size,) * 2
-    x = nn.Conv(self.width, patch, strides=patch, padding='VALID', name='embedding',
-                dtype=dtype)(jnp.asarray(image, dtype))
-    n, h, w, c = x.shape
-    x = x.reshape(n, h * w, c)
-    if self.posemb == 'learn':
-      pos = self.param('pos_embedding', nn.initializers.normal(stddev=1 / np.sqrt(c)),
-                       (1, h * w, c), jnp.float32)
-    else:
-      pos = posemb_sincos_2d(h, w, c)
-    x = x + pos.astype(dtype)
-    if self.pool_type == 'tok':
-      cls = self.param('cls', nn.initializers.zeros, (1, 1, c), jnp.float32)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (n, 1, c)), x], axis=1)
+    x = embed(self, image, self)
     x = nn.Dropout(rate=self.dropout)(x, not train)
     x = Encoder(depth=self.depth, num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim or 4 * self.width, dropout=self.dropout,

@@ -8,6 +8,7 @@ an auxiliary model, so gradients reach the learngene), and how to export it.
   tleg_aux    trainable = TLEG learngene; params = tleg.expand(lg, model.depth)
   sws_aux     trainable = SWS learngene;  params = sws.expand(lg, learngene.stage_depths)
   descendant  a ViT initialized from a learngene (init.method) or from scratch
+  pool_distill / stitched   the Learngene Pool (lgjax.train.pool_training)
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from lgjax.learngene import METHODS, condense, sws, tleg
 from lgjax.models import ViT, check_config
+from lgjax.train import pool_training
 
-KINDS = ('model', 'tleg_aux', 'sws_aux', 'descendant')
+KINDS = ('model', 'tleg_aux', 'sws_aux', 'descendant', 'pool_distill', 'stitched')
 INIT_METHODS = ('scratch', *sorted(METHODS))
 PyTree = Any
 
@@ -170,6 +172,10 @@ def make_kind(config: Any, image_shape: Sequence[int]) -> Kind:
     return _tleg_aux(config, model_cfg, image_shape)
   if config.kind == 'sws_aux':
     return _sws_aux(config, model_cfg, image_shape)
+  if config.kind == 'pool_distill':
+    return pool_training.distill_kind(config, image_shape, Kind)
+  if config.kind == 'stitched':
+    return pool_training.stitched_kind(config, image_shape, Kind)
   if config.init.method not in INIT_METHODS:
     raise ValueError(f'init.method must be one of {INIT_METHODS}, got {config.init.method!r}.')
   if config.init.method != 'scratch' and not (config.init.get('learngene_dir') or config.init.get('ancestry')):

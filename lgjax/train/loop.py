@@ -38,7 +38,7 @@ def check_config(config: Any) -> None:
   parallel.check_batch_size(config.batch_size, config.grad_accum_steps)
   if not 0.0 <= config.loss.alpha <= 1.0:
     raise ValueError(f'loss.alpha (distillation weight) must be in [0, 1], got {config.loss.alpha!r}.')
-  if config.loss.alpha > 0 and not config.teacher.get('dir'):
+  if (config.loss.alpha > 0 or config.kind == 'pool_distill') and not config.teacher.get('dir'):
     raise ValueError(f'loss.alpha={config.loss.alpha} distills from a teacher: set teacher.dir to a '
                      f'params directory (e.g. a teacher run\'s {EXPORT_DIR}/).')
   if config.loss.temperature <= 0:
@@ -54,7 +54,7 @@ def _patch(patch_size) -> int:
 
 def load_teacher(config: Any, compute_dtype: str) -> tuple[ViT | None, Any]:
   """(teacher module, params) from teacher.dir, or (None, None) without distillation."""
-  if config.loss.alpha == 0:
+  if config.loss.alpha == 0 and config.kind != 'pool_distill':
     return None, None
   params, teacher_cfg = checkpoint.load_params(config.teacher.dir)
   if teacher_cfg.get('num_classes') != config.model.num_classes:

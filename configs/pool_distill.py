@@ -1,0 +1,38 @@
+r"""Learngene Pool, step 1: distill one teacher into K small instances.
+
+  python train.py --config=configs/pool_distill.py:mnist5k --workdir=/tmp/pool \
+      --config.teacher.dir=/tmp/teacher/export
+
+All instances train in one jitted step sharing the teacher's forward pass.
+Loss per instance: α·CE + (1-α)·(soft KD + hidden-state MSE + attention-output
+MSE through a learned teacher->instance width map), α = 0.1 as the paper;
+pool.layer_map picks the teacher layer that supervises each instance layer
+('uniform' or a list). ImageNet preset: DeiT-Ti/S/B widths, 6 blocks each.
+Exports workdir/export/ as a pool learngene directory.
+"""
+
+from configs import common
+
+
+def get_config(arg: str = 'mnist5k'):
+  preset = common.check_preset(arg)
+  if preset == 'mnist5k':
+    config = common.base(preset, kind='pool_distill', batch_size=128,
+                         total_steps=common.steps(preset, 15, 128), lr=8e-3,
+                         warmup_steps=common.steps(preset, 1, 128))
+    config.model = common.model(preset, depth=4)
+    widths = [(32, 2, 64), (48, 3, 96), (64, 4, 128)]
+    depth = 4
+  else:
+    config = common.base(preset, kind='pool_distill', batch_size=1024,
+                         total_steps=common.steps(preset, 100, 1024), lr=5e-4,
+                         warmup_steps=common.steps(preset, 5, 1024))
+    config.model = common.model(preset, depth=6, size='S')
+    widths = [common.DEIT[s] for s in ('Ti', 'S', 'B')]
+    depth = 6
+  config.dataset = common.dataset(preset, 'source')
+  config.pool = dict(depth=depth, layer_map='uniform',
+                     instances=[dict(width=w, num_heads=h, mlp_dim=m) for w, h, m in widths])
+  config.loss.alpha = 0.1  # here the weight of CE; 1 - α weighs the distillation terms
+  config.loss.label_smoothing = 0.0
+  return config

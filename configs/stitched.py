@@ -1,0 +1,31 @@
+r"""Learngene Pool, step 2: train stitched models built from the pool.
+
+  python train.py --config=configs/stitched.py:mnist5k --workdir=/tmp/stitched \
+      --config.pool.dir=/tmp/pool/export [--config.stitch.specs='((0,2,2,2),)']
+
+stitch.specs: empty for every spec enumerate_specs offers (one drawn per step,
+as SN-Net), or a list of (front, j, end, k). stitch.init: 'learned' (from
+the pool's width maps) or 'lstsq' (least squares on one batch, SN-Net).
+Instances and stitch layers train together; at the end every spec is
+evaluated into workdir/specs.md and specs.png (accuracy vs FLOPs), and the
+trained pool with its stitches is exported to workdir/export/.
+"""
+
+from configs import common
+
+
+def get_config(arg: str = 'mnist5k'):
+  preset = common.check_preset(arg)
+  if preset == 'mnist5k':
+    config = common.base(preset, kind='stitched', batch_size=128,
+                         total_steps=common.steps(preset, 5, 128), lr=4e-3, warmup_steps=0)
+    config.model = common.model(preset, depth=4)
+  else:
+    config = common.base(preset, kind='stitched', batch_size=1024,
+                         total_steps=common.steps(preset, 50, 1024), lr=5e-4,
+                         warmup_steps=common.steps(preset, 5, 1024))
+    config.model = common.model(preset, depth=6, size='S')
+  config.dataset = common.dataset(preset, 'source')
+  config.pool = dict(dir='')
+  config.stitch = dict(specs=[], init='learned')
+  return config

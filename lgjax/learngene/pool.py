@@ -1,0 +1,273 @@
+"""Learngene Pool (Shi et al.): small distilled instances, stitched into many sizes.
+
+Pool layout (a plain dict, saved as a learngene directory with method 'pool';
+learngene.json keeps each instance's ViT config under 'instance_configs'):
+
+  {'instances': [ViT params, ...]   K students of different widths, distilled
+                                    from one teacher (lgjax.train, kind 'pool_distill'),
+   'maps':      [{'kernel': (d_teacher, d_i), 'bias': (d_i,)}, ...]
+                                    the learned teacher-width -> student-width maps,
+   'stitches':  {spec_name: {'kernel', 'bias'}}   optional: trained stitch layers
+                                    (kind 'stitched'), used by assemble}
+
+A stitched model is a spec (front, j, end, k): the front instance's stem and
+blocks [0, j), a stitch layer (linear d_front -> d_end with bias), then the
+end instance's blocks [k, D_end), final norm and head. (a, j, a, j) needs no
+stitch: it is instance a itself. Stitch layers start from the pool's learned
+maps (kernel = pinv(W_front) @ W_end, mapping front features back to the
+teacher's space and on to the end's) or from least squares on one batch of
+activations (SN-Net).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lgjax import tree as tree_lib
+from lgjax.models import ViT, blocks, flops
+from lgjax.models.vit import Encoder1DBlock, embed, norm_and_pool
+
+PyTree = Any
+Spec = tuple[int, int, int, int]
+KEYS = ('instances', 'maps')
+STITCH_INITS = ('learned', 'lstsq')
+
+
+def check(pool: PyTree, model_config: dict | None = None) -> None:
+  """Raises a ValueError if `pool` is not a learngene pool."""
+  del model_config  # instances have their own configs
+  if not isinstance(pool, dict) or not set(KEYS) <= set(pool) <= {*KEYS, 'stitches'}:
+    raise ValueError(f'A learngene pool must be a dict with keys {sorted(KEYS)} (and optionally '
+                     f'"stitches"), got {sorted(pool) if isinstance(pool, dict) else type(pool).__name__}.')
+  if not pool['instances']:
+    raise ValueError('The learngene pool is empty: instances must hold at least one ViT.')
+  if len(pool['maps']) != len(pool['instances']):
+    raise ValueError(f'The pool has {len(pool["instances"])} instances but {len(pool["maps"])} width maps.')
+
+
+def check_spec(configs: Sequence[dict], spec: Sequence[int]) -> Spec:
+  """A spec names two instances and cut points inside them."""
+  if len(spec) != 4:
+    raise ValueError(f'spec must be (front_instance, j, end_instance, k), got {tuple(spec)!r}.')
+  front, j, end, k = (int(v) for v in spec)
+  if not configs:
+    raise ValueError('The learngene pool is empty: no instance to stitch.')
+  for field, index in (('front_instance', front), ('end_instance', end)):
+    if not 0 <= index < len(configs):
+      raise ValueError(f'spec {field}={index} must be in [0, {len(configs)}).')
+  if not 0 <= j <= configs[front]['depth']:
+    raise ValueError(f'spec j={j} must be in [0, {configs[front]["depth"]}] (depth of instance {front}).')
+  if not 0 <= k <= configs[end]['depth']:
+    raise ValueError(f'spec k={k} must be in [0, {configs[end]["depth"]}] (depth of instance {end}).')
+  for field in ('patch_size', 'pool_type', 'posemb'):
+    if configs[front].get(field) != configs[end].get(field):
+      raise ValueError(f'instances {front} and {end} differ in {field}; only instances with the same '
+                       f'tokens can be stitched.')
+  return front, j, end, k
+
+
+def needs_stitch(spec: Spec) -> bool:
+  front, j, end, k = spec
+  return not (front == end and j == k)
+
+
+class BlockRange(nn.Module):
+  """Blocks start..stop-1 of a ViT, named encoderblock_{i} as in the instance."""
+  config: dict
+  start: int
+  stop: int
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    for i in range(self.start, self.stop):
+      x = Encoder1DBlock(num_heads=c['num_heads'], mlp_dim=c.get('mlp_dim') or 4 * c['width'],
+                         gelu_approximate=c.get('gelu_approximate', True),
+                         layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6),
+                         dtype=jnp.dtype(c.get('dtype', 'float32')), name=f'encoderblock_{i}')(x, 0.0, True)
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fields:
+  """ViT fields with defaults filled, for `embed`."""
+  width: int
+  patch_size: Any
+  posemb: str = 'learn'
+  pool_type: str = 'gap'
+  dtype: str = 'float32'
+
+
+STEM_KEYS = ('embedding', 'pos_embedding', 'cls')
+
+
+def _fields(config: dict) -> _Fields:
+  return _Fields(**{f.name: config[f.name] for f in dataclasses.fields(_Fields) if f.name in config})
+
+
+class Stem(nn.Module):
+  """Patch + position embedding (+ cls) of a ViT config: its tokens before block 0."""
+  config: dict
+
+  @nn.compact
+  def __call__(self, image):
+    return embed(self, image, _fields(self.config))
+
+
+class StitchedViT(nn.Module):
+  """front stem + front blocks [0, j) -> stitch -> end blocks [k, D_end) -> norm, head.
+
+  Params: embedding / pos_embedding / cls (front's), front/encoderblock_{i},
+  stitch/{kernel,bias}, end/encoderblock_{i}, encoder_norm, head (end's).
+  """
+  front: dict
+  end: dict
+  j: int
+  k: int
+  stitch: bool = True
+
+  @nn.compact
+  def __call__(self, image, *, train: bool = False):
+    del train  # stitched models train without dropout
+    x = embed(self, image, _fields(self.front))
+    x = BlockRange(self.front, 0, self.j, name='front')(x)
+    if self.stitch:
+      x = nn.Dense(self.end['width'], name='stitch')(x)
+    x = BlockRange(self.end, self.k, self.end['depth'], name='end')(x)
+    norm = nn.LayerNorm(epsilon=self.end.get('layer_norm_epsilon', 1e-6), name='encoder_norm')
+    x = norm_and_pool(x, norm, self.end.get('pool_type', 'gap'), self.end.get('final_norm', 'tokens'))
+    if self.end.get('num_classes'):
+      x = nn.Dense(self.end['num_classes'], name='head')(x)
+    return x.astype(jnp.float32)
+
+
+def stitched_params(pool: PyTree, spec: Spec, stitch: PyTree | None) -> PyTree:
+  """The StitchedViT param tree of `spec`, sharing arrays with the pool."""
+  front, j, end, k = spec
+  f_shared, f_blocks = blocks.split(pool['instances'][front])
+  e_shared, e_blocks = blocks.split(pool['instances'][end])
+  params = {key: f_shared[key] for key in STEM_KEYS if key in f_shared}
+  if j:
+    params['front'] = {f'encoderblock_{i}': f_blocks[i] for i in range(j)}
+  if stitch is not None:
+    params['stitch'] = stitch
+  if k < len(e_blocks):
+    params['end'] = {f'encoderblock_{i}': e_blocks[i] for i in range(k, len(e_blocks))}
+  params['encoder_norm'] = e_shared['Transformer']['encoder_norm']
+  if 'head' in e_shared:
+    params['head'] = e_shared['head']
+  return params
+
+
+def learned_stitch(pool: PyTree, spec: Spec) -> PyTree:
+  """Stitch from the distillation maps: h_end ≈ h_front · pinv(W_front) · W_end + bias."""
+  front, _, end, _ = spec
+  wf, bf = pool['maps'][front]['kernel'], pool['maps'][front]['bias']
+  we, be = pool['maps'][end]['kernel'], pool['maps'][end]['bias']
+  kernel = jnp.linalg.pinv(wf) @ we
+  return {'kernel': kernel, 'bias': be - bf @ kernel}
+
+
+def lstsq_stitch(x_front: jax.Array, x_end: jax.Array) -> PyTree:
+  """SN-Net's init: least squares [x_front, 1] · [kernel; bias] ≈ x_end over (tokens, width) rows."""
+  x = x_front.reshape(-1, x_front.shape[-1])
+  y = x_end.reshape(-1, x_end.shape[-1])
+  solution, *_ = jnp.linalg.lstsq(jnp.concatenate([x, jnp.ones((len(x), 1), x.dtype)], axis=1), y)
+  return {'kernel': solution[:-1], 'bias': solution[-1]}
+
+
+def hidden_states(params: PyTree, config: dict, images: jax.Array) -> list[jax.Array]:
+  """[stem output, block 0 output, ...]: (batch, tokens, width) each."""
+  stem_params = {k: v for k, v in params.items() if k in STEM_KEYS}
+  stem = jax.jit(Stem(config).apply)({'params': stem_params}, images)
+  _, state = jax.jit(lambda p, x: ViT(**{**config, 'scan': False}).apply(
+      {'params': p}, x, mutable=['intermediates']))(blocks.to_unscanned(params), images)
+  inter = state['intermediates']['Transformer']
+  return [stem] + [inter[f'encoderblock_{i}']['out'][0] for i in range(config['depth'])]
+
+
+def init_stitch(pool: PyTree, configs: Sequence[dict], spec: Sequence[int], method: str = 'learned',
+                images: jax.Array | None = None) -> PyTree | None:
+  """The stitch layer of `spec` (None when the spec needs none), from the learned
+  maps or by least squares on `images` (front block j-1 -> end block k-1 outputs)."""
+  spec = check_spec(configs, spec)
+  if not needs_stitch(spec):
+    return None
+  if method not in STITCH_INITS:
+    raise ValueError(f'stitch init must be one of {STITCH_INITS}, got {method!r}.')
+  if method == 'learned':
+    return learned_stitch(pool, spec)
+  if images is None:
+    raise ValueError('stitch init "lstsq" needs a batch of images.')
+  front, j, end, k = spec
+  x_front = hidden_states(pool['instances'][front], configs[front], images)[j]
+  x_end = hidden_states(pool['instances'][end], configs[end], images)[k]
+  return lstsq_stitch(x_front, x_end)
+
+
+def assemble(pool: PyTree, configs: Sequence[dict], spec: Sequence[int],
+             stitch: PyTree | None = None) -> tuple[StitchedViT, PyTree]:
+  """(module, params) of the stitched model `spec`; run it as module.apply({'params': params}, x).
+
+  `stitch` gives the stitch layer (e.g. the identity); by default it is the
+  pool's trained one for this spec, or else initialized from the learned maps.
+  """
+  check(pool)
+  spec = check_spec(configs, spec)
+  front, j, end, k = spec
+  if stitch is None and needs_stitch(spec):
+    stitch = pool.get('stitches', {}).get(spec_name(spec)) or learned_stitch(pool, spec)
+  if stitch is not None:
+    want = (configs[front]['width'], configs[end]['width'])
+    if tuple(np.shape(stitch['kernel'])) != want:
+      raise ValueError(f'stitch kernel has shape {tuple(np.shape(stitch["kernel"]))}, expected {want} '
+                       f'(front width -> end width).')
+  module = StitchedViT(front=dict(configs[front]), end=dict(configs[end]), j=j, k=k, stitch=stitch is not None)
+  return module, stitched_params(pool, spec, stitch)
+
+
+def spec_flops(configs: Sequence[dict], spec: Spec, image_shape: Sequence[int]) -> int:
+  front, j, end, k = spec
+  fc, ec = configs[front], configs[end]
+  tokens = flops.num_tokens(fc, image_shape)
+  mlp = lambda c: c.get('mlp_dim') or 4 * c['width']
+  total = flops.stem_flops(fc, image_shape) + j * flops.block_flops(tokens, fc['width'], mlp(fc))
+  total += (ec['depth'] - k) * flops.block_flops(tokens, ec['width'], mlp(ec)) + flops.head_flops(ec)
+  if needs_stitch(spec):
+    total += 2 * tokens * fc['width'] * ec['width']
+  return total
+
+
+def spec_params(pool: PyTree, configs: Sequence[dict], spec: Spec) -> int:
+  front, _, end, _ = spec
+  stitch = ({'kernel': np.zeros((configs[front]['width'], configs[end]['width'])),
+             'bias': np.zeros(configs[end]['width'])} if needs_stitch(spec) else None)
+  return tree_lib.num_params(stitched_params(pool, spec, stitch))
+
+
+def enumerate_specs(pool: PyTree, configs: Sequence[dict], image_shape: Sequence[int]) -> list[dict]:
+  """Every stitched model the pool offers, with its parameter count and forward FLOPs.
+
+  Each instance alone, and for every ordered pair of different instances
+  every cut j in [1, D_front) with k = round(j · D_end / D_front): the end
+  resumes at the same relative depth (SN-Net's rule). Sorted by FLOPs.
+  """
+  check(pool)
+  specs = [(a, configs[a]['depth'], a, configs[a]['depth']) for a in range(len(configs))]
+  for a, ca in enumerate(configs):
+    for b, cb in enumerate(configs):
+      if a != b:
+        specs += [(a, j, b, int(round(j * cb['depth'] / ca['depth']))) for j in range(1, ca['depth'])]
+  rows = [{'spec': check_spec(configs, s), 'params': spec_params(pool, configs, s),
+           'flops': spec_flops(configs, s, image_shape)} for s in specs]
+  return sorted(rows, key=lambda r: (r['flops'], r['spec']))
+
+
+def spec_name(spec: Spec) -> str:
+  return '{}.{}-{}.{}'.format(*spec)
