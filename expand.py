@@ -2,12 +2,14 @@ r"""Expands a saved learngene into a descendant ViT checkpoint.
 
   python expand.py --learngene=DIR --method=tleg --depth=8 --out=DIR
   python expand.py --learngene=DIR --method=sws --stage_depths=3,3,2,2,2 --out=DIR
+  python expand.py --learngene=POOL_DIR --method=pool --spec=0,3,2,3 --out=DIR
   python expand.py --learngene=DIR --method=condense --num_random=4 --placement=below \
       [--num_classes=10 --seed=0] --out=DIR
 
 Writes DIR/params (Orbax) and DIR/model_config.json, so that
 `ViT(**config).apply({'params': params}, x)` runs after
-`lgjax.checkpoint.load_params(DIR)`; `--format=npz` also writes
+`lgjax.checkpoint.load_params(DIR)` (a pool spec writes stitched_config.json
+instead: `module, params = lgjax.checkpoint.load_model(DIR)`); `--format=npz` also writes
 DIR/params.npz in big_vision's flat '/'-keyed layout.
 """
 
@@ -20,7 +22,7 @@ from absl import app, flags, logging
 
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
-from lgjax.learngene import METHODS, condense
+from lgjax.learngene import METHODS, condense, pool
 
 _LEARNGENE = flags.DEFINE_string('learngene', None, 'Learngene directory (learngene/ + learngene.json).')
 _METHOD = flags.DEFINE_enum('method', None, sorted(METHODS), 'Learngene method; must match learngene.json.')
@@ -30,6 +32,7 @@ _NUM_RANDOM = flags.DEFINE_integer('num_random', None, 'Fresh blocks stacked on 
 _PLACEMENT = flags.DEFINE_enum('placement', 'below', ['below', 'above'], 'Where fresh blocks go (condense).')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', None, 'A new head with this many classes (condense).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of freshly initialized parts (condense).')
+_SPEC = flags.DEFINE_list('spec', None, 'front_instance,j,end_instance,k of a stitched model (pool).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory for the descendant checkpoint.')
 _FORMAT = flags.DEFINE_enum('format', 'orbax', ['orbax', 'npz', 'safetensors'],
                             'npz / safetensors also write params.npz (big_vision) / '
@@ -40,6 +43,13 @@ flags.mark_flags_as_required(['learngene', 'method', 'out'])
 
 def expand_args(method: str, depth: int | None, stage_depths: list[str] | None) -> object:
   """The method's second expand argument, from the flags, with the flag named on error."""
+  if method == 'pool':
+    if not _SPEC.value or depth is not None or stage_depths:
+      raise app.UsageError('--method=pool needs --spec=front,j,end,k (and no --depth or --stage_depths).')
+    try:
+      return tuple(int(v) for v in _SPEC.value)
+    except ValueError:
+      raise app.UsageError(f'--spec must be four integers, got {",".join(_SPEC.value)!r}.') from None
   if method == 'condense':
     if _NUM_RANDOM.value is None or depth is not None or stage_depths:
       raise app.UsageError('--method=condense needs --num_random (and no --depth or --stage_depths).')
@@ -65,6 +75,14 @@ def main(argv):
   if meta['method'] != _METHOD.value:
     raise app.UsageError(f'--method={_METHOD.value} but {_LEARNGENE.value!r} holds a '
                          f'{meta["method"]} learngene.')
+  if _METHOD.value == 'pool':
+    configs = meta['instance_configs']
+    module, params = pool.assemble(learngene, configs, arg)
+    checkpoint.save_stitched(_OUT.value, module, params)
+    print(f'Stitched model {pool.spec_name(pool.check_spec(configs, arg))}: '
+          f'{tree_lib.num_params(params):,} params ({_LEARNGENE.value}).')
+    print(f'Wrote {_OUT.value}')
+    return
   config = {**meta['model_config'], 'scan': _SCAN.value}
   if _METHOD.value == 'condense':
     params = condense.expand(learngene, arg, rng=jax.random.key(_SEED.value), placement=_PLACEMENT.value,

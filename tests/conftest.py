@@ -38,6 +38,9 @@ def run_config(recipe: str, **overrides):
   config.model.update(width=32, num_heads=2, mlp_dim=64, depth=2)
   if recipe == 'sws_aux':
     config.learngene.stage_depths = [1, 1]
+  if recipe == 'pool_distill':
+    config.pool.update(depth=2, instances=[dict(width=16, num_heads=2, mlp_dim=32),
+                                           dict(width=32, num_heads=2, mlp_dim=64)])
   config.update(batch_size=16, total_steps=4, eval_every=1000, checkpoint_every=1000, log_every=1)
   config.optimizer.warmup_steps = 1
   for key, value in overrides.items():
@@ -47,3 +50,12 @@ def run_config(recipe: str, **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  """A tiny teacher (width 32, depth 2) trained 3 steps on mnist5k source digits: its export dir."""
+  from lgjax.train import train_and_evaluate
+  workdir = tmp_path_factory.mktemp('teacher')
+  train_and_evaluate(run_config('teacher', total_steps=3), str(workdir))
+  return os.path.join(str(workdir), 'export')

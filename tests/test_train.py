@@ -28,13 +28,6 @@ def restore_export(workdir):
   return checkpoint.load_params(os.path.join(str(workdir), loop.EXPORT_DIR))
 
 
-@pytest.fixture(scope='module')
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('teacher')
-  train_and_evaluate(run_config('teacher', total_steps=3), str(workdir))
-  return os.path.join(str(workdir), loop.EXPORT_DIR)
-
-
 def test_model_trains_on_embedded_data(tmp_path):
   config = run_config('teacher', total_steps=16, eval_every=8, **{'optimizer.lr': 0.3})
   final = train_and_evaluate(config, str(tmp_path))

@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import safetensors.numpy
@@ -134,6 +135,32 @@ def load_params(path: str, **overrides: Any) -> tuple[PyTree, dict]:
     params = restore_tree(os.path.join(path, PARAMS))
   check_params(params, model_config, f'params in {path!r}')
   return params, model_config
+
+
+STITCHED_CONFIG = 'stitched_config.json'
+
+
+def save_stitched(directory: str, module: Any, params: PyTree) -> None:
+  """Writes a stitched pool model: params/ (Orbax) + stitched_config.json (its fields)."""
+  os.makedirs(directory, exist_ok=True)
+  save_tree(os.path.join(directory, PARAMS), params)
+  _write_json(os.path.join(directory, STITCHED_CONFIG),
+              {'front': module.front, 'end': module.end, 'j': module.j, 'k': module.k, 'stitch': module.stitch})
+
+
+def load_model(directory: str) -> tuple[Any, PyTree]:
+  """(module, params) of a params directory: a ViT, or a stitched pool model."""
+  if not os.path.isfile(os.path.join(directory, STITCHED_CONFIG)):
+    params, config = load_params(directory)
+    return ViT(**config), params
+  from lgjax.learngene import pool  # the stitched model lives with its method
+  fields = _read_json(os.path.join(directory, STITCHED_CONFIG))
+  module = pool.StitchedViT(**fields)
+  params = restore_tree(os.path.join(directory, PARAMS))
+  image = jnp.zeros((1, *image_shape_of(params, fields['front'])), jnp.float32)
+  expected = jax.eval_shape(module.init, jax.random.key(0), image)['params']
+  tree_lib.check_shapes(params, expected, f'stitched params in {directory!r}')
+  return module, params
 
 
 def save_learngene(directory: str, learngene: PyTree, *, method: str, model_config: dict,

@@ -1,0 +1,141 @@
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import IMAGE_SHAPE, ROOT, random_like, run_config
+from lgjax import checkpoint
+from lgjax.learngene import pool
+from lgjax.models import ViT, param_shapes
+from lgjax.train import pool_training, reporting, train_and_evaluate
+
+CONFIGS = [dict(num_classes=5, patch_size=4, width=w, depth=2, num_heads=2, mlp_dim=2 * w) for w in (16, 32)]
+
+
+@pytest.fixture(scope='module')
+def tiny_pool():
+  instances = [jax.tree.map(lambda x: 0.3 * x, random_like(param_shapes(c, IMAGE_SHAPE), seed=i))
+               for i, c in enumerate(CONFIGS)]
+  rng = np.random.default_rng(0)
+  maps = [{'kernel': jnp.asarray(rng.standard_normal((48, c['width'])), jnp.float32),
+           'bias': jnp.asarray(rng.standard_normal(c['width']), jnp.float32)} for c in CONFIGS]
+  return {'instances': instances, 'maps': maps}
+
+
+def test_identity_stitch_reproduces_the_instance(tiny_pool):
+  x = jax.random.normal(jax.random.key(0), (3, *IMAGE_SHAPE))
+  want = ViT(**CONFIGS[1]).apply({'params': tiny_pool['instances'][1]}, x)
+  for j in (0, 1, 2):
+    module, params = pool.assemble(tiny_pool, CONFIGS, (1, j, 1, j), stitch={'kernel': jnp.eye(32), 'bias': jnp.zeros(32)})
+    np.testing.assert_array_equal(module.apply({'params': params}, x), want)
+  module, params = pool.assemble(tiny_pool, CONFIGS, (1, 2, 1, 2))  # the instance alone: no stitch
+  assert 'stitch' not in params
+  np.testing.assert_array_equal(module.apply({'params': params}, x), want)
+
+
+def test_lstsq_stitch_matches_numpy(tiny_pool):
+  x = jax.random.normal(jax.random.key(1), (4, *IMAGE_SHAPE))
+  stitch = pool.init_stitch(tiny_pool, CONFIGS, (0, 1, 1, 1), 'lstsq', x)
+  a = np.asarray(pool.hidden_states(tiny_pool['instances'][0], CONFIGS[0], x)[1]).reshape(-1, 16)
+  b = np.asarray(pool.hidden_states(tiny_pool['instances'][1], CONFIGS[1], x)[1]).reshape(-1, 32)
+  solution, *_ = np.linalg.lstsq(np.concatenate([a, np.ones((len(a), 1))], axis=1), b, rcond=None)
+  np.testing.assert_allclose(stitch['kernel'], solution[:-1], rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(stitch['bias'], solution[-1], rtol=1e-3, atol=1e-4)
+  # The stem output feeds k = 0; block j - 1's output is hidden_states[j].
+  _, inter = ViT(**CONFIGS[0]).apply({'params': tiny_pool['instances'][0]}, x, mutable=['intermediates'])
+  np.testing.assert_allclose(a, np.asarray(inter['intermediates']['Transformer']['encoderblock_0']['out'][0]).reshape(-1, 16),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_learned_stitch_from_width_maps(tiny_pool):
+  stitch = pool.init_stitch(tiny_pool, CONFIGS, (0, 1, 1, 1), 'learned')
+  wf, bf = (np.asarray(tiny_pool['maps'][0][k]) for k in ('kernel', 'bias'))
+  we, be = (np.asarray(tiny_pool['maps'][1][k]) for k in ('kernel', 'bias'))
+  h_teacher = np.random.default_rng(2).standard_normal((5, 48))
+  # A teacher state mapped to the front width, then stitched, lands where the end's map puts it,
+  # exactly for teacher states the 48 -> 16 front map does not lose (its column space).
+  h_teacher = h_teacher @ wf @ np.linalg.pinv(wf)
+  np.testing.assert_allclose((h_teacher @ wf + bf) @ stitch['kernel'] + stitch['bias'], h_teacher @ we + be,
+                             rtol=1e-3, atol=1e-3)
+
+
+def test_param_and_flop_counts_by_hand(tiny_pool):
+  rows = {r['spec']: r for r in pool.enumerate_specs(tiny_pool, CONFIGS, IMAGE_SHAPE)}
+  assert sorted(rows) == [(0, 1, 1, 1), (0, 2, 0, 2), (1, 1, 0, 1), (1, 2, 1, 2)]
+  # Spec 0.1-1.1: stem of 16 (16*16+16 embedding, 16*16 pos), one 16-wide block
+  # (2 LNs 4*16 + q,k,v,out 4*(16*16+16) + MLP 16*32+32 + 32*16+16 = 2224),
+  # stitch 16*32+32, one 32-wide block (same formula: 8544), norm 64, head 32*5+5.
+  block = lambda d, m: 4 * d + 4 * (d * d + d) + (d * m + m) + (m * d + d)
+  assert block(16, 32) == 2224 and block(32, 64) == 8544
+  assert rows[(0, 1, 1, 1)]['params'] == (272 + 256) + 2224 + (512 + 32) + 8544 + 64 + 165
+  # FLOPs: 16 tokens; stem 2*16*16*16; block 8*T*d^2 + 4*T^2*d + 4*T*d*m; stitch 2*16*16*32; head 2*32*5.
+  fl = lambda d, m: 8 * 16 * d * d + 4 * 256 * d + 4 * 16 * d * m
+  assert rows[(0, 1, 1, 1)]['flops'] == 2 * 16 * 16 * 16 + fl(16, 32) + 2 * 16 * 16 * 32 + fl(32, 64) + 320
+  assert rows[(0, 2, 0, 2)]['flops'] == 2 * 16 * 16 * 16 + 2 * fl(16, 32) + 160
+
+
+def test_errors(tiny_pool):
+  with pytest.raises(ValueError, match=r'spec j=3 must be in \[0, 2\] \(depth of instance 0\)'):
+    pool.assemble(tiny_pool, CONFIGS, (0, 3, 1, 1))
+  with pytest.raises(ValueError, match=r'spec end_instance=2 must be in \[0, 2\)'):
+    pool.assemble(tiny_pool, CONFIGS, (0, 1, 2, 1))
+  with pytest.raises(ValueError, match=r'stitch kernel has shape \(16, 16\), expected \(16, 32\)'):
+    pool.assemble(tiny_pool, CONFIGS, (0, 1, 1, 1), stitch={'kernel': jnp.zeros((16, 16)), 'bias': jnp.zeros(16)})
+  with pytest.raises(ValueError, match='The learngene pool is empty'):
+    pool.enumerate_specs({'instances': [], 'maps': []}, [], IMAGE_SHAPE)
+  with pytest.raises(ValueError, match='differ in patch_size'):
+    pool.check_spec([CONFIGS[0], {**CONFIGS[1], 'patch_size': 2}], (0, 1, 1, 1))
+  assert pool_training.layer_map('uniform', 2, 6) == [2, 5]
+  with pytest.raises(ValueError, match=r"pool.layer_map must be 'uniform' or 2 teacher layer indices in \[0, 6\)"):
+    pool_training.layer_map([0, 6], 2, 6)
+
+
+def test_distillation_lowers_every_student_loss_then_stitched_training(tmp_path, teacher_dir):
+  config = run_config('pool_distill', total_steps=12, eval_every=2, **{
+      'teacher.dir': teacher_dir, 'optimizer.lr': 0.1})
+  train_and_evaluate(config, str(tmp_path / 'pool'))
+  by_step = reporting.read_metrics(str(tmp_path / 'pool'))
+  for i in range(2):
+    assert by_step[12][f'eval_loss_inst{i}'] < by_step[2][f'eval_loss_inst{i}']
+  trained, meta = checkpoint.load_learngene(str(tmp_path / 'pool' / 'export'))
+  assert meta['layer_map'] == [0, 1] and [c['width'] for c in meta['instance_configs']] == [16, 32]
+
+  stitched = run_config('stitched', total_steps=3, **{'pool.dir': str(tmp_path / 'pool' / 'export'),
+                                                      'stitch.init': 'lstsq'})
+  final = train_and_evaluate(stitched, str(tmp_path / 'stitched'))
+  assert {k for k in final if k.startswith('eval_accuracy_')} == {
+      'eval_accuracy_' + n for n in ('0.1-1.1', '0.2-0.2', '1.1-0.1', '1.2-1.2')}
+  table = open(tmp_path / 'stitched' / 'specs.md').read()
+  assert '| 0.1-1.1 |' in table and os.path.getsize(tmp_path / 'stitched' / 'specs.png') > 1000
+
+  out = tmp_path / 'model'
+  result = subprocess.run([sys.executable, 'expand.py', f'--learngene={tmp_path / "stitched" / "export"}',
+                           '--method=pool', '--spec=1,1,0,1', f'--out={out}'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  module, params = checkpoint.load_model(str(out))
+  trained_stitch, _ = checkpoint.load_learngene(str(tmp_path / 'stitched' / 'export'))
+  np.testing.assert_array_equal(params['stitch']['kernel'], trained_stitch['stitches']['1.1-0.1']['kernel'])
+  assert module.apply({'params': params}, np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 5)
+
+
+def test_distillation_map_gradients(teacher_dir):
+  """The hidden/attention MSE runs through the width maps: with α = 1 (CE only) the maps get
+  no gradient; with α = 0.1 they do."""
+  from lgjax.train import kinds
+  grads = {}
+  for alpha in (1.0, 0.1):
+    config = run_config('pool_distill', **{'teacher.dir': teacher_dir, 'loss.alpha': alpha})
+    kind = kinds.make_kind(config, (28, 28, 1))
+    trainable = kind.init(jax.random.key(0))
+    teacher_params, teacher_cfg = checkpoint.load_params(teacher_dir)
+    loss = kind.example_loss(ViT(**teacher_cfg))
+    image = jnp.asarray(np.random.default_rng(0).standard_normal((28, 28, 1)), jnp.float32)
+    grads[alpha] = jax.jit(jax.grad(lambda p: loss(p, teacher_params, image, 1, jax.random.key(0),
+                                                   jax.random.key(1))[0]))(trainable)
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads[1.0]['maps']))
+  assert all(float(jnp.abs(g['kernel']).max()) > 0 for g in grads[0.1]['maps'])
