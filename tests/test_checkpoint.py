@@ -51,8 +51,8 @@ def test_learngene_round_trip_keeps_lists(tmp_path):
   assert meta == {'method': 'sws', 'model_config': TINY, 'aux_stage_depths': [2, 1]}
   with pytest.raises(ValueError, match="SWS learngene has width=32 but the requested model has width=64"):
     checkpoint.save_learngene(str(tmp_path / 'x'), lg, method='sws', model_config={**TINY, 'width': 64})
-  with pytest.raises(ValueError, match=r"method must be one of \['condense', 'sws', 'tleg'\], got 'pool'"):
-    checkpoint.save_learngene(str(tmp_path / 'x'), lg, method='pool', model_config=TINY)
+  with pytest.raises(ValueError, match=r"method must be one of \['condense', 'pool', 'sws', 'tleg'\], got 'lora'"):
+    checkpoint.save_learngene(str(tmp_path / 'x'), lg, method='lora', model_config=TINY)
 
 
 def test_npz_round_trip_never_unpickles(tmp_path):

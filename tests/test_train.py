@@ -214,7 +214,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 @pytest.mark.parametrize('overrides,error,message', [
     (dict(batch_size=12), ValueError, r'batch_size=12 must be a positive multiple of the number of devices \(8\)'),
     (dict(batch_size=16, grad_accum_steps=4), ValueError, r'times grad_accum_steps \(4\) = 32'),
-    (dict(kind='student'), ValueError, r"kind must be one of \('model', 'tleg_aux', 'sws_aux', 'descendant'\), got 'student'"),
+    (dict(kind='student'), ValueError, r"kind must be one of \('model', 'tleg_aux', 'sws_aux', 'descendant', 'pool_distill', 'stitched'\), got 'student'"),
     (dict(parallelism='pjit'), ValueError, r"parallelism must be one of \('jit', 'pmap'\)"),
     ({'loss.alpha': 0.5}, ValueError, r'loss.alpha=0.5 distills from a teacher: set teacher.dir'),
     ({'loss.alpha': 0.5, 'teacher.dir': '/nonexistent/teacher'}, FileNotFoundError, r"/nonexistent/teacher/model_config.json"),

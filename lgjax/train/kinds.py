@@ -27,7 +27,7 @@ from lgjax.models import ViT, check_config
 from lgjax.train import pool_training
 
 KINDS = ('model', 'tleg_aux', 'sws_aux', 'descendant', 'pool_distill', 'stitched')
-INIT_METHODS = ('scratch', *sorted(METHODS))
+INIT_METHODS = ('scratch', 'condense', 'sws', 'tleg')  # a pool's models are 'stitched' runs
 PyTree = Any
 
 
