@@ -9,23 +9,20 @@ to reach scratch's final accuracy, accuracy with 10/25/100 % of the
 downstream samples, and the spread over 3 learning rates. Writes a
 Markdown table and a PNG to --out.
 
-  python benchmarks/condense_bench.py [--quick] [--out benchmarks/results]
+  python -m benchmarks.condense_bench [--quick] [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs import descendant, teacher  # noqa: E402
-from lgjax import checkpoint, data  # noqa: E402
-from lgjax.learngene import condense  # noqa: E402
-from lgjax.train import reporting, train_and_evaluate  # noqa: E402
+from configs import descendant, teacher
+from lgjax import checkpoint, data
+from lgjax.learngene import condense
+from lgjax.train import reporting, train_and_evaluate
 
 
 def eval_curve(workdir: str) -> dict[int, float]:

@@ -3,33 +3,21 @@
 Compares, side by side in one run, against (a) a numpy broadcast of the same
 formula and (b) copying the output's bytes once (the memory-bandwidth floor).
 
-  python benchmarks/expand_bench.py [--depth 12] [--repeats 10]
+  python -m benchmarks.expand_bench [--depth 12] [--repeats 10]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import median_time
 from lgjax import tree as tree_lib
 from lgjax.learngene import tleg
 
 VIT_B = dict(num_classes=1000, patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072)
-
-
-def best_time(fn, repeats: int) -> float:
-  """Median wall time of `fn()` after one warm-up call."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def main():
@@ -55,9 +43,9 @@ def main():
   rows = []
   for scan in (False, True):
     fn = jax.jit(lambda l, scan=scan: tleg.expand(l, depth, scan=scan))
-    rows.append((f'lgjax expand (jit, scan={scan})', best_time(lambda: fn(lg), args.repeats)))
-  rows.append(('numpy broadcast', best_time(numpy_expand, args.repeats)))
-  floor = best_time(lambda: np.copyto(target, source), args.repeats)
+    rows.append((f'lgjax expand (jit, scan={scan})', median_time(lambda: fn(lg), args.repeats)))
+  rows.append(('numpy broadcast', median_time(numpy_expand, args.repeats)))
+  floor = median_time(lambda: np.copyto(target, source), args.repeats)
   rows.append(('copy output bytes once (floor)', floor))
 
   print(f'TLEG expand, width {VIT_B["width"]}, mlp {VIT_B["mlp_dim"]}, depth {depth}: '

@@ -31,6 +31,6 @@ JAX_PLATFORMS=cuda XLA_FLAGS= JAX_DEFAULT_MATMUL_PRECISION=highest PYTHONUNBUFFE
   tests/test_convert.py -k "not files_serve" 2>&1 | tee "$OUT/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 
-timeout 240 $PY benchmarks/train_throughput.py --width 384 --heads 6 --depth 12 --image 224 \
+timeout 240 $PY -m benchmarks.train_throughput --width 384 --heads 6 --depth 12 --image 224 \
   --patch 16 --batch 256 --dtype bfloat16 --repeats 10 2>&1 | tee "$OUT/gpu_throughput.md"
 exit $(( tests_rc || PIPESTATUS[0] ))

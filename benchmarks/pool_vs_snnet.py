@@ -8,22 +8,19 @@ steps, with learned (pool only: it has width maps) and least-squares stitch
 init. Reports stored parameters (what must be kept to build every spec) and
 accuracy vs FLOPs of every spec; writes pool_vs_snnet.md and .png.
 
-  python benchmarks/pool_vs_snnet.py [--quick] [--out benchmarks/results]
+  python -m benchmarks.pool_vs_snnet [--quick] [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs import pool_distill, stitched, teacher  # noqa: E402
-from lgjax import checkpoint  # noqa: E402
-from lgjax import tree as tree_lib  # noqa: E402
-from lgjax.learngene import pool as pool_lib  # noqa: E402
-from lgjax.train import train_and_evaluate  # noqa: E402
+from configs import pool_distill, stitched, teacher
+from lgjax import checkpoint
+from lgjax import tree as tree_lib
+from lgjax.learngene import pool as pool_lib
+from lgjax.train import train_and_evaluate
 
 PRESET = 'mnist5k'
 

@@ -7,39 +7,22 @@ with the matmul peak measured in the same run. Model FLOPs are counted
 analytically (lgjax.models.flops, training = 3x forward), since XLA's cost
 analysis does not see the GEMMs that GPUs hand to cuBLAS.
 
-  python benchmarks/train_throughput.py [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
+  python -m benchmarks.train_throughput [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from benchmarks.common import matmul_peak_gflops, median_time
 from lgjax.learngene import tleg
 from lgjax.models import ViT, flops
 from lgjax.train import optim, step
-
-
-def median_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
-def matmul_peak_gflops(n: int, dtype: str, repeats: int = 10) -> float:
-  """Achieved GFLOP/s of one large jitted matmul in `dtype`: the machine's practical peak."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(lambda x: x @ x)
-  jax.block_until_ready(f(a))
-  return 2 * n ** 3 / median_time(lambda: f(a), repeats) / 1e9
 
 
 def build_step(model_cfg, to_params, trainable, batch_size):
