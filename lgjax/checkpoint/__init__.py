@@ -29,7 +29,7 @@ import safetensors.numpy
 
 from lgjax import tree as tree_lib
 from lgjax.checkpoint import convert
-from lgjax.learngene import METHODS
+from lgjax.learngene import METHODS, pool
 from lgjax.models import ViT, blocks, check_config, config_from_params, param_shapes
 
 PyTree = Any
@@ -153,7 +153,6 @@ def load_model(directory: str) -> tuple[Any, PyTree]:
   if not os.path.isfile(os.path.join(directory, STITCHED_CONFIG)):
     params, config = load_params(directory)
     return ViT(**config), params
-  from lgjax.learngene import pool  # the stitched model lives with its method
   fields = _read_json(os.path.join(directory, STITCHED_CONFIG))
   module = pool.StitchedViT(**fields)
   params = restore_tree(os.path.join(directory, PARAMS))
