@@ -177,10 +177,6 @@ def eval_batches(dataset: Any, *, local_batch_size: int) -> Iterator[dict[str, n
            'mask': np.array([1.0] * (local_batch_size - pad) + [0.0] * pad, np.float32)}
 
 
-def num_train_examples(dataset: Any) -> int:
-  return len(train_source(dataset))
-
-
 def image_shape(dataset: Any) -> tuple[int, int, int]:
   """(H, W, C) of preprocessed images, read off the first training example."""
   example = data_source(dataset, dataset.train_split)[0]

@@ -1,0 +1,57 @@
+import ml_collections
+import numpy as np
+import pytest
+
+from lgjax import data
+from lgjax.data import mnist5k, pipeline
+
+
+def dataset(**kw):
+  return ml_collections.ConfigDict(dict(name='mnist5k', classes='downstream', train_split='train',
+                                        eval_split='test', image_size=28, augment='none', train_fraction=1.0, **kw))
+
+
+def test_mnist5k_splits_are_deterministic_disjoint_and_relabelled():
+  train, train_labels = mnist5k.load('train', 'downstream')
+  test, test_labels = mnist5k.load('test', 'downstream')
+  assert train.shape == (2000, 28, 28, 1) and test.shape == (500, 28, 28, 1) and train.dtype == np.uint8
+  assert np.bincount(train_labels).tolist() == [400] * 5 and np.bincount(test_labels).tolist() == [100] * 5
+  rows = lambda a: {r.tobytes() for r in a}
+  assert not rows(train) & rows(test)
+  all_train, all_labels = mnist5k.load('train', 'all')
+  assert rows(train) <= rows(all_train)  # the same split whichever class group is asked for
+  np.testing.assert_array_equal(mnist5k.load('train', 'downstream')[0], train)
+  with pytest.raises(ValueError, match=r"mnist5k classes must be one of \['all', 'downstream', 'source'\], got 'odd'"):
+    mnist5k.load('train', 'odd')
+
+
+def test_train_fraction_and_eval_padding():
+  assert len(pipeline.train_source(dataset())) == 2000
+  small = dataset()
+  small.train_fraction = 0.25
+  assert len(pipeline.train_source(small)) == 500
+  batches = list(data.eval_batches(dataset(), local_batch_size=16))
+  assert len(batches) == 32 and sum(b['mask'].sum() for b in batches) == 500
+  assert batches[-1]['mask'].tolist() == [1.0] * 4 + [0.0] * 12
+  assert batches[0]['image'].min() >= -1 and batches[0]['image'].max() <= 1
+  small.train_fraction = 0.0
+  with pytest.raises(ValueError, match=r'dataset.train_fraction must be in \(0, 1\], got 0.0'):
+    pipeline.train_source(small)
+
+
+def test_train_stream_is_deterministic_and_resumable():
+  def take(n, state=None):
+    it = iter(data.train_loader(dataset(), batch_size=8, seed=3))
+    if state is not None:
+      it.set_state(state)
+    return [next(it) for _ in range(n)], it.get_state()
+
+  first, state = take(3)
+  again, _ = take(3)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  resumed, _ = take(1, state)
+  straight, _ = take(4)
+  np.testing.assert_array_equal(resumed[0]['label'], straight[3]['label'])
+  epoch = np.concatenate([b['label'] for b in take(250)[0]])  # 2000 examples: one epoch
+  assert np.bincount(epoch).tolist() == [400] * 5
