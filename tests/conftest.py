@@ -31,6 +31,14 @@ if ROOT not in __import__('sys').path:
   __import__('sys').path.insert(0, ROOT)
 
 
+def run_expand(*args):
+  """Runs expand.py with `args` in a fresh process; returns the CompletedProcess."""
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'expand.py'), *map(str, args)],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
 def run_config(recipe: str, **overrides):
   """A recipe's mnist5k config shrunk to a seconds-long run (width 32, depth 2)."""
   import importlib

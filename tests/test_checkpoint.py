@@ -1,19 +1,15 @@
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import IMAGE_SHAPE, TINY, random_like
+from conftest import IMAGE_SHAPE, TINY, random_like, run_expand
 from lgjax import checkpoint
 from lgjax.learngene import sws, tleg
 from lgjax.models import ViT, blocks, param_shapes
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _equal(a, b):
@@ -63,16 +59,11 @@ def test_npz_round_trip_never_unpickles(tmp_path):
   _equal(checkpoint.load_npz(str(tmp_path / 'p.npz')), params)
 
 
-def _run_expand(*args):
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'expand.py'), *args],
-                        capture_output=True, text=True, cwd=ROOT, timeout=300)
-
-
 def test_expand_cli_end_to_end(tmp_path):
   lg_dir, out = str(tmp_path / 'tleg'), str(tmp_path / 'desc')
   lg = tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE)
   checkpoint.save_learngene(lg_dir, lg, method='tleg', model_config=TINY)
-  result = _run_expand(f'--learngene={lg_dir}', '--method=tleg', '--depth=5', f'--out={out}', '--format=npz')
+  result = run_expand(f'--learngene={lg_dir}', '--method=tleg', '--depth=5', f'--out={out}', '--format=npz')
   assert result.returncode == 0, result.stderr
   params, config = checkpoint.load_params(out)
   assert config['depth'] == 5 and 'Descendant: depth 5, width 32' in result.stdout
@@ -88,18 +79,18 @@ def test_expand_cli_sws_scan_and_errors(tmp_path):
   lg_dir, out = str(tmp_path / 'sws'), str(tmp_path / 'desc')
   lg = sws.init_learngene(jax.random.key(0), TINY, 3, image_shape=IMAGE_SHAPE)
   checkpoint.save_learngene(lg_dir, lg, method='sws', model_config=TINY)
-  result = _run_expand(f'--learngene={lg_dir}', '--method=sws', '--stage_depths=2,1,1', f'--out={out}', '--scan')
+  result = run_expand(f'--learngene={lg_dir}', '--method=sws', '--stage_depths=2,1,1', f'--out={out}', '--scan')
   assert result.returncode == 0, result.stderr
   params, config = checkpoint.load_params(out)
   assert config['scan'] and blocks.depth(params) == 4
   out_ = ViT(**config).apply({'params': params}, jnp.ones((1, *IMAGE_SHAPE)))
   assert out_.shape == (1, TINY['num_classes'])
 
-  wrong = _run_expand(f'--learngene={lg_dir}', '--method=tleg', '--depth=3', f'--out={out}')
+  wrong = run_expand(f'--learngene={lg_dir}', '--method=tleg', '--depth=3', f'--out={out}')
   assert wrong.returncode != 0 and "--method=tleg but" in wrong.stderr and 'holds a sws learngene' in wrong.stderr
-  short = _run_expand(f'--learngene={lg_dir}', '--method=sws', '--stage_depths=2,1', f'--out={out}')
+  short = run_expand(f'--learngene={lg_dir}', '--method=sws', '--stage_depths=2,1', f'--out={out}')
   assert short.returncode != 0 and 'stage_depths must be a sequence of 3 integers' in short.stderr
-  missing = _run_expand(f'--learngene={lg_dir}', '--method=sws', f'--out={out}')
+  missing = run_expand(f'--learngene={lg_dir}', '--method=sws', f'--out={out}')
   assert missing.returncode != 0 and '--method=sws needs --stage_depths' in missing.stderr
 
 
@@ -109,7 +100,7 @@ def test_expand_cli_condense_to_safetensors(tmp_path):
   lg = condense.condense(params, [2, 3])
   checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='condense', model_config={**TINY, 'depth': 4})
   out = str(tmp_path / 'desc')
-  result = _run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', '--num_random=1',
+  result = run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', '--num_random=1',
                        '--placement=above', '--num_classes=3', f'--out={out}', '--format=safetensors')
   assert result.returncode == 0, result.stderr
   restored, config = checkpoint.load_params(out)
@@ -118,5 +109,5 @@ def test_expand_cli_condense_to_safetensors(tmp_path):
                params['Transformer']['encoderblock_3'])
   timm, _ = checkpoint.load_params(os.path.join(out, 'params.safetensors'), num_heads=TINY['num_heads'])
   jax.tree.map(np.testing.assert_array_equal, timm, restored)
-  missing = _run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', f'--out={out}')
+  missing = run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', f'--out={out}')
   assert missing.returncode != 0 and '--method=condense needs --num_random' in missing.stderr

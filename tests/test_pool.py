@@ -1,13 +1,11 @@
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import IMAGE_SHAPE, ROOT, random_like, run_config
+from conftest import IMAGE_SHAPE, random_like, run_config, run_expand
 from lgjax import checkpoint
 from lgjax.learngene import pool
 from lgjax.models import ViT, param_shapes
@@ -113,9 +111,8 @@ def test_distillation_lowers_every_student_loss_then_stitched_training(tmp_path,
   assert '| 0.1-1.1 |' in table and os.path.getsize(tmp_path / 'stitched' / 'specs.png') > 1000
 
   out = tmp_path / 'model'
-  result = subprocess.run([sys.executable, 'expand.py', f'--learngene={tmp_path / "stitched" / "export"}',
-                           '--method=pool', '--spec=1,1,0,1', f'--out={out}'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  result = run_expand(f'--learngene={tmp_path / "stitched" / "export"}', '--method=pool', '--spec=1,1,0,1',
+                      f'--out={out}')
   assert result.returncode == 0, result.stderr
   module, params = checkpoint.load_model(str(out))
   trained_stitch, _ = checkpoint.load_learngene(str(tmp_path / 'stitched' / 'export'))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import ROOT, run_config
+from conftest import ROOT, run_config, run_expand
 from lgjax import checkpoint, data
 from lgjax.learngene import sws, tleg
 from lgjax.models import ViT, blocks
@@ -65,9 +65,7 @@ def test_tleg_aux_trains_the_learngene_and_expands(tmp_path, teacher_dir):
   assert all(_changed(learngene['slope'], initial['slope']))
 
   out = tmp_path / 'desc'
-  result = subprocess.run([sys.executable, 'expand.py', f'--learngene={tmp_path / "aux" / "export"}',
-                           '--method=tleg', '--depth=3', f'--out={out}'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  result = run_expand(f'--learngene={tmp_path / "aux" / "export"}', '--method=tleg', '--depth=3', f'--out={out}')
   assert result.returncode == 0, result.stderr
   params, model_cfg = checkpoint.load_params(str(out))
   logits = ViT(**model_cfg).apply({'params': params}, np.zeros((2, 28, 28, 1), np.float32))
