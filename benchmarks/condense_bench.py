@@ -56,6 +56,8 @@ def main():
   p.add_argument('--rule', default='last', choices=['last', 'best_match'])
   args = p.parse_args()
   os.makedirs(args.out, exist_ok=True)
+  # Runs resume from their workdirs: keep quick and full runs apart.
+  args.work = os.path.join(args.work, 'quick' if args.quick else 'full')
   steps = 60 if args.quick else 160
 
   ancestry_cfg = teacher.get_config('mnist5k')

@@ -41,6 +41,8 @@ def main():
   p.add_argument('--quick', action='store_true')
   args = p.parse_args()
   os.makedirs(args.out, exist_ok=True)
+  # Runs resume from their workdirs: keep quick and full runs apart.
+  args.work = os.path.join(args.work, 'quick' if args.quick else 'full')
   distill_steps = 60 if args.quick else 234
   stitch_steps = 30 if args.quick else 120
 
