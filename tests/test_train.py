@@ -173,7 +173,9 @@ def test_resume_skips_a_damaged_checkpoint(tmp_path, capsys):
       os.remove(os.path.join(root, f))
   config.total_steps = 5
   train_and_evaluate(config, str(tmp_path))
-  assert 'Resuming from checkpoint step 2' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'Resuming from checkpoint step 2' in out
+  assert "the config differs from the one this run was started with in ['total_steps']" in out
   assert sorted(os.listdir(ckpt_dir)) == ['4', '5', 'damaged-4']
 
 

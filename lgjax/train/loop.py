@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lgjax import checkpoint, data
+from lgjax import tree as tree_lib
 from lgjax.models import ViT
 from lgjax.train import checkpoints, kinds, optim, parallel, reporting, step
 
@@ -105,6 +107,17 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def config_changes(config: Any, workdir: str) -> list[str]:
+  """'/'-names of the fields where `config` differs from the run's saved config.json."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    old = dict(tree_lib.flatten_with_names(json.load(f)))
+  new = dict(tree_lib.flatten_with_names(json.loads(config.to_json_best_effort())))
+  return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
 def _save_config(config: Any, workdir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -124,6 +137,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   model = ViT(**{**model_cfg, 'dtype': config.compute_dtype})
   schedule = optim.learning_rate(config.optimizer, config.batch_size, config.total_steps)
   optimizer = optim.make_optimizer(config.optimizer, config.batch_size, config.total_steps)
+  changes = config_changes(config, workdir)
   _save_config(config, workdir)
 
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
@@ -140,6 +154,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   if restored is not None:
     state, start = restored
     _say(f'Resuming from checkpoint step {start} in {ckpt.directory}.')
+    if changes:
+      _say(f'Note: the config differs from the one this run was started with in {changes}.')
 
   example_loss = (kind.example_loss(teacher) if kind.example_loss
                   else step.classification_loss(model, config.loss, teacher))
