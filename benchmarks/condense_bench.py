@@ -19,18 +19,11 @@ import os
 
 import numpy as np
 
+from benchmarks.common import eval_curve, steps_to_reach
 from configs import descendant, teacher
 from lgjax import checkpoint, data
 from lgjax.learngene import condense
-from lgjax.train import reporting, train_and_evaluate
-
-
-def eval_curve(workdir: str) -> dict[int, float]:
-  return {s: m['eval_accuracy'] for s, m in reporting.read_metrics(workdir).items() if 'eval_accuracy' in m}
-
-
-def steps_to_reach(curve: dict[int, float], target: float) -> int | None:
-  return next((s for s in sorted(curve) if curve[s] >= target), None)
+from lgjax.train import train_and_evaluate
 
 
 def descendant_run(root, name, *, method, depth, steps, lr_scale=1.0, fraction=1.0, seed=0, learngene_dir=''):
