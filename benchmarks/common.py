@@ -1,4 +1,4 @@
-"""Timing helpers the benchmarks share: one way to time, one way to measure the peak.
+"""What the benchmarks share: one way to time, to measure the peak, to build a train step.
 
 Run every benchmark from the repository root as a module: python -m benchmarks.NAME
 """
@@ -10,9 +10,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from lgjax.train import reporting
+from lgjax.models import ViT
+from lgjax.train import optim, reporting, step
+
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
   """Median wall seconds of fn() (results blocked on) after one warm-up call."""
@@ -40,3 +43,32 @@ def eval_curve(workdir: str) -> dict[int, float]:
 def steps_to_reach(curve: dict[int, float], target: float) -> int | None:
   """The first step whose accuracy reaches `target` (None: never)."""
   return next((s for s in sorted(curve) if curve[s] >= target), None)
+
+
+def random_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) -> dict:
+  """A train batch of standard-normal images and uniform labels."""
+  rng = np.random.default_rng(seed)
+  return {'image': jnp.asarray(rng.standard_normal((batch_size, *image_shape)), jnp.float32),
+          'label': jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
+          'index': jnp.arange(batch_size, dtype=jnp.int32)}
+
+
+def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | None = None) -> Callable[[], jax.Array]:
+  """() -> loss: one jitted lgjax train step on `batch` (per-example cross-entropy,
+  AdamW, no clipping or smoothing, as the PyTorch reference), state donated and kept."""
+  opt = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
+                                       b1=0.9, b2=0.999, clip_norm=0.0))
+  loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, alpha=0.0, temperature=1.0))
+  batch_size = len(batch['label'])
+  optimizer = optim.make_optimizer(opt, batch_size, 1000)
+  fn = jax.jit(step.make_train_step(
+      example_loss=step.classification_loss(ViT(**model_cfg), loss), to_params=to_params or (lambda p: p),
+      optimizer=optimizer, schedule=optim.learning_rate(opt, batch_size, 1000)), donate_argnums=(0,))
+  holder = {'state': step.init_state(trainable, optimizer, jax.random.key(1))}
+
+  def one():
+    holder['state'], metrics = fn(holder['state'], batch, None)
+    return metrics['loss']
+
+  one.compiled_text = lambda: fn.lower(holder['state'], batch, None).compile().as_text()  # for profiles
+  return one

@@ -16,25 +16,10 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
-from benchmarks.common import matmul_peak_gflops, median_time
+from benchmarks.common import matmul_peak_gflops, median_time, random_batch, step_runner
 from lgjax.learngene import tleg
-from lgjax.models import ViT, flops
-from lgjax.train import optim, step
-
-
-def build_step(model_cfg, to_params, trainable, batch_size):
-  opt = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
-                                       b1=0.9, b2=0.999, clip_norm=1.0))
-  loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, alpha=0.0, temperature=1.0))
-  optimizer = optim.make_optimizer(opt, batch_size, 1000)
-  fn = step.make_train_step(example_loss=step.classification_loss(ViT(**model_cfg), loss),
-                            to_params=to_params, optimizer=optimizer,
-                            schedule=optim.learning_rate(opt, batch_size, 1000))
-  state = step.init_state(trainable, optimizer, jax.random.key(1))
-  return jax.jit(fn, donate_argnums=(0,)), state
+from lgjax.models import flops
 
 
 def main():
@@ -51,27 +36,17 @@ def main():
   cfg = dict(num_classes=100, patch_size=args.patch, width=args.width, depth=args.depth,
              num_heads=args.heads, mlp_dim=4 * args.width, dtype=args.dtype)
   shape = (args.image, args.image, 3)
-  rng = np.random.default_rng(0)
-  batch = {'image': jnp.asarray(rng.standard_normal((args.batch, *shape)), jnp.float32),
-           'label': jnp.asarray(rng.integers(0, 100, args.batch), jnp.int32),
-           'index': jnp.arange(args.batch, dtype=jnp.int32)}
+  batch = random_batch(args.batch, shape, 100)
 
   lg = tleg.init_learngene(jax.random.key(0), {**cfg, 'dtype': 'float32'}, image_shape=shape)
   plain = jax.tree.map(jnp.array, tleg.expand(lg, args.depth))  # own buffers: steps donate state
-  runs = {'plain ViT': build_step(cfg, lambda p: p, plain, args.batch),
-          'TLEG aux (params = expand(lg))': build_step(
-              cfg, lambda l: tleg.expand(l, args.depth), jax.tree.map(jnp.array, lg), args.batch)}
+  runs = {'plain ViT': step_runner(cfg, plain, batch),
+          'TLEG aux (params = expand(lg))': step_runner(
+              cfg, jax.tree.map(jnp.array, lg), batch, lambda l: tleg.expand(l, args.depth))}
 
   peak = matmul_peak_gflops(8192 if jax.default_backend() == 'gpu' else 2048, args.dtype)
   rows = []
-  for name, (fn, state) in runs.items():
-    holder = {'state': state}
-
-    def one():
-      holder['state'], metrics = fn(holder['state'], batch, None)
-      return metrics['loss']
-
-    jax.block_until_ready(one())
+  for name, one in runs.items():
     t = median_time(one, args.repeats)
     rows.append((name, args.batch / t, 3 * flops.forward_flops(cfg, shape) * args.batch / t / 1e9))
 

@@ -15,15 +15,12 @@ import argparse
 import os
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import matmul_peak_gflops, median_time
+from benchmarks.common import matmul_peak_gflops, median_time, random_batch, step_runner
 from lgjax.models import ViT, flops
-from lgjax.train import optim, step
 
 CASES = (dict(width=192, depth=12, heads=3, image=32, patch=4, batch=128, channels=3),
          dict(width=64, depth=6, heads=4, image=28, patch=7, batch=256, channels=1))
@@ -74,26 +71,11 @@ def torch_step(c, images, labels, repeats):
   return median_time(one, repeats)
 
 
-def lgjax_step(c, images, labels, repeats):
+def lgjax_step(c, batch, repeats):
   cfg = dict(num_classes=CLASSES, patch_size=c['patch'], width=c['width'], depth=c['depth'],
              num_heads=c['heads'], mlp_dim=4 * c['width'])
-  model = ViT(**cfg)
-  opt = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
-                                       b1=0.9, b2=0.999, clip_norm=0.0))
-  loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, alpha=0.0, temperature=1.0))
-  optimizer = optim.make_optimizer(opt, c['batch'], 1000)
-  fn = jax.jit(step.make_train_step(example_loss=step.classification_loss(model, loss), to_params=lambda p: p,
-                                    optimizer=optimizer, schedule=optim.learning_rate(opt, c['batch'], 1000)),
-               donate_argnums=(0,))
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *images.shape[1:])))['params']
-  holder = {'state': step.init_state(params, optimizer, jax.random.key(1))}
-  batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels), 'index': jnp.arange(len(labels))}
-
-  def one():
-    holder['state'], metrics = fn(holder['state'], batch, None)
-    return metrics['loss']
-
-  return median_time(one, repeats), cfg
+  params = jax.jit(ViT(**cfg).init)(jax.random.key(0), batch['image'][:1])['params']
+  return median_time(step_runner(cfg, params, batch), repeats), cfg
 
 
 def main():
@@ -107,12 +89,10 @@ def main():
   print('| model | lgjax img/s | PyTorch img/s | lgjax/PyTorch | lgjax GFLOP/s (of peak) | PyTorch GFLOP/s (of peak) |')
   print('|---|---|---|---|---|---|')
   for c in CASES:
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((c['batch'], c['image'], c['image'], c['channels'])).astype(np.float32)
-    labels = rng.integers(0, CLASSES, c['batch']).astype(np.int32)
-    t_jax, cfg = lgjax_step(c, images, labels, args.repeats)
-    t_torch = torch_step(c, images, labels, args.repeats)
-    gflop = 3 * flops.forward_flops(cfg, images.shape[1:]) * c['batch'] / 1e9
+    batch = random_batch(c['batch'], (c['image'], c['image'], c['channels']), CLASSES)
+    t_jax, cfg = lgjax_step(c, batch, args.repeats)
+    t_torch = torch_step(c, np.asarray(batch['image']), np.asarray(batch['label']), args.repeats)
+    gflop = 3 * flops.forward_flops(cfg, batch['image'].shape[1:]) * c['batch'] / 1e9
     print(f'| w{c["width"]} d{c["depth"]} {c["image"]}px/p{c["patch"]} b{c["batch"]} | {c["batch"] / t_jax:.1f} | '
           f'{c["batch"] / t_torch:.1f} | {t_torch / t_jax:.2f} | {gflop / t_jax:.1f} ({gflop / t_jax / peak:.0%}) | '
           f'{gflop / t_torch:.1f} ({gflop / t_torch / peak:.0%}) |', flush=True)

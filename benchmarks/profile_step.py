@@ -1,0 +1,108 @@
+"""Where a train step's time goes: jax.profiler trace of the lgjax step, by XLA op.
+
+Traces a few steps of the same step vs_pytorch times, reads the trace the
+profiler writes (plugins/profile/*/*.trace.json.gz, Chrome trace events, one
+per XLA thunk), and prints time per step by kind of op (matrix multiplies,
+layout copies/transposes, other fused elementwise/reduction kernels) and the
+slowest ops with their output shapes from the compiled HLO. Thunks may overlap on
+the CPU's threads, so the kinds can add up to more than the step's wall time.
+
+  python -m benchmarks.profile_step [--width 192 --depth 12 --image 32 --patch 4 --batch 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+
+import jax
+
+from benchmarks.common import median_time, random_batch, step_runner
+from lgjax.models import ViT, flops
+
+KINDS = (('copy / transpose', re.compile(r'copy|transpose')),
+         ('elementwise / reduction', re.compile(r'fusion|wrapped_|reduce|broadcast')))
+NOT_OPS = re.compile(r'^(ThunkExecutor|\$|SlinkyThreadPool|end: |PjitFunction|CommonPjRt|ParseArguments)')
+
+
+def op_times(trace_dir: str, steps: int) -> collections.Counter:
+  """XLA op name -> milliseconds per step, from the profiler's Chrome trace."""
+  (path,) = glob.glob(f'{trace_dir}/plugins/profile/*/*.trace.json.gz')
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  times = collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X' and not NOT_OPS.match(e['name']):
+      times[e['name']] += e['dur'] / 1e3 / steps
+  return times
+
+
+def parse_hlo(hlo_text: str) -> tuple[dict[str, str], set[str]]:
+  """Instruction name -> output shape (e.g. 'f32[256,16,64]'), and the names that
+  are or call a dot (XLA:CPU fuses elementwise ops into its GEMM library calls)."""
+  shapes = dict(re.findall(r'^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ', hlo_text, re.M))
+  bodies = {m.group(1): m.group(2) for m in re.finditer(r'^%(\S+) .*?\{\n(.*?)\n\}', hlo_text, re.M | re.S)}
+  dots = {name for name, comp in re.findall(r'^\s*(?:ROOT )?%(\S+) = .*?calls=%([^,\s]+)', hlo_text, re.M)
+          if ' dot(' in bodies.get(comp, '')}
+  dots |= set(re.findall(r'^\s*(?:ROOT )?%(\S+) = \S+ dot\(', hlo_text, re.M))
+  return shapes, dots
+
+
+def kind_of(op: str, dots: set[str]) -> str:
+  if op in dots:
+    return 'matmul (with what XLA fused into it)'
+  return next((kind for kind, pattern in KINDS if pattern.search(op)), 'other')
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--width', type=int, default=192)
+  p.add_argument('--depth', type=int, default=12)
+  p.add_argument('--heads', type=int, default=3)
+  p.add_argument('--image', type=int, default=32)
+  p.add_argument('--patch', type=int, default=4)
+  p.add_argument('--channels', type=int, default=3)
+  p.add_argument('--batch', type=int, default=128)
+  p.add_argument('--steps', type=int, default=3)
+  p.add_argument('--top', type=int, default=12)
+  args = p.parse_args()
+  cfg = dict(num_classes=10, patch_size=args.patch, width=args.width, depth=args.depth,
+             num_heads=args.heads, mlp_dim=4 * args.width)
+  batch = random_batch(args.batch, (args.image, args.image, args.channels), 10)
+  params = jax.jit(ViT(**cfg).init)(jax.random.key(0), batch['image'][:1])['params']
+  one = step_runner(cfg, params, batch)
+  wall = median_time(one, args.steps)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      for _ in range(args.steps):
+        jax.block_until_ready(one())
+    times = op_times(trace_dir, args.steps)
+
+  shapes, dots = parse_hlo(one.compiled_text())
+  gflop = 3 * flops.forward_flops(cfg, batch['image'].shape[1:]) * args.batch / 1e9
+  by_kind = collections.Counter()
+  for op, ms in times.items():
+    by_kind[kind_of(op, dots)] += ms
+  print(f'ViT width {args.width} depth {args.depth}, {args.image}px/p{args.patch}, batch {args.batch}: '
+        f'step {wall * 1e3:.0f} ms wall, {gflop / wall:.1f} GFLOP/s; {len(times)} ops')
+  print('| kind | ms / step | of op time |\n|---|---|---|')
+  total = sum(by_kind.values())
+  for kind, ms in by_kind.most_common():
+    print(f'| {kind} | {ms:.1f} | {ms / total:.0%} |')
+  matmul_ms = sum(ms for kind, ms in by_kind.items() if kind.startswith('matmul'))
+  if matmul_ms:
+    print(f'Model FLOPs / matmul time: {gflop / (matmul_ms / 1e3):.1f} GFLOP/s (the GEMMs\' own rate: '
+          'nearly all model FLOPs are matmul FLOPs)')
+  print(f'\nSlowest {args.top} ops (ms / step):')
+  for op, ms in times.most_common(args.top):
+    print(f'  {ms:7.2f}  {op} -> {shapes.get(op, "?")}  [{kind_of(op, dots)}]')
+
+
+if __name__ == '__main__':
+  main()
