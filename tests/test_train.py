@@ -8,15 +8,17 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import ROOT, run_config, run_expand
+from conftest import IMAGE_SHAPE, ROOT, TINY, run_config, run_expand
 from lgjax import checkpoint, data
 from lgjax.learngene import sws, tleg
 from lgjax.models import ViT, blocks
-from lgjax.train import kinds, loop, reporting, train_and_evaluate
+from lgjax.train import kinds, loop, optim, reporting, train_and_evaluate
+from lgjax.train import step as step_lib
 
 
 def losses(workdir):
@@ -282,3 +284,30 @@ def test_bfloat16_compute_keeps_float32_state(tmp_path):
   hidden = model.apply({'params': params}, x, capture_intermediates=True, mutable=['intermediates'])[1]
   dense = hidden['intermediates']['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['__call__'][0]
   assert dense.dtype == jnp.bfloat16
+
+
+def test_a_model_without_randomness_runs_the_batch_at_once():
+  """No dropout or drop path: the loss runs batched, with the per-example path's numbers."""
+  smoothing = ml_collections.ConfigDict(dict(label_smoothing=0.1, alpha=0.0, temperature=1.0))
+  fast = step_lib.classification_loss(ViT(**TINY), smoothing)
+  assert hasattr(fast, 'batched')
+  assert not hasattr(step_lib.classification_loss(ViT(**TINY, drop_path=0.1), smoothing), 'batched')
+  per_example = lambda *args: fast(*args)  # the same loss without .batched: the vmapped path
+  opt = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
+                                       b1=0.9, b2=0.999, clip_norm=1.0))
+  optimizer = optim.make_optimizer(opt, 8, 10)
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.standard_normal((8, *IMAGE_SHAPE)), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, TINY['num_classes'], 8), jnp.int32),
+           'index': jnp.arange(8)}
+  params = ViT(**TINY).init(jax.random.key(0), batch['image'][:1])['params']
+  state = step_lib.init_state(params, optimizer, jax.random.key(1))
+  out = {}
+  for name, loss in (('batched', fast), ('per_example', per_example)):
+    fn = jax.jit(step_lib.make_train_step(example_loss=loss, to_params=lambda p: p, optimizer=optimizer,
+                                          schedule=optim.learning_rate(opt, 8, 10)))
+    out[name] = fn(state, batch, None)
+  (a, metrics_a), (b, metrics_b) = out['batched'], out['per_example']
+  np.testing.assert_allclose(metrics_a['loss'], metrics_b['loss'], rtol=1e-5)
+  assert float(metrics_a['loss']) > 0.5  # a real loss of an untrained model on 5 classes
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a.params, b.params)

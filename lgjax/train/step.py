@@ -38,7 +38,10 @@ ExampleLoss = Callable[..., tuple[jax.Array, jax.Array]]
 
 `params` are the model params (the kind's to_params already applied), `rng`
 is the example's own key, `step_rng` the step's (the same for every example,
-e.g. to pick one stitched spec per step)."""
+e.g. to pick one stitched spec per step). A loss that draws no randomness may
+carry `.batched(params, teacher_params, images, labels) -> (losses, logits)`,
+the same numbers for a whole batch; the step then uses it, since XLA compiles
+the plain batched model to fewer layout copies than the vmapped batch of one."""
 
 
 def classification_loss(model, loss_config: Any, teacher=None) -> ExampleLoss:
@@ -46,12 +49,18 @@ def classification_loss(model, loss_config: Any, teacher=None) -> ExampleLoss:
   kw = dict(label_smoothing=loss_config.label_smoothing, alpha=loss_config.alpha,
             temperature=loss_config.temperature)
 
+  def batched(params, teacher_params, images, labels, rngs=None):
+    logits = model.apply({'params': params}, images, train=True, rngs=rngs)
+    t_logits = None if teacher is None else teacher.apply({'params': teacher_params}, images)
+    return losses.classification_loss(logits, labels, t_logits, **kw), logits
+
   def example_loss(params, teacher_params, image, label, rng, step_rng):
     del step_rng
-    logits = model.apply({'params': params}, image[None], train=True, rngs={'dropout': rng})[0]
-    t_logits = None if teacher is None else teacher.apply({'params': teacher_params}, image[None])[0]
-    return losses.classification_loss(logits, label, t_logits, **kw), logits
+    per_example, logits = batched(params, teacher_params, image[None], label[None], {'dropout': rng})
+    return per_example[0], logits[0]
 
+  if getattr(model, 'dropout', None) == 0 and getattr(model, 'drop_path', None) == 0:  # nothing random
+    example_loss.batched = batched
   return example_loss
 
 
@@ -70,7 +79,10 @@ def make_train_step(*, example_loss: ExampleLoss, to_params: Callable,
     def one(image, label, index):
       return example_loss(params, teacher_params, image, label, jax.random.fold_in(step_rng, index), step_rng)
 
-    per_example, logits = jax.vmap(one)(batch['image'], batch['label'], batch['index'])
+    if hasattr(example_loss, 'batched'):
+      per_example, logits = example_loss.batched(params, teacher_params, batch['image'], batch['label'])
+    else:
+      per_example, logits = jax.vmap(one)(batch['image'], batch['label'], batch['index'])
     correct = jnp.argmax(logits, -1) == batch['label']
     return per_example.mean(), correct.mean()
 
