@@ -49,6 +49,7 @@ LEARNGENES = ('tleg', 'sws', 'condense')
 SWS_STAGES = (3, 3)      # 2 stages so that a depth-2 descendant still gets one block of each
 CONDENSE_LAYERS = (4, 5)  # the ancestry's last 2 blocks (the released baseline's rule)
 POOL_VARIANTS = ('pool', 'pretrained', 'scratch')
+TUNE_BATCH = descendant.get_config(PRESET).batch_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +77,9 @@ def model_cfg(depth: int, **kw) -> dict:
   return {**common.model(PRESET, depth=depth).to_dict(), **kw}
 
 
-def train_flops(config: dict, batch: int, steps: int, teacher_cfg: dict | None = None) -> float:
-  """Forward + backward (3x forward) of `config`, plus a teacher forward when distilling."""
-  per_image = 3 * flops.forward_flops(config, IMAGE)
+def train_flops(configs: list[dict], batch: int, steps: int, teacher_cfg: dict | None = None) -> float:
+  """Forward + backward (3x forward) of every trained model, plus one teacher forward when distilling."""
+  per_image = sum(3 * flops.forward_flops(c, IMAGE) for c in configs)
   if teacher_cfg:
     per_image += flops.forward_flops(teacher_cfg, IMAGE)
   return float(per_image) * batch * steps
@@ -103,17 +104,16 @@ def upstream(work: str, plan: Plan) -> dict:
   """Trains every source-side asset once; returns their dirs, stored sizes and FLOPs."""
   up = lambda name: os.path.join(work, 'upstream', name)
   export = lambda name: os.path.join(up(name), 'export')
-  steps, out = plan.upstream_steps, {'dirs': {}, 'stored': {}, 'flops': {}, 'seconds': {}}
+  steps, out = plan.upstream_steps, {'dirs': {}, 'stored': {}, 'flops': {}}
 
-  def train(name, config, teacher_cfg=None, model_cfgs=None):
+  def train(name, config, teacher_cfg=None, model_cfgs=None) -> float:
+    """Runs `config` for the upstream steps; returns its training FLOPs."""
     config.total_steps = steps
-    out['seconds'][name] = run(config, up(name))['seconds']
-    cfgs = model_cfgs or [config.model.to_dict()]
-    out['flops'][name] = sum(train_flops(c, config.batch_size, steps) for c in cfgs) + (
-        train_flops(teacher_cfg, config.batch_size, steps) / 3 if teacher_cfg else 0.0)
+    run(config, up(name))
+    return train_flops(model_cfgs or [config.model.to_dict()], config.batch_size, steps, teacher_cfg)
 
   t = teacher.get_config(PRESET)
-  train('teacher', t)
+  out['flops']['teacher'] = train('teacher', t)
   teacher_cfg = t.model.to_dict()
   for name, module in (('tleg', tleg_aux), ('sws', sws_aux)):
     c = module.get_config(PRESET)
@@ -121,7 +121,7 @@ def upstream(work: str, plan: Plan) -> dict:
     if name == 'sws':
       c.learngene.stage_depths = list(SWS_STAGES)
       c.model.depth = sum(SWS_STAGES)
-    train(name, c, teacher_cfg)
+    out['flops'][name] = train(name, c, teacher_cfg)
     out['dirs'][name] = export(name)
     out['stored'][name] = tree_lib.num_params(checkpoint.load_learngene(export(name))[0])
 
@@ -133,32 +133,30 @@ def upstream(work: str, plan: Plan) -> dict:
   out['stored']['condense'] = tree_lib.num_params(learngene)
   out['flops']['condense'] = 0.0  # the teacher is the ancestry: condensing is free
 
-  out['pretrained'] = {}
+  out['pretrained'], out['flops']['pretrained'] = {}, 0.0
   for depth in plan.depths:
     c = teacher.get_config(PRESET)
     c.model.depth = depth
-    train(f'pretrained_d{depth}', c)
+    out['flops']['pretrained'] += train(f'pretrained_d{depth}', c)
     out['pretrained'][depth] = export(f'pretrained_d{depth}')
   out['stored']['pretrained'] = sum(
       tree_lib.num_params(checkpoint.load_params(d)[0]) for d in out['pretrained'].values())
-  out['flops']['pretrained'] = sum(out['flops'].pop(f'pretrained_d{d}') for d in plan.depths)
 
   c = pool_distill.get_config(PRESET)
   c.teacher.dir = export('teacher')
   instance_cfgs = [model_cfg(c.pool.depth, **inst) for inst in c.pool.instances]
-  train('pool', c, teacher_cfg, instance_cfgs)
+  out['flops']['pool'] = train('pool', c, teacher_cfg, instance_cfgs)
   pool_tree, meta = checkpoint.load_learngene(export('pool'))
   configs = meta['instance_configs']
   out['dirs']['pool'] = export('pool')
   out['stored']['pool'] = tree_lib.num_params(pool_tree)
-  anchors = []
+  anchors, out['flops']['pool_pretrained'] = [], 0.0
   for i, cfg in enumerate(configs):
     a = teacher.get_config(PRESET)
     a.model.update({k: cfg[k] for k in ('width', 'num_heads', 'mlp_dim', 'depth')})
-    train(f'anchor{i}', a)
+    out['flops']['pool_pretrained'] += train(f'anchor{i}', a)
     anchors.append(checkpoint.load_params(export(f'anchor{i}'))[0])
   out['stored']['pool_pretrained'] = tree_lib.num_params(anchors)
-  out['flops']['pool_pretrained'] = sum(out['flops'].pop(f'anchor{i}') for i in range(len(configs)))
   # The pool's width maps stand in for the other variants' (the lstsq stitch init ignores them).
   randoms = [jax.jit(ViT(**cfg).init)(jax.random.key(i), np.zeros((1, *IMAGE), np.float32))['params']
              for i, cfg in enumerate(configs)]
@@ -187,7 +185,7 @@ def descendant_run(work, assets, method, depth, *, seed, steps, lr_scale=1.0, fr
   name = f'{method}_d{depth}_seed{seed}_lr{lr_scale:g}_frac{fraction:g}'
   result = run(c, os.path.join(work, 'descendants', name))
   return {'accuracy': result['final']['eval_accuracy'],
-          'curve': {int(s): a for s, a in result['curve'].items()}, 'seconds': result['seconds']}
+          'curve': {int(s): a for s, a in result['curve'].items()}}
 
 
 def stitched_run(work, assets, variant, *, seed, steps, specs) -> dict[str, float]:
@@ -266,7 +264,7 @@ def report(plan, assets, sweep, samples, rates, pools, minutes) -> list[str]:
   acc = lambda m, d: [sweep[m, d, s]['accuracy'] for s in seeds]
   lines = [f'# Learngene claims on MNIST-5k ({"quick" if plan is QUICK else "full"} study)', '',
            f'Upstream on digits 0-4 ({plan.upstream_steps} steps each, seed 0); descendants on digits 5-9, '
-           f'{S} fine-tuning steps of batch 128, seeds {list(seeds)}; mean ± std over seeds. '
+           f'{S} fine-tuning steps of batch {TUNE_BATCH}, seeds {list(seeds)}; mean ± std over seeds. '
            f'Study wall time {minutes:.0f} min (runs resumed from an earlier invocation count as 0).', '',
            '## Accuracy after equal fine-tuning budgets', '',
            '| depth | ' + ' | '.join(METHODS) + ' |', '|---|' + '---|' * len(METHODS)]
@@ -293,7 +291,7 @@ def report(plan, assets, sweep, samples, rates, pools, minutes) -> list[str]:
             f'{stored["pool_pretrained"]:,}) |']
 
   fl = assets['flops']
-  tune = sum(train_flops(model_cfg(d), 128, S) for d in plan.depths)
+  tune = train_flops([model_cfg(d) for d in plan.depths], TUNE_BATCH, S)
   lines += ['', '## Training compute for descendants of every depth (analytic GFLOPs)', '',
             f'Fine-tuning all depths costs {tune / 1e9:,.0f} GFLOPs for every method. The teacher '
             f'({fl["teacher"] / 1e9:,.0f} GFLOPs) is needed by TLEG, SWS and the pool (distillation) and is '

@@ -54,7 +54,7 @@ def random_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) 
 
 
 def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | None = None) -> Callable[[], jax.Array]:
-  """() -> loss: one jitted lgjax train step on `batch` (per-example cross-entropy,
+  """() -> loss: one jitted lgjax train step on `batch` (cross-entropy,
   AdamW, no clipping or smoothing, as the PyTorch reference), state donated and kept."""
   opt = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
                                        b1=0.9, b2=0.999, clip_norm=0.0))
