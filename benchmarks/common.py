@@ -28,6 +28,18 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
   return float(np.median(times))
 
 
+def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, repeats: int = 2) -> dict[str, float]:
+  """Name -> median over `rounds` of median_time(fn, repeats), the fns taking turns
+  each round, so that a machine that slows down or speeds up affects all alike."""
+  for fn in fns.values():
+    jax.block_until_ready(fn())  # compile / warm up
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      times[name].append(median_time(fn, repeats))
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def matmul_peak_gflops(n: int = 2048, dtype: str = 'float32', repeats: int = 10) -> float:
   """Achieved GFLOP/s of one large jitted n x n matmul: the machine's practical peak."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
@@ -53,7 +65,8 @@ def random_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) 
           'index': jnp.arange(batch_size, dtype=jnp.int32)}
 
 
-def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | None = None) -> Callable[[], jax.Array]:
+def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | None = None,
+                grad_accum_steps: int = 1) -> Callable[[], jax.Array]:
   """() -> loss: one jitted lgjax train step on `batch` (cross-entropy,
   AdamW, no clipping or smoothing, as the PyTorch reference), state donated and kept."""
   opt = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
@@ -63,7 +76,8 @@ def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | N
   optimizer = optim.make_optimizer(opt, batch_size, 1000)
   fn = jax.jit(step.make_train_step(
       example_loss=step.classification_loss(ViT(**model_cfg), loss), to_params=to_params or (lambda p: p),
-      optimizer=optimizer, schedule=optim.learning_rate(opt, batch_size, 1000)), donate_argnums=(0,))
+      optimizer=optimizer, schedule=optim.learning_rate(opt, batch_size, 1000),
+      grad_accum_steps=grad_accum_steps), donate_argnums=(0,))
   holder = {'state': step.init_state(trainable, optimizer, jax.random.key(1))}
 
   def one():

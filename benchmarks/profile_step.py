@@ -7,7 +7,7 @@ layout copies/transposes, other fused elementwise/reduction kernels) and the
 slowest ops with their output shapes from the compiled HLO. Thunks may overlap on
 the CPU's threads, so the kinds can add up to more than the step's wall time.
 
-  python -m benchmarks.profile_step [--width 192 --depth 12 --image 32 --patch 4 --batch 128]
+  python -m benchmarks.profile_step [--width 192 --depth 12 --image 32 --patch 4 --batch 128 --grad-accum-steps 1]
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def main():
   p.add_argument('--patch', type=int, default=4)
   p.add_argument('--channels', type=int, default=3)
   p.add_argument('--batch', type=int, default=128)
+  p.add_argument('--grad-accum-steps', type=int, default=1, help='micro-batches per step')
   p.add_argument('--steps', type=int, default=3)
   p.add_argument('--top', type=int, default=12)
   args = p.parse_args()
@@ -76,7 +77,7 @@ def main():
              num_heads=args.heads, mlp_dim=4 * args.width)
   batch = random_batch(args.batch, (args.image, args.image, args.channels), 10)
   params = jax.jit(ViT(**cfg).init)(jax.random.key(0), batch['image'][:1])['params']
-  one = step_runner(cfg, params, batch)
+  one = step_runner(cfg, params, batch, grad_accum_steps=args.grad_accum_steps)
   wall = median_time(one, args.steps)
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
@@ -89,7 +90,8 @@ def main():
   by_kind = collections.Counter()
   for op, ms in times.items():
     by_kind[kind_of(op, dots)] += ms
-  print(f'ViT width {args.width} depth {args.depth}, {args.image}px/p{args.patch}, batch {args.batch}: '
+  print(f'ViT width {args.width} depth {args.depth}, {args.image}px/p{args.patch}, batch {args.batch} '
+        f'in {args.grad_accum_steps} micro-batch(es): '
         f'step {wall * 1e3:.0f} ms wall, {gflop / wall:.1f} GFLOP/s; {len(times)} ops')
   print('| kind | ms / step | of op time |\n|---|---|---|')
   total = sum(by_kind.values())

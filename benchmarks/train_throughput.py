@@ -3,11 +3,11 @@
 The aux model's params are computed from the learngene inside the loss
 (tleg.expand), so the ratio aux/plain is the cost of that computation (target
 ≥ 0.95 in images/s, i.e. ≤ 1.05x time). Both run side by side in one process
-with the matmul peak measured in the same run. Model FLOPs are counted
-analytically (lgjax.models.flops, training = 3x forward), since XLA's cost
+taking turns, with the matmul peak measured in the same run. Model FLOPs are counted analytically (lgjax.models.flops, training = 3x forward), since XLA's cost
 analysis does not see the GEMMs that GPUs hand to cuBLAS.
 
   python -m benchmarks.train_throughput [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
+      [--grad-accum-steps 16]   # on a CPU: cache-sized micro-batches, the same update
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import matmul_peak_gflops, median_time, random_batch, step_runner
+from benchmarks.common import interleaved_times, matmul_peak_gflops, random_batch, step_runner
 from lgjax.learngene import tleg
 from lgjax.models import flops
 
@@ -30,7 +30,8 @@ def main():
   p.add_argument('--batch', type=int, default=128)
   p.add_argument('--image', type=int, default=32)
   p.add_argument('--patch', type=int, default=4)
-  p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--repeats', type=int, default=5, help='turns each step takes (2 timed steps each)')
+  p.add_argument('--grad-accum-steps', type=int, default=1, help='micro-batches per step')
   p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
   args = p.parse_args()
   cfg = dict(num_classes=100, patch_size=args.patch, width=args.width, depth=args.depth,
@@ -40,18 +41,18 @@ def main():
 
   lg = tleg.init_learngene(jax.random.key(0), {**cfg, 'dtype': 'float32'}, image_shape=shape)
   plain = jax.tree.map(jnp.array, tleg.expand(lg, args.depth))  # own buffers: steps donate state
-  runs = {'plain ViT': step_runner(cfg, plain, batch),
+  accum = args.grad_accum_steps
+  runs = {'plain ViT': step_runner(cfg, plain, batch, grad_accum_steps=accum),
           'TLEG aux (params = expand(lg))': step_runner(
-              cfg, jax.tree.map(jnp.array, lg), batch, lambda l: tleg.expand(l, args.depth))}
+              cfg, jax.tree.map(jnp.array, lg), batch, lambda l: tleg.expand(l, args.depth), accum)}
 
   peak = matmul_peak_gflops(8192 if jax.default_backend() == 'gpu' else 2048, args.dtype)
-  rows = []
-  for name, one in runs.items():
-    t = median_time(one, args.repeats)
-    rows.append((name, args.batch / t, 3 * flops.forward_flops(cfg, shape) * args.batch / t / 1e9))
+  rows = [(name, args.batch / t, 3 * flops.forward_flops(cfg, shape) * args.batch / t / 1e9)
+          for name, t in interleaved_times(runs, args.repeats).items()]
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
-        f'batch {args.batch}, {args.dtype}, {jax.devices()[0].device_kind}; measured {args.dtype} '
+        f'batch {args.batch} in {accum} micro-batch(es), {args.dtype}, {jax.devices()[0].device_kind}; '
+        f'measured {args.dtype} '
         f'matmul peak {peak:.0f} GFLOP/s (MFU = "of peak")')
   print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"vs plain":>8} |')
   print(f'|{"-" * 34}|{"-" * 11}|{"-" * 10}|{"-" * 9}|{"-" * 10}|')

@@ -286,6 +286,26 @@ def test_bfloat16_compute_keeps_float32_state(tmp_path):
   assert dense.dtype == jnp.bfloat16
 
 
+STEP_OPT = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
+                                          b1=0.9, b2=0.999, clip_norm=1.0))
+
+
+def _random_batch(size: int) -> dict:
+  rng = np.random.default_rng(0)
+  return {'image': jnp.asarray(rng.standard_normal((size, *IMAGE_SHAPE)), jnp.float32),
+          'label': jnp.asarray(rng.integers(0, TINY['num_classes'], size), jnp.int32),
+          'index': jnp.arange(size)}
+
+
+def _one_step(loss, trainable, batch, to_params=lambda p: p, grad_accum_steps=1):
+  """(state after one jitted train step, its metrics)."""
+  optimizer = optim.make_optimizer(STEP_OPT, len(batch['label']), 10)
+  fn = jax.jit(step_lib.make_train_step(
+      example_loss=loss, to_params=to_params, optimizer=optimizer, grad_accum_steps=grad_accum_steps,
+      schedule=optim.learning_rate(STEP_OPT, len(batch['label']), 10)))
+  return fn(step_lib.init_state(trainable, optimizer, jax.random.key(1)), batch, None)
+
+
 def test_a_model_without_randomness_runs_the_batch_at_once():
   """No dropout or drop path: the loss runs batched, with the per-example path's numbers."""
   smoothing = ml_collections.ConfigDict(dict(label_smoothing=0.1, alpha=0.0, temperature=1.0))
@@ -293,21 +313,38 @@ def test_a_model_without_randomness_runs_the_batch_at_once():
   assert hasattr(fast, 'batched')
   assert not hasattr(step_lib.classification_loss(ViT(**TINY, drop_path=0.1), smoothing), 'batched')
   per_example = lambda *args: fast(*args)  # the same loss without .batched: the vmapped path
-  opt = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
-                                       b1=0.9, b2=0.999, clip_norm=1.0))
-  optimizer = optim.make_optimizer(opt, 8, 10)
-  rng = np.random.default_rng(0)
-  batch = {'image': jnp.asarray(rng.standard_normal((8, *IMAGE_SHAPE)), jnp.float32),
-           'label': jnp.asarray(rng.integers(0, TINY['num_classes'], 8), jnp.int32),
-           'index': jnp.arange(8)}
+  batch = _random_batch(8)
   params = ViT(**TINY).init(jax.random.key(0), batch['image'][:1])['params']
-  state = step_lib.init_state(params, optimizer, jax.random.key(1))
-  out = {}
-  for name, loss in (('batched', fast), ('per_example', per_example)):
-    fn = jax.jit(step_lib.make_train_step(example_loss=loss, to_params=lambda p: p, optimizer=optimizer,
-                                          schedule=optim.learning_rate(opt, 8, 10)))
-    out[name] = fn(state, batch, None)
-  (a, metrics_a), (b, metrics_b) = out['batched'], out['per_example']
+  (a, metrics_a), (b, metrics_b) = (_one_step(loss, params, batch) for loss in (fast, per_example))
   np.testing.assert_allclose(metrics_a['loss'], metrics_b['loss'], rtol=1e-5)
   assert float(metrics_a['loss']) > 0.5  # a real loss of an untrained model on 5 classes
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a.params, b.params)
+
+
+def test_micro_batches_sum_gradients_through_to_params():
+  """A TLEG learngene trained through expand: 4 micro-batches give the whole batch's
+  step, and the gradient norm is that of jax.grad of the plain composed loss."""
+  plain = ml_collections.ConfigDict(dict(label_smoothing=0.0, alpha=0.0, temperature=1.0))
+  model = ViT(**{**TINY, 'depth': 3})
+  loss = step_lib.classification_loss(model, plain)
+  batch = _random_batch(8)
+  lg = tleg.init_learngene(jax.random.key(0), {**TINY, 'depth': 3}, image_shape=IMAGE_SHAPE)
+  head = lg['shared']['head']['kernel']  # zero-initialized: make the blocks' gradients nonzero
+  lg['shared']['head']['kernel'] = 0.1 * jax.random.normal(jax.random.key(2), head.shape)
+  expand = lambda l: tleg.expand(l, 3)
+  whole, metrics = _one_step(loss, lg, batch, expand)
+  micro, micro_metrics = _one_step(loss, lg, batch, expand, grad_accum_steps=4)
+
+  def reference_loss(l):
+    logits = model.apply({'params': expand(l)}, batch['image'])
+    log_p = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(log_p, batch['label'][:, None], axis=1))
+
+  grads = jax.grad(reference_loss)(lg)
+  norm = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(grads)))
+  np.testing.assert_allclose(metrics['grad_norm'], norm, rtol=1e-4)
+  np.testing.assert_allclose(micro_metrics['grad_norm'], norm, rtol=1e-4)
+  np.testing.assert_allclose(micro_metrics['loss'], metrics['loss'], rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), micro.params, whole.params)
+  assert not np.allclose(whole.params['slope']['MlpBlock_0']['Dense_0']['kernel'],
+                         lg['slope']['MlpBlock_0']['Dense_0']['kernel'])  # the slope learns
