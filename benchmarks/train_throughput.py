@@ -17,7 +17,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import interleaved_times, matmul_peak_gflops, random_batch, step_runner
+from benchmarks.common import interleaved_times, matmul, random_batch, step_runner
 from lgjax.learngene import tleg
 from lgjax.models import flops
 
@@ -46,9 +46,11 @@ def main():
           'TLEG aux (params = expand(lg))': step_runner(
               cfg, jax.tree.map(jnp.array, lg), batch, lambda l: tleg.expand(l, args.depth), accum)}
 
-  peak = matmul_peak_gflops(8192 if jax.default_backend() == 'gpu' else 2048, args.dtype)
+  runs['peak'], peak_gflop = matmul(8192 if jax.default_backend() == 'gpu' else 2048, args.dtype)
+  times = interleaved_times(runs, args.repeats)
+  peak = peak_gflop / times.pop('peak')
   rows = [(name, args.batch / t, 3 * flops.forward_flops(cfg, shape) * args.batch / t / 1e9)
-          for name, t in interleaved_times(runs, args.repeats).items()]
+          for name, t in times.items()]
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
         f'batch {args.batch} in {accum} micro-batch(es), {args.dtype}, {jax.devices()[0].device_kind}; '

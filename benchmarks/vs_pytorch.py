@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import interleaved_times, matmul_peak_gflops, random_batch, step_runner
+from benchmarks.common import interleaved_times, matmul, random_batch, step_runner
 from lgjax.models import ViT, flops
 
 CASES = (dict(width=192, depth=12, heads=3, image=32, patch=4, batch=128, channels=3),
@@ -104,12 +104,11 @@ def main():
   p.add_argument('--micro-tokens', type=int, default=512, help='tokens per micro-batch in the second row')
   args = p.parse_args()
   torch.set_num_threads(os.cpu_count() or 1)
-  peak = matmul_peak_gflops()
   print(f'CPU threads {torch.get_num_threads()}, torch {torch.__version__}, jax {jax.__version__}; '
-        f'f32 matmul peak {peak:.0f} GFLOP/s')
+        'peak: a 2048^2 f32 matmul, timed in turns with the steps')
   print('| model | step | lgjax img/s | PyTorch img/s | lgjax/PyTorch | lgjax GFLOP/s (of peak) | '
-        'PyTorch GFLOP/s (of peak) |')
-  print('|---|---|---|---|---|---|---|')
+        'PyTorch GFLOP/s (of peak) | peak GFLOP/s |')
+  print('|---|---|---|---|---|---|---|---|')
   for c in CASES:
     batch = random_batch(c['batch'], (c['image'], c['image'], c['channels']), CLASSES)
     images, labels = np.asarray(batch['image']), np.asarray(batch['label'])
@@ -117,16 +116,20 @@ def main():
     for accum in (1, micro_batches(c, args.micro_tokens)):
       steps['lgjax', accum] = lgjax_step(c, batch, accum)
       steps['torch', accum] = torch_step(c, images, labels, accum)
+    steps['peak', 0], peak_gflop = matmul()
     times = interleaved_times(steps, args.rounds)
+    peak = peak_gflop / times.pop(('peak', 0))
     gflop = 3 * flops.forward_flops(model_config(c), batch['image'].shape[1:]) * c['batch'] / 1e9
-    for accum in sorted({a for _, a in steps}):
+    for accum in sorted({a for _, a in times}):
       t_jax, t_torch = times['lgjax', accum], times['torch', accum]
       how = 'whole batch' if accum == 1 else f'{accum} x {c["batch"] // accum} images'
       print(f'| w{c["width"]} d{c["depth"]} {c["image"]}px/p{c["patch"]} b{c["batch"]} | {how} | '
             f'{c["batch"] / t_jax:.1f} | {c["batch"] / t_torch:.1f} | {t_torch / t_jax:.2f} | '
-            f'{gflop / t_jax:.1f} ({gflop / t_jax / peak:.0%}) | {gflop / t_torch:.1f} ({gflop / t_torch / peak:.0%}) |')
+            f'{gflop / t_jax:.1f} ({gflop / t_jax / peak:.0%}) | {gflop / t_torch:.1f} ({gflop / t_torch / peak:.0%}) | '
+            f'{peak:.0f} |')
     best = lambda who: min(t for (w, _), t in times.items() if w == who)
-    print(f'| | each at its best | | | {best("torch") / best("lgjax"):.2f} | | |', flush=True)
+    print(f'| | each at its best | | | {best("torch") / best("lgjax"):.2f} | | | |', flush=True)
+
 
 if __name__ == '__main__':
   main()
