@@ -1,10 +1,11 @@
 """Train-step throughput: plain ViT vs the TLEG auxiliary model of the same depth.
 
-The aux model's params are computed from the learngene inside the loss
-(tleg.expand), so the ratio aux/plain is the cost of that computation (target
-≥ 0.95 in images/s, i.e. ≤ 1.05x time). Both run side by side in one process
-taking turns, with the matmul peak measured in the same run. Model FLOPs are counted analytically (lgjax.models.flops, training = 3x forward), since XLA's cost
-analysis does not see the GEMMs that GPUs hand to cuBLAS.
+The aux model's params are computed from the learngene in every step
+(tleg.expand, the kind's to_params), so the ratio aux/plain is the cost of that
+computation (target ≥ 0.95 in images/s, i.e. ≤ 1.05x time). Both run in one
+process taking turns with a large matmul, whose rate is the peak. Model FLOPs
+are counted analytically (lgjax.models.flops, training = 3x forward), since
+XLA's cost analysis does not see the GEMMs that GPUs hand to cuBLAS.
 
   python -m benchmarks.train_throughput [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
       [--grad-accum-steps 16]   # on a CPU: cache-sized micro-batches, the same update
@@ -54,8 +55,7 @@ def main():
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
         f'batch {args.batch} in {accum} micro-batch(es), {args.dtype}, {jax.devices()[0].device_kind}; '
-        f'measured {args.dtype} '
-        f'matmul peak {peak:.0f} GFLOP/s (MFU = "of peak")')
+        f'{args.dtype} matmul peak {peak:.0f} GFLOP/s, timed in turns (MFU = "of peak")')
   print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"vs plain":>8} |')
   print(f'|{"-" * 34}|{"-" * 11}|{"-" * 10}|{"-" * 9}|{"-" * 10}|')
   for name, ips, gflops in rows:
