@@ -1,6 +1,8 @@
 import contextlib
+import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from conftest import IMAGE_SHAPE, ROOT, TINY, run_config, run_expand
 from lgjax import checkpoint, data
 from lgjax.learngene import sws, tleg
 from lgjax.models import ViT, blocks
-from lgjax.train import kinds, loop, optim, reporting, train_and_evaluate
+from lgjax.train import kinds, loop, optim, parallel, reporting, train_and_evaluate
 from lgjax.train import step as step_lib
 
 
@@ -134,7 +136,9 @@ def test_jit_pmap_one_device_and_accumulation_agree(tmp_path):
   accum = losses_of(tmp_path / 'accum', grad_accum_steps=2, **overrides)
   one = _one_device_losses(tmp_path, overrides)
   np.testing.assert_allclose(pmap, jit, rtol=1e-5)
-  np.testing.assert_allclose(one, jit, rtol=1e-5)
+  # 8 per-device partial gradients sum in another order than one device's; Adam's
+  # first steps (~ lr * sign(g)) turn that into ~1e-5 of the loss, other dropout masks ~1e-2.
+  np.testing.assert_allclose(one, jit, rtol=1e-4)
   np.testing.assert_allclose(accum, jit, rtol=1e-5)
   assert len(set(np.round(jit, 4))) > 1  # the loss moves: the comparison is not vacuous
 
@@ -297,13 +301,40 @@ def _random_batch(size: int) -> dict:
           'index': jnp.arange(size)}
 
 
-def _one_step(loss, trainable, batch, to_params=lambda p: p, grad_accum_steps=1):
-  """(state after one jitted train step, its metrics)."""
+def _one_step(loss, trainable, batch, to_params=lambda p: p, grad_accum_steps=1, backend=None):
+  """(state after one jitted train step, its metrics); data parallel under `backend`."""
   optimizer = optim.make_optimizer(STEP_OPT, len(batch['label']), 10)
-  fn = jax.jit(step_lib.make_train_step(
-      example_loss=loss, to_params=to_params, optimizer=optimizer, grad_accum_steps=grad_accum_steps,
-      schedule=optim.learning_rate(STEP_OPT, len(batch['label']), 10)))
-  return fn(step_lib.init_state(trainable, optimizer, jax.random.key(1)), batch, None)
+  make_step = functools.partial(
+      step_lib.make_train_step, example_loss=loss, to_params=to_params, optimizer=optimizer,
+      grad_accum_steps=grad_accum_steps, schedule=optim.learning_rate(STEP_OPT, len(batch['label']), 10))
+  state = step_lib.init_state(trainable, optimizer, jax.random.key(1))
+  if backend is None:
+    return jax.jit(make_step())(state, batch, None)
+  fn = backend.wrap_train(make_step)
+  state, batch = backend.place_state(state), backend.place_batch(jax.tree.map(np.asarray, batch))
+  _one_step.compiled = fn.lower(state, batch, None).compile().as_text()
+  return fn(state, batch, None)
+
+
+def _collectives_in_loops(hlo: str) -> list[str]:
+  """The all-reduce / all-gather / reduce-scatter instructions of an HLO module that
+  run inside a while loop's body (directly or in a computation it calls)."""
+  bodies = {}  # computation name -> its lines
+  for block in re.split(r'\n(?=\S)', hlo):
+    head = re.match(r'(?:ENTRY )?%?([\w.-]+) ', block)
+    if head:
+      bodies[head.group(1)] = block.splitlines()[1:]
+  called = lambda line: re.findall(r'(?:body|condition|calls|to_apply|branch_computations)=\{?%([\w.-]+)', line)
+  todo = [name for lines in bodies.values() for line in lines if ' while(' in line
+          for name in re.findall(r'body=%([\w.-]+)', line)]
+  seen = set()
+  while todo:
+    name = todo.pop()
+    if name not in seen and name in bodies:
+      seen.add(name)
+      todo += [c for line in bodies[name] for c in called(line)]
+  return [line.strip() for name in seen for line in bodies[name]
+          if re.search(r'(all-reduce|all-gather|reduce-scatter)(-start)?\(', line)]
 
 
 def test_a_model_without_randomness_runs_the_batch_at_once():
@@ -319,6 +350,26 @@ def test_a_model_without_randomness_runs_the_batch_at_once():
   np.testing.assert_allclose(metrics_a['loss'], metrics_b['loss'], rtol=1e-5)
   assert float(metrics_a['loss']) > 0.5  # a real loss of an untrained model on 5 classes
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a.params, b.params)
+
+
+def test_jit_backend_averages_gradients_once_per_step():
+  """8 devices, 2 micro-batches each: one device's step on the whole batch, and the
+  gradients cross devices once per step, not once per micro-batch (as DDP's no_sync)."""
+  loss = step_lib.classification_loss(ViT(**TINY), ml_collections.ConfigDict(
+      dict(label_smoothing=0.0, alpha=0.0, temperature=1.0)))
+  batch = _random_batch(32)
+  params = ViT(**TINY).init(jax.random.key(0), batch['image'][:1])['params']
+  params['head']['kernel'] = 0.1 * jax.random.normal(jax.random.key(2), params['head']['kernel'].shape)
+  one, metrics = _one_step(loss, params, batch)
+  split, split_metrics = _one_step(loss, params, batch, grad_accum_steps=2, backend=parallel.JitBackend())
+  assert jax.device_count() == 8 and len(split.params['head']['kernel'].sharding.device_set) == 8
+  for name in ('loss', 'grad_norm', 'train_accuracy'):
+    np.testing.assert_allclose(split_metrics[name], metrics[name], rtol=1e-5)
+  # atol: params whose gradient is 0 up to rounding (e.g. the key bias) move by
+  # lr * noise / (|noise| + eps) in Adam's first step, ~1e-6 here; a real error moves lr = 1e-3.
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), split.params, one.params)
+  assert ' while(' in _one_step.compiled and 'all-reduce' in _one_step.compiled
+  assert _collectives_in_loops(_one_step.compiled) == []
 
 
 def test_micro_batches_sum_gradients_through_to_params():

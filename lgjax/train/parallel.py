@@ -2,6 +2,9 @@
 
   'jit'   (default) one device mesh over all devices of all processes; the
           batch is a global array sharded along 'data', state replicated.
+          The step runs under shard_map: each device sums its micro-batches'
+          gradients and they are averaged over devices once per step (auto
+          sharding all-reduced them once per micro-batch).
   'pmap'  jax.pmap over local devices, gradients averaged with pmean.
 
 Between steps the state lives in the backend's own placement; `canonical`
@@ -42,8 +45,8 @@ def to_host(x: jax.Array) -> np.ndarray:
 class JitBackend:
   name = 'jit'
 
-  def __init__(self):
-    self.mesh = global_mesh()
+  def __init__(self, mesh: jax.sharding.Mesh | None = None):
+    self.mesh = mesh or global_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
 
@@ -57,7 +60,12 @@ class JitBackend:
     return {k: jax.make_array_from_process_local_data(self.sharded, v) for k, v in local.items()}
 
   def wrap_train(self, make_step: Callable[..., Callable]) -> Callable:
-    return jax.jit(make_step(axis_name=None), donate_argnums=(0,))
+    # (state, batch, teacher_params): state and teacher replicated, batch split.
+    # check_vma=False: gradients stay per device (with it, grad of a replicated
+    # input is psum-ed inside every micro-batch) until the step's one pmean.
+    step = jax.shard_map(make_step(axis_name=AXIS), mesh=self.mesh,
+                         in_specs=(P(), P(AXIS), P()), out_specs=P(), check_vma=False)
+    return jax.jit(step, donate_argnums=(0,))
 
   def wrap_eval(self, make_step: Callable[..., Callable]) -> Callable:
     return jax.jit(make_step(axis_name=None))
