@@ -5,6 +5,7 @@ Run every benchmark from the repository root as a module: python -m benchmarks.N
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
@@ -12,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import AxisType, Mesh
 
 from lgjax.models import ViT
-from lgjax.train import optim, reporting, step
+from lgjax.train import optim, parallel, reporting, step
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -67,19 +69,26 @@ def random_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) 
 
 
 def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | None = None,
-                grad_accum_steps: int = 1) -> Callable[[], jax.Array]:
-  """() -> loss: one jitted lgjax train step on `batch` (cross-entropy,
-  AdamW, no clipping or smoothing, as the PyTorch reference), state donated and kept."""
+                grad_accum_steps: int = 1, devices=None) -> Callable[[], jax.Array]:
+  """() -> loss: one lgjax train step on `batch` (cross-entropy, AdamW, no
+  clipping or smoothing, as the PyTorch reference), state donated and kept.
+
+  The train loop's jit backend over `devices` (default: all): state replicated,
+  batch split along its rows. On a CPU, JAX_NUM_CPU_DEVICES makes each core a device."""
   opt = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
                                        b1=0.9, b2=0.999, clip_norm=0.0))
   loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, alpha=0.0, temperature=1.0))
   batch_size = len(batch['label'])
   optimizer = optim.make_optimizer(opt, batch_size, 1000)
-  fn = jax.jit(step.make_train_step(
-      example_loss=step.classification_loss(ViT(**model_cfg), loss), to_params=to_params or (lambda p: p),
-      optimizer=optimizer, schedule=optim.learning_rate(opt, batch_size, 1000),
-      grad_accum_steps=grad_accum_steps), donate_argnums=(0,))
-  holder = {'state': step.init_state(trainable, optimizer, jax.random.key(1))}
+  backend = parallel.JitBackend(Mesh(np.asarray(devices or jax.devices()), (parallel.AXIS,),
+                                     axis_types=(AxisType.Auto,)))
+  fn = backend.wrap_train(functools.partial(
+      step.make_train_step, example_loss=step.classification_loss(ViT(**model_cfg), loss),
+      to_params=to_params or (lambda p: p), optimizer=optimizer,
+      schedule=optim.learning_rate(opt, batch_size, 1000), grad_accum_steps=grad_accum_steps))
+  own = lambda tree: jax.tree.map(np.asarray, tree)  # own buffers: the step donates its state
+  holder = {'state': backend.place_state(own(step.init_state(trainable, optimizer, jax.random.key(1))))}
+  batch = backend.place_batch(own(batch))
 
   def one():
     holder['state'], metrics = fn(holder['state'], batch, None)

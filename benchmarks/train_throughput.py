@@ -9,6 +9,7 @@ XLA's cost analysis does not see the GEMMs that GPUs hand to cuBLAS.
 
   python -m benchmarks.train_throughput [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
       [--grad-accum-steps 16]   # on a CPU: cache-sized micro-batches, the same update
+  JAX_NUM_CPU_DEVICES=2 python -m benchmarks.train_throughput ...  # data parallel over 2 cores
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 
 import jax
-import jax.numpy as jnp
 
 from benchmarks.common import interleaved_times, matmul, random_batch, step_runner
 from lgjax.learngene import tleg
@@ -41,11 +41,10 @@ def main():
   batch = random_batch(args.batch, shape, 100)
 
   lg = tleg.init_learngene(jax.random.key(0), {**cfg, 'dtype': 'float32'}, image_shape=shape)
-  plain = jax.tree.map(jnp.array, tleg.expand(lg, args.depth))  # own buffers: steps donate state
   accum = args.grad_accum_steps
-  runs = {'plain ViT': step_runner(cfg, plain, batch, grad_accum_steps=accum),
+  runs = {'plain ViT': step_runner(cfg, tleg.expand(lg, args.depth), batch, grad_accum_steps=accum),
           'TLEG aux (params = expand(lg))': step_runner(
-              cfg, jax.tree.map(jnp.array, lg), batch, lambda l: tleg.expand(l, args.depth), accum)}
+              cfg, lg, batch, lambda l: tleg.expand(l, args.depth), accum)}
 
   runs['peak'], peak_gflop = matmul(8192 if jax.default_backend() == 'gpu' else 2048, args.dtype)
   times = interleaved_times(runs, args.repeats)
@@ -54,7 +53,7 @@ def main():
           for name, t in times.items()]
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
-        f'batch {args.batch} in {accum} micro-batch(es), {args.dtype}, {jax.devices()[0].device_kind}; '
+        f'batch {args.batch} in {accum} micro-batch(es), {args.dtype}, {jax.device_count()} x {jax.devices()[0].device_kind}; '
         f'{args.dtype} matmul peak {peak:.0f} GFLOP/s, timed in turns (MFU = "of peak")')
   print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"vs plain":>8} |')
   print(f'|{"-" * 34}|{"-" * 11}|{"-" * 10}|{"-" * 9}|{"-" * 10}|')
