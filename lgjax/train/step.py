@@ -69,8 +69,8 @@ def make_train_step(*, example_loss: ExampleLoss, to_params: Callable,
                     grad_accum_steps: int = 1, axis_name: str | None = None) -> Callable:
   """(state, batch, teacher_params) -> (state, metrics). batch: image, label, index.
 
-  With `axis_name` (pmap, shard_map) gradients and metrics are averaged over that axis;
-  under jit over a mesh the batch is one global array and nothing else is needed.
+  With `axis_name` (the pmap backend, or the jit backend's shard_map) gradients
+  and metrics are averaged over that axis once per step, after the micro-batches.
   `grad_accum_steps` > 1 runs the batch as that many micro-batches and averages
   their gradients: the same update, in less memory, and on a CPU in less time.
   """
