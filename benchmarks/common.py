@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import AxisType, Mesh
 
 from lgjax.models import ViT
 from lgjax.train import optim, parallel, reporting, step
@@ -80,8 +79,7 @@ def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | N
   loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, alpha=0.0, temperature=1.0))
   batch_size = len(batch['label'])
   optimizer = optim.make_optimizer(opt, batch_size, 1000)
-  backend = parallel.JitBackend(Mesh(np.asarray(devices or jax.devices()), (parallel.AXIS,),
-                                     axis_types=(AxisType.Auto,)))
+  backend = parallel.JitBackend(devices)
   fn = backend.wrap_train(functools.partial(
       step.make_train_step, example_loss=step.classification_loss(ViT(**model_cfg), loss),
       to_params=to_params or (lambda p: p), optimizer=optimizer,

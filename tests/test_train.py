@@ -301,18 +301,22 @@ def _random_batch(size: int) -> dict:
           'index': jnp.arange(size)}
 
 
-def _one_step(loss, trainable, batch, to_params=lambda p: p, grad_accum_steps=1, backend=None):
-  """(state after one jitted train step, its metrics); data parallel under `backend`."""
+def _train_step(loss, trainable, batch, to_params=lambda p: p, grad_accum_steps=1, backend=None):
+  """(jitted train step, its initial state, the batch), data parallel under `backend`."""
   optimizer = optim.make_optimizer(STEP_OPT, len(batch['label']), 10)
   make_step = functools.partial(
       step_lib.make_train_step, example_loss=loss, to_params=to_params, optimizer=optimizer,
       grad_accum_steps=grad_accum_steps, schedule=optim.learning_rate(STEP_OPT, len(batch['label']), 10))
   state = step_lib.init_state(trainable, optimizer, jax.random.key(1))
   if backend is None:
-    return jax.jit(make_step())(state, batch, None)
-  fn = backend.wrap_train(make_step)
-  state, batch = backend.place_state(state), backend.place_batch(jax.tree.map(np.asarray, batch))
-  _one_step.compiled = fn.lower(state, batch, None).compile().as_text()
+    return jax.jit(make_step()), state, batch
+  return (backend.wrap_train(make_step), backend.place_state(state),
+          backend.place_batch(jax.tree.map(np.asarray, batch)))
+
+
+def _one_step(*args, **kwargs):
+  """(state after one train step, its metrics); arguments as _train_step."""
+  fn, state, batch = _train_step(*args, **kwargs)
   return fn(state, batch, None)
 
 
@@ -361,15 +365,17 @@ def test_jit_backend_averages_gradients_once_per_step():
   params = ViT(**TINY).init(jax.random.key(0), batch['image'][:1])['params']
   params['head']['kernel'] = 0.1 * jax.random.normal(jax.random.key(2), params['head']['kernel'].shape)
   one, metrics = _one_step(loss, params, batch)
-  split, split_metrics = _one_step(loss, params, batch, grad_accum_steps=2, backend=parallel.JitBackend())
+  fn, state, placed = _train_step(loss, params, batch, grad_accum_steps=2, backend=parallel.JitBackend())
+  hlo = fn.lower(state, placed, None).compile().as_text()
+  split, split_metrics = fn(state, placed, None)
   assert jax.device_count() == 8 and len(split.params['head']['kernel'].sharding.device_set) == 8
   for name in ('loss', 'grad_norm', 'train_accuracy'):
     np.testing.assert_allclose(split_metrics[name], metrics[name], rtol=1e-5)
   # atol: params whose gradient is 0 up to rounding (e.g. the key bias) move by
   # lr * noise / (|noise| + eps) in Adam's first step, ~1e-6 here; a real error moves lr = 1e-3.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), split.params, one.params)
-  assert ' while(' in _one_step.compiled and 'all-reduce' in _one_step.compiled
-  assert _collectives_in_loops(_one_step.compiled) == []
+  assert ' while(' in hlo and 'all-reduce' in hlo
+  assert _collectives_in_loops(hlo) == []
 
 
 def test_micro_batches_sum_gradients_through_to_params():

@@ -25,8 +25,10 @@ AXIS = 'data'
 PyTree = Any
 
 
-def global_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+def global_mesh(devices=None) -> jax.sharding.Mesh:
+  """The data axis over `devices` (default: all devices of all processes)."""
+  devices = devices or jax.devices()
+  return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def check_batch_size(batch_size: int, grad_accum_steps: int = 1) -> None:
@@ -45,8 +47,8 @@ def to_host(x: jax.Array) -> np.ndarray:
 class JitBackend:
   name = 'jit'
 
-  def __init__(self, mesh: jax.sharding.Mesh | None = None):
-    self.mesh = mesh or global_mesh()
+  def __init__(self, devices=None):
+    self.mesh = global_mesh(devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
 
