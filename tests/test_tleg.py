@@ -83,7 +83,8 @@ def test_init_follows_the_paper():
       elif name.endswith('bias'):
         np.testing.assert_array_equal(x, 0.0)
       else:
-        assert abs(x.std() - 0.02) < 0.004 and np.abs(x).max() <= 0.04 + 1e-6, name
+        # std 0.02 (timm's trunc_normal_(std=.02)), cut at +-2 of the untruncated normal's std
+        assert abs(x.std() - 0.02) < 0.002 and np.abs(x).max() <= 2 * 0.02 / 0.8796 + 1e-6, name
   assert not np.allclose(lg['base']['MlpBlock_0']['Dense_0']['kernel'], lg['slope']['MlpBlock_0']['Dense_0']['kernel'])
 
 

@@ -133,3 +133,59 @@ def test_forward_flops_by_hand():
   # MLP 4*16*32*64 = 131072; stem 2*16*16*32 = 16384; head 2*32*5 = 320.
   assert flops.forward_flops(TINY, IMAGE_SHAPE) == 16384 + 3 * (131072 + 32768 + 131072) + 320
   assert flops.num_tokens({**TINY, 'pool_type': 'tok'}, IMAGE_SHAPE) == 17
+
+
+def _init(param_init, **overrides):
+  config = {**TINY, 'width': 64, 'mlp_dim': 256, 'pool_type': 'tok', 'param_init': param_init,
+            **overrides}
+  return dict(tree_lib.flatten_with_names(
+      ViT(**config).init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))['params']))
+
+
+def test_deit_init_is_the_papers():
+  """timm's DeiT: Linear kernels and pos/cls N(0, 0.02) (truncated at 2 std), biases 0,
+  the patch conv as PyTorch's default, U(+-1/sqrt(fan_in)), LayerNorm 1/0."""
+  p = _init('deit')
+  bound = 1 / np.sqrt(4 * 4 * 1)  # patch 4x4, one channel
+  for name, x in p.items():
+    x = np.asarray(x)
+    if name.startswith('embedding/'):
+      assert np.abs(x).max() <= bound and abs(x.std() - bound / np.sqrt(3)) < 0.1 * bound, name
+    elif name.endswith('kernel') or name in ('pos_embedding', 'cls'):
+      assert abs(x.std() - 0.02) < 0.003 and np.abs(x).max() <= 2 * 0.02 / 0.8796 + 1e-6, name
+    elif name.endswith('scale'):
+      np.testing.assert_array_equal(x, 1.0)
+    else:
+      np.testing.assert_array_equal(x, 0.0, err_msg=name)
+
+
+def test_big_vision_init_is_big_vision():
+  p = _init('big_vision', head_zeroinit=True)
+  xavier = np.sqrt(6 / (64 + 64))  # query kernel: fan_in 64, fan_out 4 heads x 16
+  q = np.asarray(p['Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel'])
+  assert np.abs(q).max() <= xavier and abs(q.std() - xavier / np.sqrt(3)) < 0.01
+  assert abs(np.std(p['pos_embedding']) - 1 / np.sqrt(64)) < 0.02
+  np.testing.assert_array_equal(p['cls'], 0.0)
+  np.testing.assert_array_equal(p['head/kernel'], 0.0)
+  assert abs(np.std(p['embedding/kernel']) - 1 / np.sqrt(16)) < 0.05  # lecun normal
+
+
+def test_unknown_param_init_is_refused():
+  with pytest.raises(ValueError, match=r"param_init must be one of \['big_vision', 'deit'"):
+    ViT(**{**TINY, 'param_init': 'xavier'})
+
+
+def test_a_fresh_head_lets_gradients_reach_the_body():
+  """Why heads start random: a zero head passes no gradient to the blocks, so
+  under Adam the first updates of an inherited body follow noise, not the task."""
+  x = jax.random.normal(jax.random.key(1), (4, *IMAGE_SHAPE))
+  labels = jnp.arange(4) % TINY['num_classes']
+
+  def body_grad(**overrides):
+    model = ViT(**{**TINY, **overrides})
+    params = model.init(jax.random.key(0), x)['params']
+    loss = lambda p: -jnp.mean(jax.nn.log_softmax(model.apply({'params': p}, x))[jnp.arange(4), labels])
+    return jax.grad(loss)(params)['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
+
+  assert float(jnp.abs(body_grad()).max()) > 1e-6  # the default: a random head
+  np.testing.assert_array_equal(body_grad(head_zeroinit=True), 0.0)

@@ -9,10 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgjax import tree as tree_lib
-from lgjax.models import ViT, blocks, check_config
+from lgjax.models import ViT, blocks, check_config, inits
 
 PyTree = Any
-KERNEL_STD = 0.02
 
 
 def vit_parts(rng: jax.Array, model_config: dict, image_shape: Sequence[int]) -> tuple[PyTree, PyTree]:
@@ -28,7 +27,7 @@ def init_block(rng: jax.Array, template: PyTree, *, ln_scale: float = 1.0) -> Py
   """The papers' init (timm/DeiT): kernels trunc-normal(0.02), biases 0, LN scale `ln_scale`."""
   names = [n for n, _ in tree_lib.flatten_with_names(template)]
   keys = dict(zip(names, jax.random.split(rng, len(names))))
-  trunc = jax.nn.initializers.truncated_normal(KERNEL_STD)
+  trunc = inits.SCHEMES['deit'].kernel
 
   def init(name, x):
     if name.endswith('kernel'):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgjax import tree as tree_lib
-from lgjax.models import ViT, blocks, flops
+from lgjax.models import ViT, blocks, flops, inits
 from lgjax.models.vit import Encoder1DBlock, embed, norm_and_pool
 
 PyTree = Any
@@ -101,6 +101,7 @@ class _Fields:
   patch_size: Any
   posemb: str = 'learn'
   pool_type: str = 'gap'
+  param_init: str = inits.DEFAULT
   dtype: str = 'float32'
 
 

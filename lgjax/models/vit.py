@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgjax.models import blocks
+from lgjax.models import blocks, inits
 
 POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
@@ -58,6 +58,7 @@ def check_config(config: dict[str, Any]) -> None:
   for k in ('dropout', 'drop_path'):
     if not 0.0 <= get(k) < 1.0:
       raise ValueError(f'{k} must be in [0, 1), got {get(k)!r}.')
+  inits.get(get('param_init'))
   if get('mlp_dim') is not None and get('mlp_dim') < 1:
     raise ValueError(f'mlp_dim must be None (4 * width) or >= 1, got {get("mlp_dim")!r}.')
 
@@ -83,35 +84,37 @@ def drop_path_rates(drop_path: float, depth: int) -> np.ndarray:
 class MultiHeadDotProductAttention(nn.Module):
   """Self-attention with Flax's parameter layout, via jax.nn.dot_product_attention."""
   num_heads: int
+  param_init: str = inits.DEFAULT
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
     head_dim = width // self.num_heads
+    kernel_init = inits.get(self.param_init).kernel
     dense = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), dtype=self.dtype, name=name,
-        kernel_init=nn.initializers.xavier_uniform())
+        (self.num_heads, head_dim), dtype=self.dtype, name=name, kernel_init=kernel_init)
     q, k, v = dense('query')(x), dense('key')(x), dense('value')(x)
     y = jax.nn.dot_product_attention(q, k, v)
     return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name='out',
-                           kernel_init=nn.initializers.xavier_uniform())(y)
+                           kernel_init=kernel_init)(y)
 
 
 class MlpBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   gelu_approximate: bool = True
+  param_init: str = inits.DEFAULT
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
-    inits = dict(kernel_init=nn.initializers.xavier_uniform(),
-                 bias_init=nn.initializers.normal(stddev=1e-6), dtype=self.dtype)
+    scheme = inits.get(self.param_init)
+    kw = dict(kernel_init=scheme.kernel, bias_init=scheme.mlp_bias, dtype=self.dtype)
     width = x.shape[-1]
-    x = nn.gelu(nn.Dense(self.mlp_dim, **inits)(x), approximate=self.gelu_approximate)
+    x = nn.gelu(nn.Dense(self.mlp_dim, **kw)(x), approximate=self.gelu_approximate)
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
-    return nn.Dense(width, **inits)(x)
+    return nn.Dense(width, **kw)(x)
 
 
 def _drop_path(module: nn.Module, x, rate, deterministic: bool):
@@ -131,18 +134,20 @@ class Encoder1DBlock(nn.Module):
   use_drop_path: bool = False
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
+  param_init: str = inits.DEFAULT
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, drop_path_rate, deterministic: bool):
     no_drop_path = deterministic or not self.use_drop_path
     y = nn.LayerNorm(epsilon=self.layer_norm_epsilon)(x)
-    y = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype)(y)
+    y = MultiHeadDotProductAttention(self.num_heads, self.param_init, dtype=self.dtype)(y)
     self.sow('intermediates', 'attn', y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
     y = nn.LayerNorm(epsilon=self.layer_norm_epsilon)(x)
-    y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.dtype)(y, deterministic)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init,
+                 self.dtype)(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
     self.sow('intermediates', 'out', x)
@@ -167,6 +172,7 @@ class Encoder(nn.Module):
   final_norm: str = 'tokens'
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
+  param_init: str = inits.DEFAULT
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -175,7 +181,8 @@ class Encoder(nn.Module):
     rates = drop_path_rates(self.drop_path, self.depth)
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
               use_drop_path=self.drop_path > 0, gelu_approximate=self.gelu_approximate,
-              layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype)
+              layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
+              dtype=self.dtype)
     if self.scan:
       blocks = nn.scan(
           _ScanBlock, variable_axes={'params': 0, 'intermediates': 0},
@@ -194,20 +201,22 @@ def embed(module: nn.Module, image, config) -> jax.Array:
   (embedding, pos_embedding, cls). Called inside a compact method; `config`
   is anything with the ViT's fields (the ViT itself, or a stitched model's front)."""
   dtype = jnp.dtype(config.dtype)
+  scheme = inits.get(config.param_init)
   ps = config.patch_size
   patch = tuple(ps) if isinstance(ps, Sequence) else (ps,) * 2
+  fan_in = patch[0] * patch[1] * image.shape[-1]
   x = nn.Conv(config.width, patch, strides=patch, padding='VALID', name='embedding',
+              kernel_init=scheme.patch_kernel, bias_init=scheme.patch_bias(fan_in),
               dtype=dtype, parent=module)(jnp.asarray(image, dtype))
   n, h, w, c = x.shape
   x = x.reshape(n, h * w, c)
   if config.posemb == 'learn':
-    pos = module.param('pos_embedding', nn.initializers.normal(stddev=1 / np.sqrt(c)),
-                       (1, h * w, c), jnp.float32)
+    pos = module.param('pos_embedding', scheme.pos_embedding, (1, h * w, c), jnp.float32)
   else:
     pos = posemb_sincos_2d(h, w, c)
   x = x + pos.astype(dtype)
   if config.pool_type == 'tok':
-    cls = module.param('cls', nn.initializers.zeros, (1, 1, c), jnp.float32)
+    cls = module.param('cls', scheme.cls, (1, 1, c), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (n, 1, c)), x], axis=1)
   return x
 
@@ -231,6 +240,12 @@ class ViT(nn.Module):
   are big_vision's): `gelu_approximate` (False: timm's exact-erf GELU),
   `layer_norm_epsilon`, `final_norm` ('tokens': LayerNorm every token, then
   pool; 'pooled': pool, then LayerNorm, as timm's fc_norm with avg pooling).
+
+  `param_init` names how params start (`lgjax.models.inits`): 'deit', the
+  learngene papers' trunc-normal(0.02), 'torch' or 'big_vision'. The head
+  starts as the scheme says unless `head_zeroinit` (big_vision's default,
+  not ours: with Adam, a zero head lets an inherited body drift for the
+  first steps, before the head knows the classes; benchmarks/transfer.py).
   """
   num_classes: int | None = None
   patch_size: int | Sequence[int] = 16
@@ -243,10 +258,11 @@ class ViT(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   scan: bool = False
-  head_zeroinit: bool = True
+  head_zeroinit: bool = False
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
   final_norm: str = 'tokens'
+  param_init: str = inits.DEFAULT
   dtype: Any = 'float32'
 
   def __post_init__(self):
@@ -263,11 +279,11 @@ class ViT(nn.Module):
                 mlp_dim=self.mlp_dim or 4 * self.width, dropout=self.dropout,
                 drop_path=self.drop_path, scan=self.scan, pool_type=self.pool_type,
                 final_norm=self.final_norm, gelu_approximate=self.gelu_approximate,
-                layer_norm_epsilon=self.layer_norm_epsilon, dtype=dtype,
-                name='Transformer')(x, not train)
+                layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
+                dtype=dtype, name='Transformer')(x, not train)
     if self.num_classes:
-      kw = {'kernel_init': nn.initializers.zeros} if self.head_zeroinit else {}
-      x = nn.Dense(self.num_classes, name='head', **kw)(x)
+      head_init = nn.initializers.zeros if self.head_zeroinit else inits.get(self.param_init).head_kernel
+      x = nn.Dense(self.num_classes, name='head', kernel_init=head_init)(x)
     return x.astype(jnp.float32)
 
 
