@@ -136,3 +136,16 @@ def test_distillation_map_gradients(teacher_dir):
                                                    jax.random.key(1))[0]))(trainable)
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads[1.0]['maps']))
   assert all(float(jnp.abs(g['kernel']).max()) > 0 for g in grads[0.1]['maps'])
+
+
+def test_lstsq_stitch_batch_spans_the_classes():
+  """The least-squares stitch fits on a random batch, not the class-sorted split's first rows."""
+  from lgjax import data
+  config = run_config('stitched', batch_size=32)
+  images = np.asarray(pool_training.stitch_batch(config))
+  source = data.data_source(config.dataset, config.dataset.train_split)
+  all_images = source.images.astype(np.float32) / 127.5 - 1.0
+  rows = [int(np.flatnonzero((all_images == x).all(axis=(1, 2, 3)))[0]) for x in images]
+  assert len(set(rows)) == 32
+  assert len(set(source.labels[rows])) == 5  # every source class, where the first 32 rows hold one
+  assert len(set(source.labels[:32])) == 1

@@ -107,6 +107,17 @@ def distill_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
   return Kind('pool_distill', init, lambda p: p, export, example_loss=example_loss, predict=predict)
 
 
+def stitch_batch(config: Any) -> jax.Array:
+  """SN-Net's one batch for the least-squares stitch init: batch_size training
+  images drawn at random (seeded by config.seed). Not the split's first rows: a
+  class-sorted split would fit every stitch to one class."""
+  source = data.data_source(config.dataset, config.dataset.train_split)
+  prep = data.pipeline.Preprocess(config.dataset.image_size, config.dataset.augment, train=False)
+  rng = np.random.default_rng(config.seed)
+  picked = rng.choice(len(source), size=min(config.batch_size, len(source)), replace=False)
+  return jnp.asarray(np.stack([prep(source[int(i)], rng)['image'] for i in np.sort(picked)]))
+
+
 def stitched_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
   trained_pool, meta = checkpoint.load_learngene(config.pool.dir)
   if meta['method'] != 'pool':
@@ -117,12 +128,7 @@ def stitched_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
   method = config.stitch.init
   if method not in pool_lib.STITCH_INITS:
     raise ValueError(f'stitch.init must be one of {pool_lib.STITCH_INITS}, got {method!r}.')
-  images = None
-  if method == 'lstsq':  # one batch of training images, as SN-Net
-    source = data.data_source(config.dataset, config.dataset.train_split)
-    prep = data.pipeline.Preprocess(config.dataset.image_size, config.dataset.augment, train=False)
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(np.stack([prep(source[i], rng)['image'] for i in range(min(config.batch_size, len(source)))]))
+  images = stitch_batch(config) if method == 'lstsq' else None
   stitches = {pool_lib.spec_name(s): pool_lib.init_stitch(trained_pool, configs, s, method, images)
               for s in specs if pool_lib.needs_stitch(s)}
   modules = [pool_lib.assemble({**trained_pool, 'stitches': stitches}, configs, s)[0] for s in specs]
