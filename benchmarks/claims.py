@@ -33,7 +33,8 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import eval_curve, steps_to_reach
+from benchmarks.common import steps_to_reach
+from lgjax.train.reporting import eval_curve
 from configs import common, descendant, pool_distill, sws_aux, stitched, teacher, tleg_aux
 from lgjax import checkpoint
 from lgjax import tree as tree_lib

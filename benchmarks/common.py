@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from lgjax.models import ViT
-from lgjax.train import optim, parallel, reporting, step
+from lgjax.train import optim, parallel, step
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -47,11 +47,6 @@ def matmul(n: int = 2048, dtype: str = 'float32') -> tuple[Callable[[], jax.Arra
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x: x @ x)
   return (lambda: f(a)), 2 * n ** 3 / 1e9
-
-
-def eval_curve(workdir: str) -> dict[int, float]:
-  """Step -> eval accuracy of a finished run."""
-  return {s: m['eval_accuracy'] for s, m in reporting.read_metrics(workdir).items() if 'eval_accuracy' in m}
 
 
 def steps_to_reach(curve: dict[int, float], target: float) -> int | None:

@@ -19,7 +19,8 @@ import os
 
 import numpy as np
 
-from benchmarks.common import eval_curve, steps_to_reach
+from benchmarks.common import steps_to_reach
+from lgjax.train.reporting import eval_curve
 from configs import descendant, teacher
 from lgjax import checkpoint, data
 from lgjax.learngene import condense

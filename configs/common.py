@@ -12,6 +12,8 @@ papers' tables; every one can be overridden with --config.total_steps=N.
 
 import ml_collections
 
+from lgjax.models import inits
+
 PRESETS = ('mnist5k', 'cifar100', 'imagenet2012')
 EXAMPLES = {'mnist5k': 2000, 'cifar100': 50_000, 'imagenet2012': 1_281_167}  # train split (per role for mnist5k)
 
@@ -26,7 +28,7 @@ def check_preset(arg: str) -> str:
 
 
 def steps(preset: str, epochs: float, batch_size: int) -> int:
-  return max(1, int(epochs * EXAMPLES[preset] / batch_size))
+  return max(1, round(epochs * EXAMPLES[preset] / batch_size))
 
 
 def dataset(preset: str, role: str) -> ml_collections.ConfigDict:
@@ -46,15 +48,17 @@ def dataset(preset: str, role: str) -> ml_collections.ConfigDict:
 
 def model(preset: str, depth: int, size: str = 'S', num_classes: int | None = None,
           drop_path: float = 0.0) -> ml_collections.ConfigDict:
-  """ViT fields; tiny (width 64, patch 7) for mnist5k, DeiT-`size` otherwise."""
+  """ViT fields; tiny for mnist5k (width 64, patch 7, cls token, exact GELU: the
+  transfer protocol of benchmarks/transfer.py), DeiT-`size` otherwise."""
   if preset == 'mnist5k':
-    width, heads, mlp, patch = 64, 4, 128, 7
+    width, heads, mlp, patch, pool, exact_gelu = 64, 4, 256, 7, 'tok', True
   else:
-    (width, heads, mlp), patch = DEIT[size], 16
+    (width, heads, mlp), patch, pool, exact_gelu = DEIT[size], 16, 'gap', False
   return ml_collections.ConfigDict(dict(
       num_classes=num_classes or dataset(preset, 'source').num_classes, patch_size=patch,
-      width=width, depth=depth, mlp_dim=mlp, num_heads=heads, posemb='learn', pool_type='gap',
-      dropout=0.0, drop_path=drop_path, scan=False))
+      width=width, depth=depth, mlp_dim=mlp, num_heads=heads, posemb='learn', pool_type=pool,
+      dropout=0.0, drop_path=drop_path, scan=False, param_init=inits.DEFAULT, head_zeroinit=False,
+      gelu_approximate=not exact_gelu, layer_norm_epsilon=1e-6, final_norm='tokens'))
 
 
 def base(preset: str, *, kind: str, batch_size: int, total_steps: int, lr: float,
@@ -76,7 +80,8 @@ def base(preset: str, *, kind: str, batch_size: int, total_steps: int, lr: float
   config.input_threads = 0 if small else 16  # grain threads reading and augmenting
   config.optimizer = ml_collections.ConfigDict(dict(
       lr=lr, warmup_steps=warmup_steps, min_lr=0.0, weight_decay=0.05, b1=0.9, b2=0.999,
-      clip_norm=1.0))
-  config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, alpha=0.0, temperature=1.0))
+      clip_norm=0.0 if small else 1.0))
+  config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0 if small else 0.1, alpha=0.0,
+                                               temperature=1.0))
   config.teacher = ml_collections.ConfigDict(dict(dir=''))
   return config

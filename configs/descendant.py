@@ -22,8 +22,9 @@ from configs import common
 def get_config(arg: str = 'mnist5k'):
   preset = common.check_preset(arg)
   if preset == 'mnist5k':
-    config = common.base(preset, kind='descendant', batch_size=128,
-                         total_steps=common.steps(preset, 10, 128), lr=8e-3, warmup_steps=0)
+    config = common.base(preset, kind='descendant', batch_size=64,
+                         total_steps=common.steps(preset, 9.6, 64), lr=8e-3, warmup_steps=0)
+    config.eval_every = 25  # a learngene acts in the first ~100 steps
     config.model = common.model(preset, depth=4)
   else:
     data = common.dataset(preset, 'downstream')

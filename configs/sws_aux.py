@@ -16,8 +16,7 @@ def get_config(arg: str = 'mnist5k'):
   preset = common.check_preset(arg)
   if preset == 'mnist5k':
     config = common.base(preset, kind='sws_aux', batch_size=128,
-                         total_steps=common.steps(preset, 15, 128), lr=8e-3,
-                         warmup_steps=common.steps(preset, 1, 128))
+                         total_steps=common.steps(preset, 51.2, 128), lr=4e-3, warmup_steps=0)
     stage_depths = (2, 2, 2)
     config.model = common.model(preset, depth=sum(stage_depths))
   else:

@@ -32,12 +32,12 @@ def test_paper_settings():
   tleg = importlib.import_module('configs.tleg_aux').get_config('imagenet2012')
   assert tleg.model.depth == 12 and tleg.model.width == 384  # DeiT-S aux, 12 layers
   assert tleg.optimizer.lr == 5e-4 and tleg.optimizer.weight_decay == 0.05
-  assert tleg.optimizer.warmup_steps == int(5 * 1_281_167 / 1024)
+  assert tleg.optimizer.warmup_steps == round(5 * 1_281_167 / 1024)
   sws = importlib.import_module('configs.sws_aux').get_config('imagenet2012')
   assert list(sws.learngene.stage_depths) == [3, 3, 4, 3, 3] and sws.model.depth == 16
   desc = importlib.import_module('configs.descendant').get_config('cifar100')
   assert desc.model.num_classes == 100 and desc.optimizer.warmup_steps == 0
-  assert desc.total_steps == int(40 * 50_000 / 1024)
+  assert desc.total_steps == round(40 * 50_000 / 1024)
 
 
 def test_unknown_preset():

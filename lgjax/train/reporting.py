@@ -68,6 +68,11 @@ def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
   return by_step
 
 
+def eval_curve(workdir: str) -> dict[int, float]:
+  """Step -> eval accuracy of a run."""
+  return {s: m['eval_accuracy'] for s, m in read_metrics(workdir).items() if 'eval_accuracy' in m}
+
+
 def plot_curves(workdir: str) -> str:
   """Loss and accuracy against step, as workdir/curves.png."""
   import matplotlib
