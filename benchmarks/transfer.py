@@ -49,38 +49,24 @@ class Variant:
   param_init: str
   model: tuple = ()  # (field, value) overrides of every ViT
 
-# Schemes that swap one part of big_vision's init for the papers' (and back).
-_PARTS = {
-    'kernels': dict(kernel=_DEIT.kernel, mlp_bias=_DEIT.mlp_bias),
-    'patch': dict(patch_kernel=_DEIT.patch_kernel, patch_bias=_DEIT.patch_bias),
-    'pos_cls': dict(pos_embedding=_DEIT.pos_embedding, cls=_DEIT.cls),
-}
-for _part, _fields in _PARTS.items():
-  inits.SCHEMES.setdefault(f'big_vision+deit_{_part}', dataclasses.replace(_BV, **_fields))
-  inits.SCHEMES.setdefault(f'deit+big_vision_{_part}', dataclasses.replace(
-      _DEIT, **{k: getattr(_BV, k) for k in _fields}))
 inits.SCHEMES.setdefault('big_vision+torch_kernels', dataclasses.replace(
     _BV, kernel=inits.SCHEMES['torch'].kernel, mlp_bias=_DEIT.mlp_bias))
+_ZERO, _RANDOM = (('head_zeroinit', True),), (('head_zeroinit', False),)
 
 VARIANTS = {
-    'deit': Variant("the papers' init (DeiT/timm): lgjax's default", 'deit'),
-    'big_vision': Variant("big_vision's init (lgjax's default before)", 'big_vision'),
-    **{f'big_vision+deit_{p}': Variant(f"big_vision's, with the papers' {p.replace('_', '/')} init",
-                                       f'big_vision+deit_{p}') for p in _PARTS},
-    **{f'deit+big_vision_{p}': Variant(f"the papers', with big_vision's {p.replace('_', '/')} init",
-                                       f'deit+big_vision_{p}') for p in _PARTS},
-    'torch': Variant("PyTorch's defaults, pos/cls 0.02 (as the independent PyTorch check)", 'torch'),
-    'big_vision+torch_kernels': Variant("big_vision's, with PyTorch's default Linear kernels",
-                                        'big_vision+torch_kernels'),
-    'torch+random_head': Variant("PyTorch's defaults, heads random (U(+-1/sqrt(width))) instead of 0",
-                                 'torch', (('head_zeroinit', False),)),
-    'deit+random_head': Variant("the papers' init, heads random (trunc-normal 0.02) instead of 0",
-                                'deit', (('head_zeroinit', False),)),
-    'big_vision+random_head': Variant("big_vision's init, heads random (lecun-normal) instead of 0",
-                                      'big_vision', (('head_zeroinit', False),)),
-    'deit_ln1e-5': Variant("the papers' init, LayerNorm eps 1e-5 (PyTorch's default)", 'deit',
-                           (('layer_norm_epsilon', 1e-5),)),
+    'deit': Variant("the papers' init (DeiT/timm), heads trunc-normal(0.02): lgjax's default", 'deit', _RANDOM),
+    'deit+zero_head': Variant("the papers' init, heads 0", 'deit', _ZERO),
+    'torch': Variant("PyTorch's layer defaults, pos/cls 0.02, heads U(+-1/sqrt(width)) "
+                     "(as the independent PyTorch check)", 'torch', _RANDOM),
+    'torch+zero_head': Variant("PyTorch's layer defaults, heads 0", 'torch', _ZERO),
+    'big_vision+zero_head': Variant("big_vision's init with its zero heads: lgjax's default before",
+                                    'big_vision', _ZERO),
+    'big_vision': Variant("big_vision's init, heads lecun-normal", 'big_vision', _RANDOM),
+    'big_vision+zero_head+torch_kernels': Variant(
+        "big_vision's init and zero heads, with PyTorch's default Linear kernels (1.7x smaller)",
+        'big_vision+torch_kernels', _ZERO),
 }
+FULL_VARIANTS = ('deit', 'deit+zero_head', 'torch', 'torch+zero_head', 'big_vision+zero_head')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +188,7 @@ def main():
   p.add_argument('--work', default='/tmp/lgjax_transfer')
   p.add_argument('--quick', action='store_true', help='one seed, short runs: minutes')
   p.add_argument('--variants', default=','.join(VARIANTS),
-                 help=f'comma-separated, of {list(VARIANTS)}; deit and big_vision run at every depth')
+                 help=f'comma-separated, of {list(VARIANTS)}; {list(FULL_VARIANTS)} run at every depth')
   args = p.parse_args()
   names = args.variants.split(',')
   unknown = set(names) - set(VARIANTS)
@@ -211,7 +197,7 @@ def main():
   work = os.path.join(args.work, 'quick' if args.quick else 'full')
   jax.config.update('jax_compilation_cache_dir', os.path.join(args.work, 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  plans = {n: QUICK if args.quick else (FULL if n in ('deit', 'big_vision', 'torch', 'torch+random_head', 'deit+random_head') else ABLATION) for n in names}
+  plans = {n: QUICK if args.quick else (FULL if n in FULL_VARIANTS else ABLATION) for n in names}
   start = time.perf_counter()
   results = {n: study(work, n, plans[n]) for n in names}
   minutes = (time.perf_counter() - start) / 60

@@ -196,40 +196,61 @@ def finetune(body: ViT | None, depth: int, seed: int, zero_head: bool = False) -
   return train(model, 'downstream', steps=300, batch=64, seed=seed, eval_at=STEPS)
 
 
+def table(rows: dict, heads: list[str]) -> list[str]:
+  """Markdown: mean ± std over seeds at each eval step, per head init, arm and depth."""
+  keys = sorted({k[1:] for k in rows}, key=lambda k: (k[0], k[2], k[1]))
+  seeds = sorted({k[0] for k in rows})
+  lines = ['| head | depth | arm | ' + ' | '.join(f'step {s}' for s in STEPS) + ' |',
+           '|---|---|---|' + '---|' * len(STEPS)]
+  for head, arm, depth in keys:
+    cells = []
+    for step in STEPS:
+      v = np.array([rows[s, head, arm, depth][step] for s in seeds])
+      cells.append(f'{v.mean():.3f} ± {v.std():.3f}')
+    lines.append(f'| {head} | {depth} | {arm} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--seeds', default='0,1,2')
   p.add_argument('--depths', default='2,6')
-  p.add_argument('--teacher-from', default='', help='lgjax:DIR_WITH_{seed}: fine-tune lgjax teachers')
-  p.add_argument('--zero-head', action='store_true', help='descendant heads start at 0 (lgjax default)')
-  p.add_argument('--out', default='')
+  p.add_argument('--heads', default='random,zero',
+                 help="descendant heads: 'random' (PyTorch's Linear default) and/or 'zero'")
+  p.add_argument('--teacher-from', default='',
+                 help='lgjax:DIR with {seed}: fine-tune lgjax teacher exports instead of training here')
+  p.add_argument('--out', default='', help='a markdown file for the table')
   args = p.parse_args()
   torch.set_num_threads(1)
-  rows = {}
+  heads = args.heads.split(',')
+  rows, notes = {}, []
   for seed in map(int, args.seeds.split(',')):
     torch.manual_seed(seed)
+    aux = None
     if args.teacher_from:
       teacher = from_lgjax(args.teacher_from.removeprefix('lgjax:').format(seed=seed))
-      aux_acc = float('nan')
-      aux = None
     else:
       teacher = ViT(TEACHER_DEPTH)
       t_acc = train(teacher, 'source', steps=800, batch=128, seed=seed)[800]
       aux = TLEGAux(TEACHER_DEPTH)
       teacher.eval()
       aux_acc = train(aux, 'source', steps=800, batch=128, seed=seed, teacher=teacher)[800]
-      print(f'seed {seed}: teacher {t_acc:.3f}, TLEG aux {aux_acc:.3f}', flush=True)
-    rows[seed, 'body', TEACHER_DEPTH] = finetune(teacher, TEACHER_DEPTH, seed, args.zero_head)
-    for depth in map(int, args.depths.split(',')):
-      rows[seed, 'scratch', depth] = finetune(None, depth, seed, args.zero_head)
-      if aux is not None:
-        rows[seed, 'tleg', depth] = finetune(tleg_expand(aux.base, aux.slopes(), depth), depth, seed, args.zero_head)
-    for key, curve in rows.items():
-      if key[0] == seed:
-        print(key, {s: round(a, 3) for s, a in curve.items()}, flush=True)
+      notes.append(f'seed {seed}: teacher {t_acc:.3f}, TLEG aux {aux_acc:.3f} on the source test set')
+      print(notes[-1], flush=True)
+    for head in heads:
+      zero = head == 'zero'
+      rows[seed, head, 'body', TEACHER_DEPTH] = finetune(teacher, TEACHER_DEPTH, seed, zero)
+      for depth in map(int, args.depths.split(',')):
+        rows[seed, head, 'scratch', depth] = finetune(None, depth, seed, zero)
+        if aux is not None:
+          rows[seed, head, 'tleg', depth] = finetune(tleg_expand(aux.base, aux.slopes(), depth), depth, seed, zero)
+  lines = table(rows, heads)
+  print('\n'.join(lines))
   if args.out:
+    source = f'lgjax teachers {args.teacher_from}' if args.teacher_from else 'teachers and learngenes trained here'
     with open(args.out, 'w') as f:
-      json.dump({f'{s}/{arm}/{d}': c for (s, arm, d), c in rows.items()}, f)
+      f.write('\n'.join([f'# Transfer protocol in PyTorch ({source})', '', *notes, '',
+                          f'Mean ± std over seeds {args.seeds}.', '', *lines]) + '\n')
 
 
 if __name__ == '__main__':
