@@ -28,4 +28,7 @@ def get_config(arg: str = 'mnist5k'):
   config.dataset = common.dataset(preset, 'source')
   config.pool = dict(dir='')
   config.stitch = dict(specs=[], init='learned')
+  # init.reinit: regexes of instance params to initialize fresh, e.g. ['^head/'] to
+  # train stitched models on new classes (as a descendant's init.reinit).
+  config.init = dict(reinit=[])
   return config

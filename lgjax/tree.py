@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+import re
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -71,3 +72,16 @@ def check_shapes(got: PyTree, expected: PyTree, what: str) -> None:
 
 def num_params(tree: PyTree) -> int:
   return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+def merge_reinit(inherited: PyTree, fresh: PyTree, reinit: Sequence[str],
+                 what: str = 'The inherited params') -> PyTree:
+  """Takes from `fresh` the params whose '/'-name matches a `reinit` regex (e.g. a new
+  head for new classes) and the rest from `inherited`, after checking shapes fit."""
+  patterns = [re.compile(p) for p in reinit]
+  take_fresh = lambda name: any(p.search(name) for p in patterns)
+  kept = {n: x for n, x in flatten_with_names(inherited) if not take_fresh(n)}
+  fresh_flat = dict(flatten_with_names(fresh))
+  expected = {n: fresh_flat[n] for n in fresh_flat if not take_fresh(n)}
+  check_shapes(kept, expected, f'{what} (params not matched by init.reinit)')
+  return unflatten_names({n: kept.get(n, x) for n, x in fresh_flat.items()})

@@ -149,3 +149,26 @@ def test_lstsq_stitch_batch_spans_the_classes():
   assert len(set(rows)) == 32
   assert len(set(source.labels[rows])) == 5  # every source class, where the first 32 rows hold one
   assert len(set(source.labels[:32])) == 1
+
+
+def test_stitched_init_reinit_gives_fresh_heads(tmp_path):
+  """init.reinit=['^head/'] (new classes): every instance keeps its blocks and stem and
+  gets a freshly initialized head."""
+  image = (28, 28, 1)
+  configs = [dict(c, patch_size=7) for c in CONFIGS]
+  instances = [jax.tree.map(lambda x: 0.3 * x + 1.0, random_like(param_shapes(c, image), seed=i))
+               for i, c in enumerate(configs)]
+  maps = [{'kernel': jnp.ones((48, c['width'])), 'bias': jnp.zeros(c['width'])} for c in configs]
+  checkpoint.save_learngene(str(tmp_path / 'pool'), {'instances': instances, 'maps': maps}, method='pool',
+                            model_config=configs[0], instance_configs=configs)
+  from lgjax.train import kinds
+  config = run_config('stitched', **{'pool.dir': str(tmp_path / 'pool'), 'stitch.specs': [[0, 1, 1, 1]],
+                                     'init.reinit': ['^head/']})
+  got = kinds.make_kind(config, image).init(jax.random.key(0))['instances']
+  for inst, new in zip(instances, got):
+    assert np.abs(np.asarray(new['head']['kernel'])).max() < 0.1  # fresh; the pool's are ~1
+    jax.tree.map(np.testing.assert_array_equal, new['Transformer'], inst['Transformer'])
+    np.testing.assert_array_equal(new['embedding']['kernel'], inst['embedding']['kernel'])
+  config.model.num_classes = 7
+  with pytest.raises(ValueError, match=r'pool instance 0 has num_classes=5 but model.num_classes=7'):
+    kinds.make_kind(config, image)

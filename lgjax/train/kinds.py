@@ -14,7 +14,6 @@ an auxiliary model, so gradients reach the learngene), and how to export it.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Callable, Sequence
 
 import jax
@@ -114,18 +113,6 @@ def expand_for(config: Any, learngene: PyTree, method: str, scan: bool, rng: jax
   return sws.expand(learngene, stage_depths, scan=scan)
 
 
-def merge_reinit(inherited: PyTree, fresh: PyTree, reinit: Sequence[str]) -> PyTree:
-  """Takes from `fresh` the params whose '/'-name matches a `reinit` regex (e.g. a new
-  head for new classes) and the rest from `inherited`, after checking shapes fit."""
-  patterns = [re.compile(p) for p in reinit]
-  take_fresh = lambda name: any(p.search(name) for p in patterns)
-  kept = {n: x for n, x in tree_lib.flatten_with_names(inherited) if not take_fresh(n)}
-  fresh_flat = dict(tree_lib.flatten_with_names(fresh))
-  expected = {n: fresh_flat[n] for n in fresh_flat if not take_fresh(n)}
-  tree_lib.check_shapes(kept, expected, 'The expanded learngene (params not matched by init.reinit)')
-  return tree_lib.unflatten_names({n: kept.get(n, x) for n, x in fresh_flat.items()})
-
-
 def _learngene_for(config: Any) -> tuple[PyTree, str]:
   """The descendant's learngene: from init.learngene_dir, or condensed on the spot
   from init.ancestry (any checkpoint load_params reads) at init.layers."""
@@ -156,7 +143,8 @@ def _descendant(config: Any, model_cfg: dict, image_shape) -> Kind:
 
   def init(rng):
     fresh_rng, expand_rng = jax.random.split(rng)
-    return merge_reinit(expand_for(config, learngene, method, scan, expand_rng), fresh_init(fresh_rng), reinit)
+    return tree_lib.merge_reinit(expand_for(config, learngene, method, scan, expand_rng), fresh_init(fresh_rng),
+                                 reinit, 'The expanded learngene')
 
   return Kind('descendant', init, lambda p: p, export)
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgjax import checkpoint, data
+from lgjax import tree as tree_lib
 from lgjax.learngene import pool as pool_lib
 from lgjax.models import ViT
 from lgjax.train import losses
@@ -166,7 +167,23 @@ def stitched_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
              'accuracy': final.get('eval_accuracy_' + pool_lib.spec_name(s), float('nan'))} for s in specs]
     write_spec_report(rows, os.path.join(workdir, 'specs'))
 
-  init = lambda rng: {'instances': trained_pool['instances'], 'stitches': stitches}
+  reinit = tuple(config.get('init', {}).get('reinit', ()))
+  for i, c in enumerate(configs):
+    if reinit and c.get('num_classes') != config.model.num_classes:
+      raise ValueError(f'pool instance {i} has num_classes={c.get("num_classes")} but model.num_classes='
+                       f'{config.model.num_classes}; stitched models keep the instances\' head sizes.')
+
+  def init(rng):
+    """The pool's instances, with the params matching init.reinit (e.g. heads for a
+    new task) freshly initialized, and the stitch layers."""
+    if not reinit:
+      return {'instances': trained_pool['instances'], 'stitches': stitches}
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    fresh = [jax.jit(ViT(**c).init)(k, x)['params'] for c, k in zip(configs, jax.random.split(rng, len(configs)))]
+    return {'instances': [tree_lib.merge_reinit(inst, f, reinit, f'pool instance {i}')
+                          for i, (inst, f) in enumerate(zip(trained_pool['instances'], fresh))],
+            'stitches': stitches}
+
   return Kind('stitched', init, lambda p: p, export, example_loss=example_loss, predict=predict,
               report=report)
 
