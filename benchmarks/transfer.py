@@ -51,6 +51,7 @@ class Variant:
 
 inits.SCHEMES.setdefault('big_vision+torch_kernels', dataclasses.replace(
     _BV, kernel=inits.SCHEMES['torch'].kernel, mlp_bias=_DEIT.mlp_bias))
+inits.SCHEMES.setdefault('deit+torch_head', dataclasses.replace(_DEIT, head_kernel=inits.SCHEMES['torch'].kernel))
 _ZERO, _RANDOM = (('head_zeroinit', True),), (('head_zeroinit', False),)
 
 VARIANTS = {
@@ -62,6 +63,9 @@ VARIANTS = {
     'big_vision+zero_head': Variant("big_vision's init with its zero heads: lgjax's default before",
                                     'big_vision', _ZERO),
     'big_vision': Variant("big_vision's init, heads lecun-normal", 'big_vision', _RANDOM),
+    'deit+torch_head': Variant("the papers' init, heads as PyTorch's nn.Linear (U(+-1/sqrt(width)), "
+                               "as DeiT's reset_classifier); in results/transfer.md its teachers and "
+                               "learngenes are `deit`'s, the head being the only change", 'deit+torch_head', _RANDOM),
     'big_vision+zero_head+torch_kernels': Variant(
         "big_vision's init and zero heads, with PyTorch's default Linear kernels (1.7x smaller)",
         'big_vision+torch_kernels', _ZERO),

@@ -1,20 +1,27 @@
 """How a ViT's parameters start: named schemes, chosen by `ViT.param_init`.
 
-The scheme decides whether a learngene transfers. The learngene papers'
-code (TLEG, SWS) builds on DeiT/timm, which start every Linear kernel at
-trunc-normal(0.02) and the position embedding and cls token at
-trunc-normal(0.02); big_vision starts kernels xavier-uniform (~6x larger
-at width 64), the patch kernel lecun-normal and the position embedding
-N(0, 1/sqrt(width)). `benchmarks/transfer.py` measures what each piece does
-to a descendant's early training (`benchmarks/results/transfer.md`).
+With Adam, the head's start decides whether an inherited body keeps what it
+knows: a zero head passes it no gradient for the first steps, and Adam's
+steps do not shrink with the gradient. The scheme decides how fast a model
+from scratch starts. The learngene papers' code (TLEG, SWS) builds on
+DeiT/timm, which start every Linear kernel, the position embedding and the
+cls token at trunc-normal(0.02); big_vision starts kernels xavier-uniform
+(~6x larger at width 64), the patch kernel lecun-normal and the position
+embedding N(0, 1/sqrt(width)). `benchmarks/transfer.py` measures what each
+does to a descendant's early training (`benchmarks/results/transfer.md`).
 
   deit        the papers' (DeiT/timm): kernels and embeddings trunc-normal(0.02),
               biases 0, the patch conv as PyTorch's Conv2d default
               (U(+-1/sqrt(fan_in)) for kernel and bias). The default.
+  torch       PyTorch's layer defaults: kernels U(+-1/sqrt(fan_in)) (nn.Linear,
+              nn.Conv2d), biases 0 but the patch conv's (as deit), position
+              embedding and cls trunc-normal(0.02);
+              what a plain PyTorch ViT starts from.
   big_vision  big_vision's ViT: xavier-uniform kernels, MLP biases N(0, 1e-6),
               lecun-normal patch kernel, position embedding N(0, 1/sqrt(width)), cls 0.
 
-A scheme only sets how params *start*; loading a checkpoint ignores it.
+The head starts at `head_kernel` unless the ViT's `head_zeroinit` is set. A
+scheme only sets how params *start*; loading a checkpoint ignores it.
 """
 
 from __future__ import annotations
