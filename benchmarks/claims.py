@@ -258,6 +258,7 @@ def report(plan: Plan, curves, stored, upstream_flops, minutes) -> list[str]:
   seeds = f'upstream seeds {list(plan.upstream_seeds)} x fine-tune seeds {list(plan.finetune_seeds)}'
   lines = [f'# Learngene claims on MNIST-5k ({"quick" if plan is QUICK else "full"} study)', '',
            __doc__.split('\n\n')[1].replace('\n', ' '), '',
+           f'This run: upstream {plan.upstream_steps} steps, fine-tunes {plan.finetune_steps} steps; '
            f'{seeds} at depths {list(plan.grid_depths)}, matched seeds elsewhere; mean ± std over runs. '
            f'Study wall time {minutes:.0f} min (runs resumed from an earlier invocation count as 0).', '']
   lines += ['## Accuracy during fine-tuning', '',
