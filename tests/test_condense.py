@@ -91,6 +91,11 @@ def test_inherit_keeps_layers_and_stacks_random_blocks(ancestry, placement):
   restem = condense.expand(lg, 1, rng=jax.random.key(0), inherit_stem=False)
   assert not np.allclose(restem['embedding']['kernel'], params['embedding']['kernel'])
   np.testing.assert_array_equal(restem['head']['kernel'], params['head']['kernel'])
+  # fresh blocks start as the descendant's param_init says: xavier-uniform, not trunc-normal(0.02)
+  for scheme, std in (('deit', 0.02), ('big_vision', np.sqrt(2 / (2 * TINY['width'])))):
+    fresh = condense.expand(lg, 1, rng=jax.random.key(0), param_init=scheme)
+    q = fresh['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_0']['query']['kernel']
+    assert abs(float(np.std(q)) - std) < 0.2 * std, scheme
 
 
 def test_condense_errors_and_round_trip(ancestry, tmp_path):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgjax.learngene import common
-from lgjax.models import ViT, blocks, config_from_params
+from lgjax.models import ViT, blocks, config_from_params, inits
 
 PyTree = Any
 KEYS = ('shared', 'layers', 'source_indices')
@@ -137,20 +137,21 @@ def descendant_config(learngene: PyTree, num_random: int, num_classes: int | Non
 
 
 def expand(learngene: PyTree, num_random: int, *, rng: jax.Array, placement: str = 'below',
-           num_classes: int | None = None, inherit_stem: bool = True, scan: bool = False) -> PyTree:
+           num_classes: int | None = None, inherit_stem: bool = True, scan: bool = False,
+           param_init: str = inits.DEFAULT) -> PyTree:
   """A descendant: the learngene layers, bit-identical and in order, with
   `num_random` freshly initialized blocks stacked `placement` them.
 
   The stem (patch and position embedding, cls) comes from the ancestry unless
   `inherit_stem=False`; `num_classes` gives a new, freshly initialized head
-  (otherwise the ancestry's is kept). Fresh parts use the ViT's own init.
+  (otherwise the ancestry's is kept). Fresh parts start as `param_init` says.
   """
   check(learngene)
   if placement not in PLACEMENTS:
     raise ValueError(f'placement must be one of {PLACEMENTS}, got {placement!r}.')
   if isinstance(num_random, bool) or not isinstance(num_random, (int, np.integer)) or num_random < 0:
     raise ValueError(f'num_random must be an integer >= 0, got {num_random!r}.')
-  config = descendant_config(learngene, int(num_random), num_classes)
+  config = {**descendant_config(learngene, int(num_random), num_classes), 'param_init': param_init}
   embedding = learngene['shared']['embedding']['kernel']
   tokens = np.shape(learngene['shared']['pos_embedding'])[1] if 'pos_embedding' in learngene['shared'] else 1
   side = int(round(tokens ** 0.5))

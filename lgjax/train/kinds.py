@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from lgjax.learngene import METHODS, condense, sws, tleg
-from lgjax.models import ViT, check_config
+from lgjax.models import ViT, check_config, inits
 from lgjax.train import pool_training
 
 KINDS = ('model', 'tleg_aux', 'sws_aux', 'descendant', 'pool_distill', 'stitched')
@@ -104,7 +104,7 @@ def expand_for(config: Any, learngene: PyTree, method: str, scan: bool, rng: jax
     if depth < k:
       raise ValueError(f'model.depth={depth} must be >= the {k} condensed learngene layers.')
     return condense.expand(learngene, depth - k, rng=rng, placement=config.init.get('placement', 'below'),
-                           scan=scan)
+                           scan=scan, param_init=config.model.get('param_init', inits.DEFAULT))
   stage_depths = tuple(config.init.get('stage_depths') or ()) or sws.split_depth(
       depth, len(learngene['stages']))
   if sum(stage_depths) != depth:
