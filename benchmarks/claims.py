@@ -44,7 +44,7 @@ from configs import common, descendant, sws_aux, teacher, tleg_aux
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from lgjax.learngene import condense
-from lgjax.models import flops
+from lgjax.models import flops, param_shapes
 from lgjax.train import train_and_evaluate
 from lgjax.train.recipe import accuracy_at
 from lgjax.train.reporting import eval_curve
@@ -322,7 +322,7 @@ def report(plan: Plan, curves, stored, upstream_flops, minutes) -> list[str]:
 
 
 def model_cfg(depth: int) -> dict:
-  return {**common.model(PRESET, depth=depth).to_dict()}
+  return common.model(PRESET, depth=depth).to_dict()
 
 
 def train_flops(configs: list[dict], batch: int, steps: int, teacher_cfg: dict | None = None) -> float:
@@ -338,7 +338,7 @@ def costs(work: str, plan: Plan) -> tuple[dict, dict]:
   Pretraining every depth covers all plan.depths, also those the study skips."""
   u = plan.upstream_seeds[0]
   stored = {m: tree_lib.num_params(checkpoint.load_learngene(learngene_dir(work, m, u))[0]) for m in LEARNGENES}
-  stored['pretrained'] = sum(tree_lib.num_params(model_cfg_params(d)) for d in plan.depths)
+  stored['pretrained'] = sum(tree_lib.num_params(param_shapes(model_cfg(d), IMAGE)) for d in plan.depths)
   teacher_cfg, steps = model_cfg(TEACHER_DEPTH), plan.upstream_steps
   batch = teacher.get_config(PRESET).batch_size
   fl = {'teacher': train_flops([teacher_cfg], batch, steps),
@@ -347,11 +347,6 @@ def costs(work: str, plan: Plan) -> tuple[dict, dict]:
         'condense': 0.0,  # the teacher is the ancestry
         'pretrained': train_flops([model_cfg(d) for d in plan.depths], batch, steps)}
   return stored, fl
-
-
-def model_cfg_params(depth: int):
-  from lgjax.models import param_shapes
-  return param_shapes(model_cfg(depth), IMAGE)
 
 
 def plot(plan: Plan, curves, path: str) -> None:
