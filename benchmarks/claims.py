@@ -58,6 +58,7 @@ SWS_STAGES = (3, 3)       # 2 stages, so that a depth-2 descendant still gets on
 CONDENSE_LAYERS = (4, 5)  # the teacher's last 2 blocks (the released baseline's rule)
 TEACHER_DEPTH = 6
 STEPS = (25, 50, 100, 300)
+TASKS = {'digits': 'mnist5k', 'shapes': 'shapes'}  # downstream task -> dataset.name (lgjax.data.shapes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +74,15 @@ class Plan:
   finetune_seeds: tuple[int, ...]
   few_fraction: float                 # of the 400 training digits per class
   lr_scales: tuple[float, ...]        # besides 1.0
+  shapes_depths: tuple[int, ...]      # every arm on the second downstream task (matched seeds)
 
 
 FULL = Plan(upstream_steps=800, finetune_steps=300, depths=(2, 4, 6, 8, 10, 12), grid_depths=(2, 6, 12),
             pretrained_depths=(2, 4, 6, 8), ablation_depths=(2, 6), study_depth=6, upstream_seeds=(0, 1, 2),
-            finetune_seeds=(0, 1, 2), few_fraction=0.1, lr_scales=(0.3, 3.0))
+            finetune_seeds=(0, 1, 2), few_fraction=0.1, lr_scales=(0.3, 3.0), shapes_depths=(2, 6))
 QUICK = Plan(upstream_steps=200, finetune_steps=100, depths=(2, 6), grid_depths=(2,), pretrained_depths=(2, 6),
              ablation_depths=(2,), study_depth=6, upstream_seeds=(0,), finetune_seeds=(0, 1), few_fraction=0.1,
-             lr_scales=(3.0,))
+             lr_scales=(3.0,), shapes_depths=(6,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +94,13 @@ class Tune:
   f: int
   lr_scale: float = 1.0
   fraction: float = 1.0
+  task: str = 'digits'  # a key of TASKS
 
   @property
   def name(self) -> str:
     up = '' if self.arm == 'scratch' else f'_u{self.u}'  # scratch needs no upstream
-    return f'{self.arm}_d{self.depth}{up}_f{self.f}_lr{self.lr_scale:g}_frac{self.fraction:g}'
+    task = '' if self.task == 'digits' else f'_{self.task}'
+    return f'{self.arm}_d{self.depth}{up}_f{self.f}_lr{self.lr_scale:g}_frac{self.fraction:g}{task}'
 
 
 # -- running ------------------------------------------------------------------
@@ -189,6 +193,7 @@ def tune_job(work: str, plan: Plan, t: Tune):
   c.model.depth = t.depth
   c.optimizer.lr *= t.lr_scale
   c.dataset.train_fraction = t.fraction
+  c.dataset.name = TASKS[t.task]
   if t.arm == 'scratch':
     c.init.method = 'scratch'
   elif t.arm == 'pretrained':  # the whole pretrained model of this depth, a fresh head
@@ -223,14 +228,16 @@ def tunes(plan: Plan) -> list[Tune]:
     add(arm, plan.study_depth, matched, fraction=plan.few_fraction)
     for r in plan.lr_scales:
       add(arm, plan.study_depth, matched, lr_scale=r)
+    for depth in plan.shapes_depths:
+      add(arm, depth, matched, task='shapes')
   return sorted(out, key=lambda t: (t.depth, t.arm, t.u, t.f, t.lr_scale, t.fraction))
 
 
 def cell(curves: dict[Tune, dict[int, float]], arm: str, depth: int, **kw) -> list[Tune]:
   """The fine-tunes of one table cell (scratch matches any upstream seed)."""
-  kw = {'lr_scale': 1.0, 'fraction': 1.0, **kw}
+  kw = {'lr_scale': 1.0, 'fraction': 1.0, 'task': 'digits', **kw}
   return [t for t in curves if t.arm == arm and t.depth == depth
-          and t.lr_scale == kw['lr_scale'] and t.fraction == kw['fraction']]
+          and all(getattr(t, k) == v for k, v in kw.items())]
 
 
 def auc(curve: dict[int, float], steps: int) -> float:
@@ -241,8 +248,8 @@ def auc(curve: dict[int, float], steps: int) -> float:
 
 
 def scratch_of(curves, t: Tune) -> dict[int, float]:
-  return curves[next(s for s in cell(curves, 'scratch', t.depth, lr_scale=t.lr_scale, fraction=t.fraction)
-                     if s.f == t.f)]
+  return curves[next(s for s in cell(curves, 'scratch', t.depth, lr_scale=t.lr_scale, fraction=t.fraction,
+                                     task=t.task) if s.f == t.f)]
 
 
 # -- reporting ----------------------------------------------------------------
@@ -250,6 +257,29 @@ def scratch_of(curves, t: Tune) -> dict[int, float]:
 def fmt(values) -> str:
   v = np.asarray(values, float)
   return f'{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}' if len(v) else '-'
+
+
+def accuracy_table(plan: Plan, curves, depths, task: str) -> list[str]:
+  """Markdown rows: accuracy at each step, AUC, steps to scratch's final and the gain, per depth and arm."""
+  S = plan.finetune_steps
+  steps = [s for s in STEPS if s <= S]
+  lines = ['| depth | arm | runs | ' + ' | '.join(f'step {s}' for s in steps) + ' | mean over steps (AUC) | '
+           f"steps to scratch's final | gain @{steps[0]} / @{S} |", '|---|---|---|' + '---|' * (len(steps) + 3)]
+  for depth in depths:
+    for arm in ARMS + (ABLATIONS if task == 'digits' and depth in plan.ablation_depths else ()):
+      ts = cell(curves, arm, depth, task=task)
+      if not ts:
+        continue
+      reach = [steps_to_reach(curves[t], scratch_of(curves, t)[S]) for t in ts]
+      got = [r for r in reach if r is not None]
+      reach_txt = (f'{np.mean(got):.0f}' + ('' if len(got) == len(reach) else f' ({len(got)}/{len(reach)})')
+                   if got else f'> {S}')
+      gain = lambda s: np.mean([accuracy_at(curves[t], s) - accuracy_at(scratch_of(curves, t), s) for t in ts])
+      lines.append(f'| {depth} | {arm} | {len(ts)} | '
+                   + ' | '.join(fmt([accuracy_at(curves[t], s) for t in ts]) for s in steps)
+                   + f' | {fmt([auc(curves[t], S) for t in ts])} | {reach_txt} | '
+                   + ('-' if arm == 'scratch' else f'{gain(steps[0]):+.3f} / {gain(S):+.3f}') + ' |')
+  return lines
 
 
 def report(plan: Plan, curves, stored, upstream_flops, minutes) -> list[str]:
@@ -261,22 +291,7 @@ def report(plan: Plan, curves, stored, upstream_flops, minutes) -> list[str]:
            f'This run: upstream {plan.upstream_steps} steps, fine-tunes {plan.finetune_steps} steps; '
            f'{seeds} at depths {list(plan.grid_depths)}, matched seeds elsewhere; mean ± std over runs. '
            f'Study wall time {minutes:.0f} min (runs resumed from an earlier invocation count as 0).', '']
-  lines += ['## Accuracy during fine-tuning', '',
-            '| depth | arm | runs | ' + ' | '.join(f'step {s}' for s in steps) + ' | mean over steps (AUC) | '
-            f"steps to scratch's final |", '|---|---|---|' + '---|' * (len(steps) + 2)]
-  for depth in plan.depths:
-    for arm in ARMS + (ABLATIONS if depth in plan.ablation_depths else ()):
-      ts = cell(curves, arm, depth)
-      if not ts:
-        continue
-      reach = [steps_to_reach(curves[t], scratch_of(curves, t)[S]) for t in ts]
-      got = [r for r in reach if r is not None]
-      reach_txt = (f'{np.mean(got):.0f}' + ('' if len(got) == len(reach) else f' ({len(got)}/{len(reach)})')
-                   if got else f'> {S}')
-      lines.append(f'| {depth} | {arm} | {len(ts)} | '
-                   + ' | '.join(fmt([accuracy_at(curves[t], s) for t in ts]) for s in steps)
-                   + f' | {fmt([auc(curves[t], S) for t in ts])} | {reach_txt} |')
-
+  lines += ['## Accuracy during fine-tuning', ''] + accuracy_table(plan, curves, plan.depths, 'digits')
   first = steps[0]
   lines += ['', f'## Gain over scratch at step {first} and at the end', '',
             '| depth | ' + ' | '.join(f'{a} @{first} / @{S}' for a in ARMS if a != 'scratch') + ' |',
@@ -302,6 +317,11 @@ def report(plan: Plan, curves, stored, upstream_flops, minutes) -> list[str]:
                    f'{np.mean([curves[t][S] for t in ts]):.3f}' if ts else '-')
       lines.append(f'| {kw} | ' + ' | '.join(row) + ' |')
 
+  lines += ['', '## A second downstream task, farther from the source: generated shapes', '',
+            'lgjax.data.shapes: circles, triangles and squares (outlines), crosses and lines at random place, '
+            'size, rotation and stroke, over noise (400 train / 100 test per class); the same upstream '
+            'learngenes and models, trained on digits 0-4.', '']
+  lines += accuracy_table(plan, curves, plan.shapes_depths, 'shapes')
   lines += ['', f'## Parameters stored to initialize every depth {list(plan.depths)}', '',
             '| what is stored | parameters | one pretrained model per depth / this |', '|---|---|---|']
   lines += [f'| {m} learngene | {stored[m]:,} | {stored["pretrained"] / stored[m]:.1f}x |' for m in LEARNGENES]
@@ -354,34 +374,34 @@ def plot(plan: Plan, curves, path: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   S, depths = plan.finetune_steps, plan.depths
-  fig, axes = plt.subplots(2, len(depths), figsize=(3.6 * len(depths), 7), squeeze=False)
-  for ax, depth in zip(axes[0], depths):
-    for arm in ARMS + (ABLATIONS if depth in plan.ablation_depths else ()):
-      ts = cell(curves, arm, depth)
+  panels = [(d, 'digits') for d in depths] + [(d, 'shapes') for d in plan.shapes_depths]
+  fig = plt.figure(figsize=(3.2 * len(panels), 7.5), layout='constrained')
+  top, bottom = fig.subfigures(2, 1)
+  curve_axes = top.subplots(1, len(panels), squeeze=False)[0]
+  for ax, (depth, task) in zip(curve_axes, panels):
+    for arm in ARMS + (ABLATIONS if task == 'digits' and depth in plan.ablation_depths else ()):
+      ts = cell(curves, arm, depth, task=task)
       if not ts:
         continue
       xs = sorted(curves[ts[0]])
       ys = np.array([[curves[t][s] for s in xs] for t in ts])
       line, = ax.plot(xs, ys.mean(0), marker='.', label=arm, ls='--' if arm in ABLATIONS else '-')
       ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.12)
-    ax.set(title=f'depth {depth}', xlabel='fine-tuning step', ylim=(0.2, 1.0))
+    ax.set(title=f'digits 5-9, depth {depth}' if task == 'digits' else f'shapes, depth {depth}',
+           xlabel='fine-tuning step', ylim=(0.2, 1.0))
     ax.grid(alpha=0.3)
-  axes[0, 0].set_ylabel('eval accuracy (mean, band: min-max)')
-  axes[0, 0].legend(fontsize=7)
-  gs = fig.add_gridspec(2, 2)
-  for ax in axes[1]:
-    ax.remove()
-  for k, step in enumerate((STEPS[0], S)):
-    ax = fig.add_subplot(gs[1, k])
+  curve_axes[0].set_ylabel('eval accuracy (mean, band: min-max)')
+  curve_axes[0].legend(fontsize=7)
+  for ax, step in zip(bottom.subplots(1, 2), (STEPS[0], S)):
     for arm in ARMS[:-1]:
       pts = [(d, np.mean([accuracy_at(curves[t], step) - accuracy_at(scratch_of(curves, t), step)
                           for t in cell(curves, arm, d)])) for d in depths if cell(curves, arm, d)]
       ax.plot(*zip(*pts), marker='o', label=arm)
     ax.axhline(0, color='gray', lw=0.8)
-    ax.set(title=f'gain over scratch at step {step}', xlabel='descendant depth', ylabel='accuracy gain')
+    ax.set(title=f'digits 5-9: gain over scratch at step {step}', xlabel='descendant depth',
+           ylabel='accuracy gain')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
 

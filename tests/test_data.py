@@ -3,12 +3,13 @@ import numpy as np
 import pytest
 
 from lgjax import data
-from lgjax.data import mnist5k, pipeline
+from lgjax.data import mnist5k, pipeline, shapes
 
 
 def dataset(**kw):
-  return ml_collections.ConfigDict(dict(name='mnist5k', classes='downstream', train_split='train',
-                                        eval_split='test', image_size=28, augment='none', train_fraction=1.0, **kw))
+  return ml_collections.ConfigDict(dict(dict(name='mnist5k', classes='downstream', train_split='train',
+                                             eval_split='test', image_size=28, augment='none',
+                                             train_fraction=1.0), **kw))
 
 
 def test_mnist5k_splits_are_deterministic_disjoint_and_relabelled():
@@ -55,3 +56,23 @@ def test_train_stream_is_deterministic_and_resumable():
   np.testing.assert_array_equal(resumed[0]['label'], straight[3]['label'])
   epoch = np.concatenate([b['label'] for b in take(250)[0]])  # 2000 examples: one epoch
   assert np.bincount(epoch).tolist() == [400] * 5
+
+
+def test_shapes_is_balanced_deterministic_and_drawn_where_expected():
+  images, labels = shapes.load('train')
+  test_images, _ = shapes.load('test', 'downstream')
+  assert images.shape == (2000, 28, 28, 1) and images.dtype == np.uint8 and test_images.shape[0] == 500
+  assert np.bincount(labels).tolist() == [400] * 5
+  assert not np.array_equal(images[:500], test_images)  # other seeds
+  # a circle of radius r around c lights pixels at distance ~r from c, not c itself
+  circle = shapes.draw('circle', np.random.default_rng(3))[..., 0].astype(float)
+  bright = circle > 0.6 * circle.max()
+  ys, xs = np.nonzero(bright)
+  r = np.hypot(ys - ys.mean(), xs - xs.mean())
+  assert r.std() < 1.0 and 5 < r.mean() < 11 and not bright[int(ys.mean()), int(xs.mean())]
+  shapes._generate.cache_clear()
+  assert np.array_equal(shapes.load('train')[0], images)  # regenerated from the same seeds
+  source = pipeline.data_source(dataset(name='shapes', classes='downstream'), 'test')
+  assert len(source) == 500 and source[7]['label'] == 2
+  with pytest.raises(ValueError, match="shapes classes must be one of .*got 'source'"):
+    shapes.load('train', 'source')

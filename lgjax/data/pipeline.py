@@ -19,9 +19,10 @@ import jax
 import numpy as np
 from PIL import Image
 
-from lgjax.data import mnist5k
+from lgjax.data import mnist5k, shapes
 
 AUGMENTS = ('none', 'inception')
+EMBEDDED = {'mnist5k': mnist5k.load, 'shapes': shapes.load}  # offline, in memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +53,8 @@ class Subset:
 
 def data_source(dataset: Any, split: str) -> Any:
   """The split of `dataset` (a config with `name`, ...) as a random-access source."""
-  if dataset.name == 'mnist5k':
-    return ArraySource(*mnist5k.load(split, dataset.get('classes', 'all')))
+  if dataset.name in EMBEDDED:
+    return ArraySource(*EMBEDDED[dataset.name](split, dataset.get('classes', 'all')))
   import tensorflow_datasets as tfds  # only needed for tfds datasets
   data_dir = dataset.get('data_dir') or None
   try:
