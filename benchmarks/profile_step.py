@@ -5,7 +5,9 @@ profiler writes (plugins/profile/*/*.trace.json.gz, Chrome trace events, one
 per XLA thunk), and prints time per step by kind of op (matrix multiplies,
 layout copies/transposes, other fused elementwise/reduction kernels) and the
 slowest ops with their output shapes from the compiled HLO. Thunks may overlap on
-the CPU's threads, so the kinds can add up to more than the step's wall time.
+the CPU's threads, so the kinds can add up to more than the step's wall time. On a
+GPU the trace holds host-side launches and device kernels (by kernel name) alike:
+read the GPU kinds and the slowest kernels, not the total.
 
   python -m benchmarks.profile_step [--width 192 --depth 12 --image 32 --patch 4 --batch 128 --grad-accum-steps 1]
 """
@@ -25,7 +27,9 @@ import jax
 from benchmarks.common import median_time, random_batch, step_runner
 from lgjax.models import ViT, flops
 
-KINDS = (('copy / transpose', re.compile(r'copy|transpose')),
+KINDS = (('GPU matmul kernels', re.compile(r'gemm|xmma|cutlass|cublas|nvjet', re.I)),
+         ('GPU fused attention kernels', re.compile(r'fmha|flash|cudnn', re.I)),
+         ('copy / transpose', re.compile(r'copy|transpose')),
          ('elementwise / reduction', re.compile(r'fusion|wrapped_|reduce|broadcast')))
 NOT_OPS = re.compile(r'^(ThunkExecutor|\$|SlinkyThreadPool|end: |PjitFunction|CommonPjRt|ParseArguments)')
 
@@ -72,9 +76,11 @@ def main():
   p.add_argument('--grad-accum-steps', type=int, default=1, help='micro-batches per step')
   p.add_argument('--steps', type=int, default=3)
   p.add_argument('--top', type=int, default=12)
+  p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
+  p.add_argument('--attention-impl', default=None, choices=('xla', 'cudnn'), help='ViT.attention_impl')
   args = p.parse_args()
   cfg = dict(num_classes=10, patch_size=args.patch, width=args.width, depth=args.depth,
-             num_heads=args.heads, mlp_dim=4 * args.width)
+             num_heads=args.heads, mlp_dim=4 * args.width, dtype=args.dtype, attention_impl=args.attention_impl)
   batch = random_batch(args.batch, (args.image, args.image, args.channels), 10)
   params = jax.jit(ViT(**cfg).init)(jax.random.key(0), batch['image'][:1])['params']
   one = step_runner(cfg, params, batch, grad_accum_steps=args.grad_accum_steps)

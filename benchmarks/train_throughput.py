@@ -34,13 +34,14 @@ def main():
   p.add_argument('--repeats', type=int, default=5, help='turns each step takes (2 timed steps each)')
   p.add_argument('--grad-accum-steps', type=int, default=1, help='micro-batches per step')
   p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
+  p.add_argument('--attention-impl', default=None, choices=('xla', 'cudnn'), help='ViT.attention_impl')
   args = p.parse_args()
   cfg = dict(num_classes=100, patch_size=args.patch, width=args.width, depth=args.depth,
-             num_heads=args.heads, mlp_dim=4 * args.width, dtype=args.dtype)
+             num_heads=args.heads, mlp_dim=4 * args.width, dtype=args.dtype, attention_impl=args.attention_impl)
   shape = (args.image, args.image, 3)
   batch = random_batch(args.batch, shape, 100)
 
-  lg = tleg.init_learngene(jax.random.key(0), {**cfg, 'dtype': 'float32'}, image_shape=shape)
+  lg = tleg.init_learngene(jax.random.key(0), {**cfg, 'dtype': 'float32', 'attention_impl': None}, image_shape=shape)
   accum = args.grad_accum_steps
   runs = {'plain ViT': step_runner(cfg, tleg.expand(lg, args.depth), batch, grad_accum_steps=accum),
           'TLEG aux (params = expand(lg))': step_runner(
@@ -53,7 +54,7 @@ def main():
           for name, t in times.items()]
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
-        f'batch {args.batch} in {accum} micro-batch(es), {args.dtype}, {jax.device_count()} x {jax.devices()[0].device_kind}; '
+        f'attention {args.attention_impl or "default"}, batch {args.batch} in {accum} micro-batch(es), {args.dtype}, {jax.device_count()} x {jax.devices()[0].device_kind}; '
         f'{args.dtype} matmul peak {peak:.0f} GFLOP/s, timed in turns (MFU = "of peak")')
   print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"vs plain":>8} |')
   print(f'|{"-" * 34}|{"-" * 11}|{"-" * 10}|{"-" * 9}|{"-" * 10}|')

@@ -33,6 +33,7 @@ from lgjax.models import blocks, inits
 POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
 FINAL_NORMS = ('tokens', 'pooled')
+ATTENTION_IMPLS = (None, 'xla', 'cudnn')  # jax.nn.dot_product_attention's `implementation`
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -59,6 +60,8 @@ def check_config(config: dict[str, Any]) -> None:
     if not 0.0 <= get(k) < 1.0:
       raise ValueError(f'{k} must be in [0, 1), got {get(k)!r}.')
   inits.get(get('param_init'))
+  if get('attention_impl') not in ATTENTION_IMPLS:
+    raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {get("attention_impl")!r}.')
   if get('mlp_dim') is not None and get('mlp_dim') < 1:
     raise ValueError(f'mlp_dim must be None (4 * width) or >= 1, got {get("mlp_dim")!r}.')
 
@@ -85,6 +88,7 @@ class MultiHeadDotProductAttention(nn.Module):
   """Self-attention with Flax's parameter layout, via jax.nn.dot_product_attention."""
   num_heads: int
   param_init: str = inits.DEFAULT
+  attention_impl: str | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -95,7 +99,7 @@ class MultiHeadDotProductAttention(nn.Module):
     dense = lambda name: nn.DenseGeneral(
         (self.num_heads, head_dim), dtype=self.dtype, name=name, kernel_init=kernel_init)
     q, k, v = dense('query')(x), dense('key')(x), dense('value')(x)
-    y = jax.nn.dot_product_attention(q, k, v)
+    y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name='out',
                            kernel_init=kernel_init)(y)
 
@@ -135,13 +139,14 @@ class Encoder1DBlock(nn.Module):
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
   param_init: str = inits.DEFAULT
+  attention_impl: str | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, drop_path_rate, deterministic: bool):
     no_drop_path = deterministic or not self.use_drop_path
     y = nn.LayerNorm(epsilon=self.layer_norm_epsilon)(x)
-    y = MultiHeadDotProductAttention(self.num_heads, self.param_init, dtype=self.dtype)(y)
+    y = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl, dtype=self.dtype)(y)
     self.sow('intermediates', 'attn', y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
@@ -173,6 +178,7 @@ class Encoder(nn.Module):
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
   param_init: str = inits.DEFAULT
+  attention_impl: str | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -182,7 +188,7 @@ class Encoder(nn.Module):
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
               use_drop_path=self.drop_path > 0, gelu_approximate=self.gelu_approximate,
               layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
-              dtype=self.dtype)
+              attention_impl=self.attention_impl, dtype=self.dtype)
     if self.scan:
       blocks = nn.scan(
           _ScanBlock, variable_axes={'params': 0, 'intermediates': 0},
@@ -246,6 +252,8 @@ class ViT(nn.Module):
   starts as the scheme says unless `head_zeroinit` (big_vision's default,
   not ours: with Adam, a zero head lets an inherited body drift for the
   first steps, before the head knows the classes; benchmarks/transfer.py).
+  `attention_impl` picks jax.nn.dot_product_attention's kernel: None (JAX's
+  choice, XLA today), 'xla', or 'cudnn' (fused, GPU only, bf16/fp16).
   """
   num_classes: int | None = None
   patch_size: int | Sequence[int] = 16
@@ -263,6 +271,7 @@ class ViT(nn.Module):
   layer_norm_epsilon: float = 1e-6
   final_norm: str = 'tokens'
   param_init: str = inits.DEFAULT
+  attention_impl: str | None = None
   dtype: Any = 'float32'
 
   def __post_init__(self):
@@ -280,7 +289,7 @@ class ViT(nn.Module):
                 drop_path=self.drop_path, scan=self.scan, pool_type=self.pool_type,
                 final_norm=self.final_norm, gelu_approximate=self.gelu_approximate,
                 layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
-                dtype=dtype, name='Transformer')(x, not train)
+                attention_impl=self.attention_impl, dtype=dtype, name='Transformer')(x, not train)
     if self.num_classes:
       head_init = nn.initializers.zeros if self.head_zeroinit else inits.get(self.param_init).head_kernel
       x = nn.Dense(self.num_classes, name='head', kernel_init=head_init)(x)
