@@ -116,10 +116,18 @@ def test_model_config_rebuilds():
     ('pool_type', 'map', "pool_type must be one of ('gap', 'tok'), got 'map'"),
     ('posemb', 'sincos1d', "posemb must be one of"),
     ('drop_path', 1.0, 'drop_path must be in [0, 1), got 1.0'),
+    ('attention_impl', 'flash', "attention_impl must be one of (None, 'xla', 'cudnn'), got 'flash'"),
 ])
 def test_bad_config_names_the_field(field, value, message):
   with pytest.raises(ValueError, match=r'^' + re.escape(message)):
     ViT(**{**TINY, field: value})
+
+
+def test_attention_impl_xla_is_the_default_computation():
+  x = jax.random.normal(jax.random.key(0), (2, *IMAGE_SHAPE))
+  params = ViT(**TINY).init(jax.random.key(1), x)
+  np.testing.assert_array_equal(ViT(**TINY).apply(params, x),
+                                ViT(**TINY, attention_impl='xla').apply(params, x))
 
 
 def test_unknown_field_is_named():
