@@ -12,7 +12,10 @@ depth (fresh head) and from scratch, evaluated every 25 steps.
 
 What a learngene carries, as ablations of TLEG: slope B = 0 (every block the
 base A), B with its entries permuted within each parameter (same values,
-no structure), and a learngene trained with cross-entropy only (no teacher).
+no structure), a learngene trained with cross-entropy only (no teacher), and
+TLEG's blocks or its stem alone (patch/position embedding, cls, final norm),
+the other part fresh as scratch's. A second downstream task (generated shapes,
+lgjax.data.shapes) is farther from the source than digits 5-9.
 Also: depths beyond the auxiliary depth (10, 12), 40 samples per class, and
 3 learning rates.
 
@@ -53,7 +56,9 @@ PRESET = 'mnist5k'
 IMAGE = (28, 28, 1)
 ARMS = ('tleg', 'sws', 'condense', 'pretrained', 'scratch')
 LEARNGENES = ('tleg', 'sws', 'condense')
-ABLATIONS = ('tleg_b0', 'tleg_shuffled', 'tleg_ce')
+ABLATIONS = ('tleg_b0', 'tleg_shuffled', 'tleg_ce', 'tleg_blocks_only', 'tleg_stem_only')
+STEM = ['^embedding/', '^pos_embedding$', '^cls$', '^Transformer/encoder_norm/']  # what TLEG shares across depths
+REINIT = {'tleg_blocks_only': STEM, 'tleg_stem_only': ['^Transformer/encoderblock']}  # fresh, as scratch's
 SWS_STAGES = (3, 3)       # 2 stages, so that a depth-2 descendant still gets one block of each
 CONDENSE_LAYERS = (4, 5)  # the teacher's last 2 blocks (the released baseline's rule)
 TEACHER_DEPTH = 6
@@ -179,6 +184,8 @@ def derived_learngenes(work: str, u: int) -> None:
 
 def learngene_dir(work: str, arm: str, u: int) -> str:
   up = os.path.join(work, 'upstream', f'u{u}')
+  if arm in REINIT:
+    arm = 'tleg'
   if arm in ('tleg', 'sws', 'tleg_ce'):
     return os.path.join(up, arm, 'export')
   return os.path.join(up, arm)  # condense and the TLEG ablations
@@ -203,6 +210,7 @@ def tune_job(work: str, plan: Plan, t: Tune):
   else:
     c.init.update(method='tleg' if t.arm.startswith('tleg') else t.arm,
                   learngene_dir=learngene_dir(work, t.arm, t.u))
+    c.init.reinit = c.init.reinit + REINIT.get(t.arm, [])
   return c, os.path.join(work, 'descendants', t.name)
 
 
