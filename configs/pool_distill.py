@@ -7,7 +7,9 @@ All instances train in one jitted step sharing the teacher's forward pass.
 Loss per instance: α·CE + (1-α)·(soft KD + hidden-state MSE + attention-output
 MSE through a learned teacher->instance width map), α = 0.1 as the paper;
 pool.layer_map picks the teacher layer that supervises each instance layer
-('uniform' or a list). ImageNet preset: DeiT-Ti/S/B widths, 6 blocks each.
+('uniform' or a list); pool.supervise = 'every' supervises the states of
+every instance layer, 'last' only the last block's (the official code's
+recipe). ImageNet preset: DeiT-Ti/S/B widths, 6 blocks each.
 Exports workdir/export/ as a pool learngene directory.
 """
 
@@ -31,7 +33,7 @@ def get_config(arg: str = 'mnist5k'):
     widths = [common.DEIT[s] for s in ('Ti', 'S', 'B')]
     depth = 6
   config.dataset = common.dataset(preset, 'source')
-  config.pool = dict(depth=depth, layer_map='uniform',
+  config.pool = dict(depth=depth, layer_map='uniform', supervise='every',
                      instances=[dict(width=w, num_heads=h, mlp_dim=m) for w, h, m in widths])
   config.loss.alpha = 0.1  # here the weight of CE; 1 - α weighs the distillation terms
   config.loss.label_smoothing = 0.0

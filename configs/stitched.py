@@ -3,9 +3,12 @@ r"""Learngene Pool, step 2: train stitched models built from the pool.
   python train.py --config=configs/stitched.py:mnist5k --workdir=/tmp/stitched \
       --config.pool.dir=/tmp/pool/export [--config.stitch.specs='((0,2,2,2),)']
 
-stitch.specs: empty for every spec enumerate_specs offers (one drawn per step,
-as SN-Net), or a list of (front, j, end, k). stitch.init: 'learned' (from
-the pool's width maps) or 'lstsq' (least squares on one batch, SN-Net).
+stitch.specs: empty for every spec that stitch.rule offers (one drawn per
+step, as SN-Net), or a list of (front, j, end, k). stitch.rule: 'snnet'
+(every ordered pair of instances, the end resuming at the same relative
+depth) or 'pool' (the official Learngene Pool code: narrower front -> wider
+end, neighbouring cuts |k - j| <= 1). Stitch layers start from least squares
+on one random training batch (SN-Net).
 Instances and stitch layers train together; at the end every spec is
 evaluated into workdir/specs.md and specs.png (accuracy vs FLOPs), and the
 trained pool with its stitches is exported to workdir/export/.
@@ -27,7 +30,7 @@ def get_config(arg: str = 'mnist5k'):
     config.model = common.model(preset, depth=6, size='S')
   config.dataset = common.dataset(preset, 'source')
   config.pool = dict(dir='')
-  config.stitch = dict(specs=[], init='learned')
+  config.stitch = dict(specs=[], rule='snnet')
   # init.reinit: regexes of instance params to initialize fresh, e.g. ['^head/'] to
   # train stitched models on new classes (as a descendant's init.reinit).
   config.init = dict(reinit=[])

@@ -37,7 +37,7 @@ def test_identity_stitch_reproduces_the_instance(tiny_pool):
 
 def test_lstsq_stitch_matches_numpy(tiny_pool):
   x = jax.random.normal(jax.random.key(1), (4, *IMAGE_SHAPE))
-  stitch = pool.init_stitch(tiny_pool, CONFIGS, (0, 1, 1, 1), 'lstsq', x)
+  stitch = pool.init_stitch(tiny_pool, CONFIGS, (0, 1, 1, 1), x)
   a = np.asarray(pool.hidden_states(tiny_pool['instances'][0], CONFIGS[0], x)[1]).reshape(-1, 16)
   b = np.asarray(pool.hidden_states(tiny_pool['instances'][1], CONFIGS[1], x)[1]).reshape(-1, 32)
   solution, *_ = np.linalg.lstsq(np.concatenate([a, np.ones((len(a), 1))], axis=1), b, rcond=None)
@@ -49,16 +49,24 @@ def test_lstsq_stitch_matches_numpy(tiny_pool):
                              rtol=1e-4, atol=1e-5)
 
 
-def test_learned_stitch_from_width_maps(tiny_pool):
-  stitch = pool.init_stitch(tiny_pool, CONFIGS, (0, 1, 1, 1), 'learned')
-  wf, bf = (np.asarray(tiny_pool['maps'][0][k]) for k in ('kernel', 'bias'))
-  we, be = (np.asarray(tiny_pool['maps'][1][k]) for k in ('kernel', 'bias'))
-  h_teacher = np.random.default_rng(2).standard_normal((5, 48))
-  # A teacher state mapped to the front width, then stitched, lands where the end's map puts it,
-  # exactly for teacher states the 48 -> 16 front map does not lose (its column space).
-  h_teacher = h_teacher @ wf @ np.linalg.pinv(wf)
-  np.testing.assert_allclose((h_teacher @ wf + bf) @ stitch['kernel'] + stitch['bias'], h_teacher @ we + be,
-                             rtol=1e-3, atol=1e-3)
+def test_pool_rule_stitches_narrow_to_wide_at_neighbouring_cuts():
+  configs = [{**c, 'depth': 3} for c in CONFIGS]
+  tree = {'instances': [random_like(param_shapes(c, IMAGE_SHAPE), seed=i) for i, c in enumerate(configs)],
+          'maps': [{}, {}]}
+  specs = lambda rule: sorted(r['spec'] for r in pool.enumerate_specs(tree, configs, IMAGE_SHAPE, rule))
+  alone = [(0, 3, 0, 3), (1, 3, 1, 3)]
+  assert specs('pool') == sorted(alone + [(0, 1, 1, 1), (0, 1, 1, 2), (0, 2, 1, 1), (0, 2, 1, 2)])
+  assert specs('snnet') == sorted(alone + [(0, 1, 1, 1), (0, 2, 1, 2), (1, 1, 0, 1), (1, 2, 0, 2)])
+  with pytest.raises(ValueError, match=r"stitch rule must be one of \('snnet', 'pool'\), got 'all'"):
+    pool.enumerate_specs(tree, configs, IMAGE_SHAPE, 'all')
+
+
+def test_supervised_pairs():
+  config = lambda supervise: run_config('pool_distill', **{'pool.supervise': supervise})
+  assert pool_training.supervised_pairs(config('every'), 4, 6) == [(0, 1), (1, 2), (2, 3), (3, 5)]  # round half to even
+  assert pool_training.supervised_pairs(config('last'), 4, 6) == [(3, 5)]
+  with pytest.raises(ValueError, match=r"pool.supervise must be one of \('every', 'last'\), got 'first'"):
+    pool_training.supervised_pairs(config('first'), 4, 6)
 
 
 def test_param_and_flop_counts_by_hand(tiny_pool):
@@ -81,6 +89,8 @@ def test_errors(tiny_pool):
     pool.assemble(tiny_pool, CONFIGS, (0, 3, 1, 1))
   with pytest.raises(ValueError, match=r'spec end_instance=2 must be in \[0, 2\)'):
     pool.assemble(tiny_pool, CONFIGS, (0, 1, 2, 1))
+  with pytest.raises(ValueError, match=r'no trained stitch for spec 0.1-1.1: pass stitch=init_stitch'):
+    pool.assemble(tiny_pool, CONFIGS, (0, 1, 1, 1))
   with pytest.raises(ValueError, match=r'stitch kernel has shape \(16, 16\), expected \(16, 32\)'):
     pool.assemble(tiny_pool, CONFIGS, (0, 1, 1, 1), stitch={'kernel': jnp.zeros((16, 16)), 'bias': jnp.zeros(16)})
   with pytest.raises(ValueError, match='The learngene pool is empty'):
@@ -100,10 +110,9 @@ def test_distillation_lowers_every_student_loss_then_stitched_training(tmp_path,
   for i in range(2):
     assert by_step[12][f'eval_loss_inst{i}'] < by_step[2][f'eval_loss_inst{i}']
   trained, meta = checkpoint.load_learngene(str(tmp_path / 'pool' / 'export'))
-  assert meta['layer_map'] == [0, 1] and [c['width'] for c in meta['instance_configs']] == [16, 32]
+  assert meta['supervised_pairs'] == [[0, 0], [1, 1]] and [c['width'] for c in meta['instance_configs']] == [16, 32]
 
-  stitched = run_config('stitched', total_steps=3, **{'pool.dir': str(tmp_path / 'pool' / 'export'),
-                                                      'stitch.init': 'lstsq'})
+  stitched = run_config('stitched', total_steps=3, **{'pool.dir': str(tmp_path / 'pool' / 'export')})
   final = train_and_evaluate(stitched, str(tmp_path / 'stitched'))
   assert {k for k in final if k.startswith('eval_accuracy_')} == {
       'eval_accuracy_' + n for n in ('0.1-1.1', '0.2-0.2', '1.1-0.1', '1.2-1.2')}

@@ -6,17 +6,23 @@ learngene.json keeps each instance's ViT config under 'instance_configs'):
   {'instances': [ViT params, ...]   K students of different widths, distilled
                                     from one teacher (lgjax.train, kind 'pool_distill'),
    'maps':      [{'kernel': (d_teacher, d_i), 'bias': (d_i,)}, ...]
-                                    the learned teacher-width -> student-width maps,
+                                    the teacher-width -> student-width maps that
+                                    distillation learned (its hidden-state targets),
    'stitches':  {spec_name: {'kernel', 'bias'}}   optional: trained stitch layers
                                     (kind 'stitched'), used by assemble}
 
 A stitched model is a spec (front, j, end, k): the front instance's stem and
 blocks [0, j), a stitch layer (linear d_front -> d_end with bias), then the
 end instance's blocks [k, D_end), final norm and head. (a, j, a, j) needs no
-stitch: it is instance a itself. Stitch layers start from the pool's learned
-maps (kernel = pinv(W_front) @ W_end, mapping front features back to the
-teacher's space and on to the end's) or from least squares on one batch of
-activations (SN-Net).
+stitch: it is instance a itself. Stitch layers start from least squares on
+one batch of activations (SN-Net). (Composing the distillation maps,
+pinv(W_front) @ W_end, was tried and dropped: on mnist5k it predicted the end's
+states worse than their mean.)
+
+Which specs a pool offers (`enumerate_specs`, `STITCH_RULES`): 'snnet', every
+ordered pair of instances at every cut, the end resuming at the same relative
+depth; or 'pool', the official Learngene Pool code's: only from a narrower
+front to a wider end, at neighbouring cuts (|k - j| <= 1).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from lgjax.models.vit import Encoder1DBlock, embed, norm_and_pool
 PyTree = Any
 Spec = tuple[int, int, int, int]
 KEYS = ('instances', 'maps')
-STITCH_INITS = ('learned', 'lstsq')
+STITCH_RULES = ('snnet', 'pool')
 
 
 def check(pool: PyTree, model_config: dict | None = None) -> None:
@@ -166,15 +172,6 @@ def stitched_params(pool: PyTree, spec: Spec, stitch: PyTree | None) -> PyTree:
   return params
 
 
-def learned_stitch(pool: PyTree, spec: Spec) -> PyTree:
-  """Stitch from the distillation maps: h_end ≈ h_front · pinv(W_front) · W_end + bias."""
-  front, _, end, _ = spec
-  wf, bf = pool['maps'][front]['kernel'], pool['maps'][front]['bias']
-  we, be = pool['maps'][end]['kernel'], pool['maps'][end]['bias']
-  kernel = jnp.linalg.pinv(wf) @ we
-  return {'kernel': kernel, 'bias': be - bf @ kernel}
-
-
 def lstsq_stitch(x_front: jax.Array, x_end: jax.Array) -> PyTree:
   """SN-Net's init: least squares [x_front, 1] · [kernel; bias] ≈ x_end over (tokens, width) rows."""
   x = x_front.reshape(-1, x_front.shape[-1])
@@ -193,19 +190,13 @@ def hidden_states(params: PyTree, config: dict, images: jax.Array) -> list[jax.A
   return [stem] + [inter[f'encoderblock_{i}']['out'][0] for i in range(config['depth'])]
 
 
-def init_stitch(pool: PyTree, configs: Sequence[dict], spec: Sequence[int], method: str = 'learned',
-                images: jax.Array | None = None) -> PyTree | None:
-  """The stitch layer of `spec` (None when the spec needs none), from the learned
-  maps or by least squares on `images` (front block j-1 -> end block k-1 outputs)."""
+def init_stitch(pool: PyTree, configs: Sequence[dict], spec: Sequence[int], images: jax.Array) -> PyTree | None:
+  """The stitch layer of `spec` (None when the spec needs none) by least squares on
+  `images`, front block j-1 -> end block k-1 outputs (SN-Net). Use a batch drawn
+  across classes: a one-class batch fits the stitch to that class."""
   spec = check_spec(configs, spec)
   if not needs_stitch(spec):
     return None
-  if method not in STITCH_INITS:
-    raise ValueError(f'stitch init must be one of {STITCH_INITS}, got {method!r}.')
-  if method == 'learned':
-    return learned_stitch(pool, spec)
-  if images is None:
-    raise ValueError('stitch init "lstsq" needs a batch of images.')
   front, j, end, k = spec
   x_front = hidden_states(pool['instances'][front], configs[front], images)[j]
   x_end = hidden_states(pool['instances'][end], configs[end], images)[k]
@@ -216,14 +207,18 @@ def assemble(pool: PyTree, configs: Sequence[dict], spec: Sequence[int],
              stitch: PyTree | None = None) -> tuple[StitchedViT, PyTree]:
   """(module, params) of the stitched model `spec`; run it as module.apply({'params': params}, x).
 
-  `stitch` gives the stitch layer (e.g. the identity); by default it is the
-  pool's trained one for this spec, or else initialized from the learned maps.
+  `stitch` gives the stitch layer (e.g. from `init_stitch`); by default it is
+  the pool's trained one for this spec (a 'stitched' run's export).
   """
   check(pool)
   spec = check_spec(configs, spec)
   front, j, end, k = spec
   if stitch is None and needs_stitch(spec):
-    stitch = pool.get('stitches', {}).get(spec_name(spec)) or learned_stitch(pool, spec)
+    stitch = pool.get('stitches', {}).get(spec_name(spec))
+    if stitch is None:
+      raise ValueError(f'The pool has no trained stitch for spec {spec_name(spec)}: pass '
+                       f'stitch=init_stitch(pool, configs, {spec}, images), or train the stitches '
+                       f'(configs/stitched.py) and use its export.')
   if stitch is not None:
     want = (configs[front]['width'], configs[end]['width'])
     if tuple(np.shape(stitch['kernel'])) != want:
@@ -252,19 +247,27 @@ def spec_params(pool: PyTree, configs: Sequence[dict], spec: Spec) -> int:
   return tree_lib.num_params(stitched_params(pool, spec, stitch))
 
 
-def enumerate_specs(pool: PyTree, configs: Sequence[dict], image_shape: Sequence[int]) -> list[dict]:
+def enumerate_specs(pool: PyTree, configs: Sequence[dict], image_shape: Sequence[int],
+                    rule: str = 'snnet') -> list[dict]:
   """Every stitched model the pool offers, with its parameter count and forward FLOPs.
 
-  Each instance alone, and for every ordered pair of different instances
-  every cut j in [1, D_front) with k = round(j · D_end / D_front): the end
-  resumes at the same relative depth (SN-Net's rule). Sorted by FLOPs.
+  Each instance alone, and by `rule`: 'snnet', for every ordered pair of
+  different instances every cut j in [1, D_front) with k = round(j · D_end /
+  D_front) (the end resumes at the same relative depth); 'pool', for every
+  pair with the front narrower than the end, every cut j in [1, D_front) and
+  k in [1, D_end) with |k - j| <= 1 (the official code's neighbouring cuts).
+  Sorted by FLOPs.
   """
   check(pool)
+  if rule not in STITCH_RULES:
+    raise ValueError(f'stitch rule must be one of {STITCH_RULES}, got {rule!r}.')
   specs = [(a, configs[a]['depth'], a, configs[a]['depth']) for a in range(len(configs))]
   for a, ca in enumerate(configs):
     for b, cb in enumerate(configs):
-      if a != b:
+      if rule == 'snnet' and a != b:
         specs += [(a, j, b, int(round(j * cb['depth'] / ca['depth']))) for j in range(1, ca['depth'])]
+      elif rule == 'pool' and ca['width'] < cb['width']:
+        specs += [(a, j, b, k) for j in range(1, ca['depth']) for k in range(1, cb['depth']) if abs(k - j) <= 1]
   rows = [{'spec': check_spec(configs, s), 'params': spec_params(pool, configs, s),
            'flops': spec_flops(configs, s, image_shape)} for s in specs]
   return sorted(rows, key=lambda r: (r['flops'], r['spec']))

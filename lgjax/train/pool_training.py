@@ -8,9 +8,12 @@ pool_distill: K student ViTs ("instances") and their teacher-width maps train
                   + Σ_l MSE(map_i(a_T[m(l)]), a_i[l])) / (number of layers for the MSE sums)
   with h the block outputs, a the attention outputs, and m(l) the teacher
   layer that supervises student layer l: pool.layer_map, or 'uniform'
-  (m(l) = round((l+1)·L_T/L_S) - 1, the last layers paired).
+  (m(l) = round((l+1)·L_T/L_S) - 1, the last layers paired). The sums run
+  over pool.supervise: 'every' student layer, or the 'last' one only (the
+  official code's recipe for all but its smallest instance).
 stitched: trains the pool's instances and stitch layers jointly, one spec
-  per step drawn from the step's key (SN-Net), or one spec alone.
+  per step drawn from the step's key (SN-Net), or one spec alone; the specs
+  are stitch.specs, or every spec of stitch.rule (pool.STITCH_RULES).
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ def instance_configs(config: Any) -> list[dict]:
   return out
 
 
+SUPERVISE = ('every', 'last')
+
+
+def supervised_pairs(config: Any, student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:
+  """(student layer, teacher layer) pairs whose states the distillation matches."""
+  mapping = layer_map(config.pool.get('layer_map', 'uniform'), student_depth, teacher_depth)
+  supervise = config.pool.get('supervise', 'every')
+  if supervise not in SUPERVISE:
+    raise ValueError(f'pool.supervise must be one of {SUPERVISE}, got {supervise!r}.')
+  pairs = list(enumerate(mapping))
+  return pairs if supervise == 'every' else pairs[-1:]
+
+
 def layer_map(spec: Any, student_depth: int, teacher_depth: int) -> list[int]:
   """Teacher layer supervising each student layer."""
   if spec == 'uniform':
@@ -66,7 +82,7 @@ def _forward(model: ViT, params, image):
 def distill_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
   configs = instance_configs(config)
   _, teacher_cfg = checkpoint.load_params(config.teacher.dir)
-  mapping = layer_map(config.pool.get('layer_map', 'uniform'), config.pool.depth, teacher_cfg['depth'])
+  pairs = supervised_pairs(config, config.pool.depth, teacher_cfg['depth'])
   students = [ViT(**{**c, 'dtype': config.compute_dtype}) for c in configs]
   d_teacher = teacher_cfg['width']
 
@@ -90,7 +106,7 @@ def distill_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
         logits, hidden, attn = _forward(model, inst, image)
         project = lambda h: jax.lax.stop_gradient(h) @ wmap['kernel'] + wmap['bias']
         mse = sum(jnp.mean((project(t_hidden[m]) - hidden[l]) ** 2) + jnp.mean((project(t_attn[m]) - attn[l]) ** 2)
-                  for l, m in enumerate(mapping)) / len(mapping)
+                  for l, m in pairs) / len(pairs)
         kd = losses.soft_distillation(logits, t_logits, tau)
         total = total + alpha * losses.cross_entropy(logits, label) + (1 - alpha) * (kd + mse)
         first = logits if first is None else first
@@ -103,7 +119,8 @@ def distill_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
 
   def export(directory, params):
     checkpoint.save_learngene(directory, params, method='pool', model_config=configs[0],
-                              instance_configs=configs, teacher_width=d_teacher, layer_map=mapping)
+                              instance_configs=configs, teacher_width=d_teacher,
+                              supervised_pairs=[list(p) for p in pairs])
 
   return Kind('pool_distill', init, lambda p: p, export, example_loss=example_loss, predict=predict)
 
@@ -124,13 +141,13 @@ def stitched_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
   if meta['method'] != 'pool':
     raise ValueError(f'pool.dir={config.pool.dir!r} holds a {meta["method"]!r} learngene, not a pool.')
   configs = meta['instance_configs']
+  rule = config.stitch.get('rule', 'snnet')
+  if rule not in pool_lib.STITCH_RULES:
+    raise ValueError(f'stitch.rule must be one of {pool_lib.STITCH_RULES}, got {rule!r}.')
   specs = [pool_lib.check_spec(configs, s) for s in config.stitch.specs] or [
-      r['spec'] for r in pool_lib.enumerate_specs(trained_pool, configs, image_shape)]
-  method = config.stitch.init
-  if method not in pool_lib.STITCH_INITS:
-    raise ValueError(f'stitch.init must be one of {pool_lib.STITCH_INITS}, got {method!r}.')
-  images = stitch_batch(config) if method == 'lstsq' else None
-  stitches = {pool_lib.spec_name(s): pool_lib.init_stitch(trained_pool, configs, s, method, images)
+      r['spec'] for r in pool_lib.enumerate_specs(trained_pool, configs, image_shape, rule)]
+  images = stitch_batch(config)
+  stitches = {pool_lib.spec_name(s): pool_lib.init_stitch(trained_pool, configs, s, images)
               for s in specs if pool_lib.needs_stitch(s)}
   modules = [pool_lib.assemble({**trained_pool, 'stitches': stitches}, configs, s)[0] for s in specs]
 
