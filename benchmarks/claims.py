@@ -377,6 +377,11 @@ def costs(work: str, plan: Plan) -> tuple[dict, dict]:
   return stored, fl
 
 
+def color(arm: str) -> str:
+  """One colour per arm on every panel."""
+  return f'C{(ARMS + ABLATIONS).index(arm) % 10}'
+
+
 def plot(plan: Plan, curves, path: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
@@ -393,8 +398,8 @@ def plot(plan: Plan, curves, path: str) -> None:
         continue
       xs = sorted(curves[ts[0]])
       ys = np.array([[curves[t][s] for s in xs] for t in ts])
-      line, = ax.plot(xs, ys.mean(0), marker='.', label=arm, ls='--' if arm in ABLATIONS else '-')
-      ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.12)
+      ax.plot(xs, ys.mean(0), marker='.', label=arm, ls='--' if arm in ABLATIONS else '-', color=color(arm))
+      ax.fill_between(xs, ys.min(0), ys.max(0), color=color(arm), alpha=0.12)
     ax.set(title=f'digits 5-9, depth {depth}' if task == 'digits' else f'shapes, depth {depth}',
            xlabel='fine-tuning step', ylim=(0.2, 1.0))
     ax.grid(alpha=0.3)
@@ -404,7 +409,7 @@ def plot(plan: Plan, curves, path: str) -> None:
     for arm in ARMS[:-1]:
       pts = [(d, np.mean([accuracy_at(curves[t], step) - accuracy_at(scratch_of(curves, t), step)
                           for t in cell(curves, arm, d)])) for d in depths if cell(curves, arm, d)]
-      ax.plot(*zip(*pts), marker='o', label=arm)
+      ax.plot(*zip(*pts), marker='o', label=arm, color=color(arm))
     ax.axhline(0, color='gray', lw=0.8)
     ax.set(title=f'digits 5-9: gain over scratch at step {step}', xlabel='descendant depth',
            ylabel='accuracy gain')
