@@ -28,11 +28,10 @@ from __future__ import annotations
 import argparse
 import os
 
-import jax
 import numpy as np
 
 from configs import pool_distill, stitched, teacher
-from lgjax import checkpoint, data
+from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from lgjax.learngene import pool as pool_lib
 from lgjax.train import pool_training, train_and_evaluate
@@ -85,17 +84,8 @@ def step0_accuracy(pool_dir: str, rule: str, seed: int = 0) -> dict[str, float]:
   configs = meta['instance_configs']
   config = stitched.get_config(PRESET)
   config.seed = seed
-  images = pool_training.stitch_batch(config)
-  test = list(data.eval_batches(config.dataset, local_batch_size=500))  # source test: one batch
-  out = {}
-  for row in pool_lib.enumerate_specs(tree, configs, IMAGE, rule):
-    stitch = pool_lib.init_stitch(tree, configs, row['spec'], images)
-    module, params = pool_lib.assemble(tree, configs, row['spec'], stitch)
-    apply = jax.jit(module.apply)
-    correct = sum(np.sum((np.argmax(apply({'params': params}, b['image']), -1) == b['label']) * b['mask'])
-                  for b in test)
-    out[pool_lib.spec_name(row['spec'])] = float(correct / sum(b['mask'].sum() for b in test))
-  return out
+  specs = [r['spec'] for r in pool_lib.enumerate_specs(tree, configs, IMAGE, rule)]
+  return pool_training.stitched_accuracy(tree, configs, specs, pool_training.stitch_batch(config), config.dataset)
 
 
 def downstream(work: str, name: str, pool_dir: str, rule: str, steps_per_spec: int) -> dict[str, float]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE_SHAPE, random_like, run_config, run_expand
-from lgjax import checkpoint
+from lgjax import checkpoint, data
 from lgjax.learngene import pool
 from lgjax.models import ViT, param_shapes
 from lgjax.train import pool_training, reporting, train_and_evaluate
@@ -181,3 +181,28 @@ def test_stitched_init_reinit_gives_fresh_heads(tmp_path):
   config.model.num_classes = 7
   with pytest.raises(ValueError, match=r'pool instance 0 has num_classes=5 but model.num_classes=7'):
     kinds.make_kind(config, image)
+
+
+@pytest.mark.slow
+def test_cross_specs_keep_their_instances_accuracy_at_step_0(tmp_path):
+  """A distilled pool's cross specs, stitched by least squares on a random batch, keep
+  most of their instances' source accuracy before any stitched training; fit on
+  the class-sorted split's first rows (one class), they lose most of it."""
+  fast = {'model.param_init': 'big_vision', 'optimizer.lr': 0.05}  # big_vision's init: a fast start
+  train_and_evaluate(run_config('teacher', total_steps=300, batch_size=64, **fast), str(tmp_path / 'teacher'))
+  train_and_evaluate(run_config('pool_distill', total_steps=300, batch_size=64, **{
+      **fast, 'teacher.dir': str(tmp_path / 'teacher' / 'export')}), str(tmp_path / 'pool'))
+  tree, meta = checkpoint.load_learngene(str(tmp_path / 'pool' / 'export'))
+  stitched = run_config('stitched', batch_size=128)  # the lstsq batch: 128 x 17 token rows
+  acc = pool_training.stitched_accuracy(tree, meta['instance_configs'],
+                                        [(0, 2, 0, 2), (1, 2, 1, 2), (0, 1, 1, 1), (1, 1, 0, 1)],
+                                        pool_training.stitch_batch(stitched), stitched.dataset)
+  source = data.data_source(stitched.dataset, 'train')  # sorted by class: its first rows are all zeros
+  prep = data.pipeline.Preprocess(stitched.dataset.image_size, 'none', train=False)
+  first_rows = jnp.stack([prep(source[i], None)['image'] for i in range(128)])
+  one_class = pool_training.stitched_accuracy(tree, meta['instance_configs'], [(0, 1, 1, 1), (1, 1, 0, 1)],
+                                              first_rows, stitched.dataset)
+  alone = min(acc['0.2-0.2'], acc['1.2-1.2'])
+  assert alone > 0.9, acc  # the instances learned the source digits
+  for spec in ('0.1-1.1', '1.1-0.1'):  # measured: 0.72 from instances of 0.95-0.98; 0.37-0.43 one-class
+    assert acc[spec] > alone - 0.3 and acc[spec] > one_class[spec] + 0.2, (acc, one_class)

@@ -136,6 +136,21 @@ def stitch_batch(config: Any) -> jax.Array:
   return jnp.asarray(np.stack([prep(source[int(i)], rng)['image'] for i in np.sort(picked)]))
 
 
+def stitched_accuracy(pool: PyTree, configs: Sequence[dict], specs: Sequence[Sequence[int]],
+                      stitch_images: jax.Array, dataset: Any) -> dict[str, float]:
+  """Spec name -> accuracy on dataset's eval split, each stitch fit by least squares
+  on `stitch_images`: what the pool's specs are worth before any stitched training."""
+  batches = list(data.eval_batches(dataset, local_batch_size=256))
+  out = {}
+  for spec in specs:
+    module, params = pool_lib.assemble(pool, configs, spec, pool_lib.init_stitch(pool, configs, spec, stitch_images))
+    apply = jax.jit(module.apply)
+    correct = sum(float(np.sum((np.argmax(apply({'params': params}, b['image']), -1) == b['label']) * b['mask']))
+                  for b in batches)
+    out[pool_lib.spec_name(pool_lib.check_spec(configs, spec))] = correct / sum(float(b['mask'].sum()) for b in batches)
+  return out
+
+
 def stitched_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
   trained_pool, meta = checkpoint.load_learngene(config.pool.dir)
   if meta['method'] != 'pool':
