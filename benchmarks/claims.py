@@ -87,7 +87,7 @@ FULL = Plan(upstream_steps=800, finetune_steps=300, depths=(2, 4, 6, 8, 10, 12),
             finetune_seeds=(0, 1, 2), few_fraction=0.1, lr_scales=(0.3, 3.0), shapes_depths=(2, 6))
 QUICK = Plan(upstream_steps=200, finetune_steps=100, depths=(2, 6), grid_depths=(2,), pretrained_depths=(2, 6),
              ablation_depths=(2,), study_depth=6, upstream_seeds=(0,), finetune_seeds=(0, 1), few_fraction=0.1,
-             lr_scales=(3.0,), shapes_depths=(6,))
+             lr_scales=(), shapes_depths=(6,))
 
 
 @dataclasses.dataclass(frozen=True)

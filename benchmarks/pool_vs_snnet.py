@@ -13,10 +13,10 @@ cross spec keep its instances' accuracy?
 
 Downstream, on digits 5-9: every spec trained jointly (one drawn per step, as
 SN-Net), heads re-initialized for the new classes, for --steps-per-spec x
-(number of specs) steps, so that each spec gets its own budget; and each
-instance config trained alone from scratch for --steps-per-spec steps.
-Arms: (pool or anchors) x stitch.rule ('snnet': every pair, same relative
-depth; 'pool': narrow -> wide at neighbouring cuts, the official code's).
+(number of specs) steps, so that each spec gets its own budget. Arms: (pool
+or anchors) x stitch.rule ('snnet': every pair, same relative depth; 'pool':
+narrow -> wide at neighbouring cuts, the official code's), and random
+instances (fresh inits) stitched and trained the same way.
 
 Writes pool_vs_snnet.md and .png (downstream accuracy vs FLOPs per arm).
 
@@ -28,12 +28,14 @@ from __future__ import annotations
 import argparse
 import os
 
+import jax
 import numpy as np
 
 from configs import pool_distill, stitched, teacher
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from lgjax.learngene import pool as pool_lib
+from lgjax.models import ViT
 from lgjax.train import pool_training, train_and_evaluate
 from lgjax.train.reporting import read_metrics
 
@@ -70,10 +72,14 @@ def upstream(work: str, steps: dict) -> dict[str, str]:
     a.model.update(width=cfg['width'], num_heads=cfg['num_heads'], mlp_dim=cfg['mlp_dim'], depth=cfg['depth'])
     run(a, os.path.join(work, f'anchor{i}'))
     anchors.append(checkpoint.load_params(os.path.join(work, f'anchor{i}', 'export'))[0])
-  pools['anchors'] = os.path.join(work, 'anchors_pool')
-  # The anchors have no width maps (unused by stitching); the pool's keep the layout whole.
-  checkpoint.save_learngene(pools['anchors'], {'instances': anchors, 'maps': pool_tree['maps']}, method='pool',
-                            model_config=configs[0], instance_configs=configs)
+  # Random instances (fresh inits) stitched and trained the same way: what the pool adds over random init.
+  x = np.zeros((1, *IMAGE), np.float32)
+  fresh = [ViT(**c).init(k, x)['params'] for c, k in zip(configs, jax.random.split(jax.random.key(0), len(configs)))]
+  for name, instances in (('anchors', anchors), ('random', fresh)):
+    pools[name] = os.path.join(work, f'{name}_pool')
+    if not os.path.exists(pools[name]):  # no width maps of their own (stitching does not use them)
+      checkpoint.save_learngene(pools[name], {'instances': instances, 'maps': pool_tree['maps']}, method='pool',
+                                model_config=configs[0], instance_configs=configs)
   return pools
 
 
@@ -104,20 +110,6 @@ def downstream(work: str, name: str, pool_dir: str, rule: str, steps_per_spec: i
   return {k[len('eval_accuracy_'):]: v for k, v in final.items() if k.startswith('eval_accuracy_')}
 
 
-def scratch(work: str, configs: list[dict], steps: int) -> list[float]:
-  """Each instance config trained alone from scratch on digits 5-9 for `steps`."""
-  out = []
-  for i, cfg in enumerate(configs):
-    c = teacher.get_config(PRESET)
-    c.update(total_steps=steps, eval_every=steps, checkpoint_every=steps)
-    c.optimizer = stitched.get_config(PRESET).optimizer  # the stitched runs' lr and batch
-    c.batch_size = stitched.get_config(PRESET).batch_size
-    c.dataset.classes = 'downstream'
-    c.model.update(width=cfg['width'], num_heads=cfg['num_heads'], mlp_dim=cfg['mlp_dim'], depth=cfg['depth'])
-    out.append(run(c, os.path.join(work, f'scratch{i}'))['eval_accuracy'])
-  return out
-
-
 def is_alone(name: str) -> bool:
   front, end = name.split('-')
   return front == end
@@ -142,13 +134,12 @@ def main():
 
   pools = upstream(work, steps)
   arms = [('pool (every)', 'snnet'), ('pool (last)', 'snnet'), ('pool (last)', 'pool'),
-          ('anchors', 'snnet'), ('anchors', 'pool')]
+          ('anchors', 'snnet'), ('anchors', 'pool'), ('random', 'snnet')]
   results = {}
   for name, rule in arms:
     results[name, rule] = (step0_accuracy(pools[name], rule), downstream(work, name, pools[name], rule, per_spec))
   tree, meta = checkpoint.load_learngene(pools['pool (every)'])
   configs = meta['instance_configs']
-  from_scratch = scratch(work, configs, per_spec)
 
   stored = {name: tree_lib.num_params(checkpoint.load_learngene(d)[0]['instances'])
             for name, d in pools.items()}
@@ -169,8 +160,6 @@ def main():
     lines.append(f'| {label(name, rule)} | {len(down)} | {mean(alone0)} / {mean(cross0)} '
                  f'({min(cross0, default=float("nan")):.3f}) | {mean(v for k, v in down.items() if is_alone(k))} / '
                  f'{mean(v for k, v in down.items() if not is_alone(k))} / {mean(down.values())} |')
-  lines.append(f'| scratch, each instance config alone ({per_spec} steps) | {len(configs)} | - | '
-               f'{mean(from_scratch)} ({", ".join(f"{a:.3f}" for a in from_scratch)}) / - / - |')
 
   rows = {}
   for name, rule in arms:
@@ -197,7 +186,6 @@ def main():
     specs = sorted(results[arm][1], key=lambda s: rows[s]['flops'])
     ax.plot([rows[s]['flops'] / 1e6 for s in specs], [results[arm][1][s] for s in specs], 'o', ms=4,
             label=label(*arm), alpha=0.8)
-  ax.axhline(np.mean(from_scratch), color='gray', ls='--', lw=1, label='scratch (instance configs, mean)')
   ax.set(xlabel='forward MFLOPs per image', ylabel='downstream accuracy (digits 5-9)',
          title=f'stitched models, {per_spec} steps per spec')
   ax.grid(alpha=0.3)
