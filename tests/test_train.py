@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
 from conftest import IMAGE_SHAPE, ROOT, TINY, run_config, run_expand
+from configs import teacher as teacher_config
 from lgjax import checkpoint, data
 from lgjax.learngene import sws, tleg
 from lgjax.models import ViT, blocks
@@ -209,14 +211,22 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
   assert os.listdir(workdir / 'checkpoints') == [str(step)]
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = run_config('teacher', total_steps=6, checkpoint_every=1, **{'optimizer.lr': 1e35,
-                                                                       'optimizer.clip_norm': 0.0})
-  with pytest.raises(FloatingPointError, match=r'Loss is (nan|inf) at step \d; stopping. The last good checkpoint'):
+@pytest.mark.parametrize('preset,lr,cause', [
+    (False, 1e35, 'loss is (nan|inf); .*'),
+    (True, 1e6, 'grad_norm is nan; the updated params or optimizer state hold NaN/Inf'),  # the loss still finite
+])
+def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path, preset, lr, cause):
+  config = run_config('teacher', total_steps=8, checkpoint_every=1, **{'optimizer.lr': lr, 'optimizer.clip_norm': 0.0})
+  if preset:  # the issue's case: the mnist5k teacher, batch 32
+    config.model = teacher_config.get_config('mnist5k').model
+    config.batch_size = 32
+  with pytest.raises(FloatingPointError, match=rf'^{cause} at step \d: stopping without saving it. The last good checkpoint'):
     train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
-  by_step = reporting.read_metrics(str(tmp_path))
-  assert steps and all(np.isfinite(by_step[s]['loss']) for s in steps)
+  assert steps
+  for s in steps:  # every kept checkpoint holds finite params and optimizer state
+    state = ocp.StandardCheckpointer().restore(tmp_path / 'checkpoints' / str(s) / 'state')
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state) if np.issubdtype(np.asarray(x).dtype, np.floating)), s
 
 
 @pytest.mark.parametrize('overrides,error,message', [

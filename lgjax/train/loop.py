@@ -101,6 +101,19 @@ def evaluate(config, backend, eval_step, state) -> dict[str, float]:
   return {rename(k): v / count for k, v in totals.items()}
 
 
+def _check_finite(metrics: dict[str, float], step_num: int, ckpt: checkpoints.Checkpointer) -> None:
+  """Stops a diverged run before it saves: the loss, the gradient norm and the updated
+  state (params, optimizer moments) must be finite. Pops the state flag from `metrics`."""
+  state_finite = metrics.pop(step.STATE_FINITE, 1.0)
+  bad = [f'{k} is {metrics[k]}' for k in ('loss', 'grad_norm') if not math.isfinite(metrics[k])]
+  if not state_finite:
+    bad.append('the updated params or optimizer state hold NaN/Inf')
+  if bad:
+    raise FloatingPointError(
+        f'{"; ".join(bad)} at step {step_num}: stopping without saving it. The last good checkpoint '
+        f'is kept in {ckpt.directory} (steps {ckpt.manager.all_steps()}).')
+
+
 def _say(message: str) -> None:
   logging.info(message)
   if jax.process_index() == 0:
@@ -180,10 +193,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         save = stop or step_num % config.checkpoint_every == 0 or step_num == config.total_steps
         if save or step_num % config.log_every == 0:
           final = backend.metrics(metrics)
-          if not math.isfinite(final['loss']):
-            raise FloatingPointError(
-                f'Loss is {final["loss"]} at step {step_num}; stopping. The last good checkpoint '
-                f'is kept in {ckpt.directory} (steps {ckpt.manager.all_steps()}).')
+          _check_finite(final, step_num, ckpt)
           reporter.write(step_num, {**final, 'images_per_sec': reporter.throughput(step_num)})
         if step_num % config.eval_every == 0 or step_num == config.total_steps:
           final.update(evaluate(config, backend, eval_step, dstate))

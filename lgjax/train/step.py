@@ -64,6 +64,15 @@ def classification_loss(model, loss_config: Any, teacher=None) -> ExampleLoss:
   return example_loss
 
 
+STATE_FINITE = 'state_finite'  # metric: 1 when the updated params and optimizer state hold no NaN/Inf
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+  """1.0 if every float leaf of `tree` is finite, else 0.0: one fused pass over the state."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])).astype(jnp.float32)
+
+
 def make_train_step(*, example_loss: ExampleLoss, to_params: Callable,
                     optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     grad_accum_steps: int = 1, axis_name: str | None = None) -> Callable:
@@ -118,7 +127,7 @@ def make_train_step(*, example_loss: ExampleLoss, to_params: Callable,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'train_accuracy': accuracy, 'grad_norm': optax.tree.norm(grads),
-               'learning_rate': schedule(state.step)}
+               'learning_rate': schedule(state.step), STATE_FINITE: all_finite((params, opt_state))}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
