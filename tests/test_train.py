@@ -189,6 +189,21 @@ def test_resume_skips_a_damaged_checkpoint(tmp_path, capsys):
   assert sorted(os.listdir(ckpt_dir)) == ['4', '5', 'damaged-4']
 
 
+def test_resume_with_a_changed_model_refuses_and_touches_nothing(tmp_path):
+  config = run_config('teacher', total_steps=2, checkpoint_every=1)
+  train_and_evaluate(config, str(tmp_path))
+  before = {p: os.path.getmtime(tmp_path / p) for p in ('config.json', 'checkpoints/1', 'checkpoints/2')}
+  config.model.depth = 3
+  config.total_steps = 4
+  with pytest.raises(ValueError, match=re.escape(
+      "holds checkpoints of another model: checkpoint step 2 holds params of other names or shapes: "
+      "['Transformer/encoderblock_2/LayerNorm_0/bias'") + r".*Config fields changed since the run started: "
+      r"\['model/depth', 'total_steps'\]. Use a new --workdir"):
+    train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2']  # nothing set aside as damaged
+  assert before == {p: os.path.getmtime(tmp_path / p) for p in before}
+
+
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
   workdir = tmp_path / 'run'
   proc = subprocess.Popen(

@@ -4,7 +4,9 @@ Every process calls save (Orbax coordinates multi-host writes). A step is
 only visible once Orbax has committed it, so a process killed mid-write
 leaves a temporary directory that is never taken for a checkpoint; on
 resume, a committed step that still fails to restore is reported, moved
-aside to `damaged-STEP`, and the next older one is used.
+aside to `damaged-STEP`, and the next older one is used. A step whose params
+differ in names or shapes from the run's (a changed model) is not damage:
+restore raises StructureMismatch and touches nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,23 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from lgjax import tree as tree_lib
+
 PyTree = Any
+
+
+class StructureMismatch(ValueError):
+  """The saved state's params differ in names or shapes from this run's: a changed
+  model, not a damaged checkpoint. Carries the differing param names."""
+
+  def __init__(self, step: int, differing: list[str]):
+    self.step, self.differing = step, differing
+    super().__init__(f'checkpoint step {step} holds params of other names or shapes: {differing[:6]}'
+                     + (f' and {len(differing) - 6} more' if len(differing) > 6 else ''))
+
+
+def _param_shapes(tree: PyTree) -> dict[str, tuple]:
+  return {name: tuple(leaf.shape) for name, leaf in tree_lib.flatten_with_names(tree)}
 
 
 class Checkpointer:
@@ -47,7 +65,14 @@ class Checkpointer:
     moved to the saved position in place.
     """
     self.manager.reload()
+    want = _param_shapes(abstract_state.params)
     for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved = _param_shapes(self.manager.item_metadata(step)['state']['params'])
+      except Exception:  # unreadable metadata: the restore below says what is damaged
+        saved = want
+      if saved != want:  # a changed model is not damage: touch nothing
+        raise StructureMismatch(step, sorted(k for k in saved.keys() | want.keys() if saved.get(k) != want.get(k)))
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),

@@ -151,7 +151,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   schedule = optim.learning_rate(config.optimizer, config.batch_size, config.total_steps)
   optimizer = optim.make_optimizer(config.optimizer, config.batch_size, config.total_steps)
   changes = config_changes(config, workdir)
-  _save_config(config, workdir)
 
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   trainable = kind.init(init_rng)
@@ -162,7 +161,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   iterator = iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed,
                                     num_threads=config.input_threads))
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  restored = ckpt.restore_latest(checkpoints.abstract(state, backend.replicated), iterator)
+  try:
+    restored = ckpt.restore_latest(checkpoints.abstract(state, backend.replicated), iterator)
+  except checkpoints.StructureMismatch as e:
+    ckpt.close()
+    raise ValueError(
+        f'{workdir} holds checkpoints of another model: {e}. Config fields changed since the run '
+        f'started: {changes or "none recorded"}. Use a new --workdir (or move {ckpt.directory} '
+        f'away) to start this model; nothing was changed in {workdir}.') from None
+  _save_config(config, workdir)  # after the restore check: a refused run leaves the workdir as it was
   start = 0
   if restored is not None:
     state, start = restored
