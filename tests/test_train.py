@@ -189,6 +189,21 @@ def test_resume_skips_a_damaged_checkpoint(tmp_path, capsys):
   assert sorted(os.listdir(ckpt_dir)) == ['4', '5', 'damaged-4']
 
 
+def test_all_checkpoints_damaged_starts_exactly_as_a_fresh_run(tmp_path, capsys):
+  config = run_config('teacher', total_steps=3, checkpoint_every=1, keep_checkpoints=2)
+  train_and_evaluate(config, str(tmp_path / 'run'))
+  for step in ('2', '3'):  # damage every kept step
+    for root, _, files in os.walk(tmp_path / 'run' / 'checkpoints' / step / 'state'):
+      for f in files:
+        os.remove(os.path.join(root, f))
+  config.total_steps = 4
+  train_and_evaluate(config, str(tmp_path / 'run'))
+  assert 'Every checkpoint in' in capsys.readouterr().out
+  train_and_evaluate(config, str(tmp_path / 'fresh'))  # the same config, from nothing
+  got, want = (checkpoint.load_params(str(tmp_path / d / 'export'))[0] for d in ('run', 'fresh'))
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
 def test_resume_with_a_changed_model_refuses_and_touches_nothing(tmp_path):
   config = run_config('teacher', total_steps=2, checkpoint_every=1)
   train_and_evaluate(config, str(tmp_path))

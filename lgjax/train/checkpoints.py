@@ -62,9 +62,11 @@ class Checkpointer:
     """(state, step) from the newest intact checkpoint, or None for a fresh run.
 
     `abstract_state` gives shapes, dtypes and shardings; `data_iterator` is
-    moved to the saved position in place.
+    moved to the saved position in place (after a failed restore it may be
+    anywhere: with None, start a new one). `self.damaged` lists the steps set aside.
     """
     self.manager.reload()
+    self.damaged = []
     want = _param_shapes(abstract_state.params)
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
@@ -81,6 +83,7 @@ class Checkpointer:
         aside = os.path.join(self.directory, f'damaged-{step}')
         logging.warning('Checkpoint step %d in %s cannot be restored (%s: %s); moved to %s, '
                         'trying an older one.', step, self.directory, type(e).__name__, str(e)[:300], aside)
+        self.damaged.append(step)
         if jax.process_index() == 0:
           os.replace(os.path.join(self.directory, str(step)), aside)
         multihost_utils.sync_global_devices(f'lgjax_damaged_{step}')

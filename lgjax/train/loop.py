@@ -158,8 +158,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                   out_shardings=backend.replicated)(trainable, seed_rng=train_rng)
 
   local_batch = config.batch_size // jax.process_count()
-  iterator = iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed,
-                                    num_threads=config.input_threads))
+  new_iterator = lambda: iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed,
+                                                num_threads=config.input_threads))
+  iterator = new_iterator()
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
     restored = ckpt.restore_latest(checkpoints.abstract(state, backend.replicated), iterator)
@@ -171,6 +172,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         f'away) to start this model; nothing was changed in {workdir}.') from None
   _save_config(config, workdir)  # after the restore check: a refused run leaves the workdir as it was
   start = 0
+  if restored is None and ckpt.damaged:  # a failed restore may have moved the iterator: start it anew
+    iterator = new_iterator()
+    _say(f'Every checkpoint in {ckpt.directory} was damaged (steps {ckpt.damaged}, set aside as '
+         f'damaged-STEP); starting from step 0 as a fresh run would.')
   if restored is not None:
     state, start = restored
     _say(f'Resuming from checkpoint step {start} in {ckpt.directory}.')
