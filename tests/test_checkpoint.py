@@ -111,3 +111,32 @@ def test_expand_cli_condense_to_safetensors(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, timm, restored)
   missing = run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', f'--out={out}')
   assert missing.returncode != 0 and '--method=condense needs --num_random' in missing.stderr
+
+
+def test_an_export_written_on_two_devices_loads_on_one(tmp_path):
+  """Exports keep no topology: params saved sharded over 2 devices load in a 1-device process."""
+  import subprocess
+  import sys
+  from conftest import ROOT
+  save = ('import jax, numpy as np\n'
+          'from lgjax import checkpoint\n'
+          'from lgjax.models import param_shapes\n'
+          f'cfg = {TINY!r}\n'
+          'mesh = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))\n'
+          'rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())\n'
+          f'shapes = param_shapes(cfg, {IMAGE_SHAPE!r})\n'
+          'params = jax.tree.map(lambda s: jax.device_put(np.ones(s.shape, s.dtype), rep), shapes)\n'
+          f'checkpoint.save_params({str(tmp_path / "export")!r}, params, cfg)\n')
+  load = ('import jax, numpy as np\n'
+          'from lgjax import checkpoint\n'
+          f'params, cfg = checkpoint.load_params({str(tmp_path / "export")!r})\n'
+          'print(jax.device_count(), sum(float(np.sum(x)) for x in jax.tree.leaves(params)))\n')
+  run = lambda code, devices: subprocess.run(
+      [sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+      env={**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'})
+  saved = run(save, 2)
+  assert saved.returncode == 0, saved.stderr[-2000:]
+  loaded = run(load, 1)
+  assert loaded.returncode == 0, loaded.stderr[-2000:]
+  count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(param_shapes(TINY, IMAGE_SHAPE)))
+  assert loaded.stdout.split() == ['1', f'{float(count)}']

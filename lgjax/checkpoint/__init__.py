@@ -44,12 +44,16 @@ def save_tree(path: str, tree: PyTree) -> None:
 
 
 def restore_tree(path: str) -> PyTree:
-  """Reads a pytree written by `save_tree`, as numpy-backed jax arrays."""
+  """Reads a pytree written by `save_tree` onto this process's first device, whatever
+  the number of devices or processes that wrote it (the saved shardings are ignored)."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'No Orbax checkpoint at {path!r}.')
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path)
+    saved = ckptr.metadata(path).item_metadata.tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), saved)
+    return ckptr.restore(path, target)
 
 
 def _write_json(path: str, obj: dict) -> None:
