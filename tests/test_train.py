@@ -269,11 +269,22 @@ def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path, preset, lr
     ({'dataset.name': 'cifar10', 'dataset.image_size': 28}, FileNotFoundError, r'tfds build cifar10 --file_format=array_record'),
     ({'total_steps': 0}, ValueError, r'total_steps must be an integer >= 1, got 0'),
     ({'model.patch_size': 5}, ValueError, r'dataset.image_size=28 must be a multiple of model.patch_size=5'),
+    ({'model.patch_size': 0}, ValueError, r'model.patch_size must be an integer >= 1 \(or a pair of them\), got 0'),
+    ({'dataset.image_size': 0}, ValueError, r'dataset.image_size must be an integer >= 1, got 0'),
+    ({'seed': -1}, ValueError, r'seed must be an integer >= 0, got -1'),
+    ({'dataset.classes': 'all'}, ValueError, r"model.num_classes=5 is smaller than the 10 classes of dataset 'mnist5k' \(all\)"),
+    ({'input_threads': -2}, ValueError, r'input_threads must be an integer >= 0, got -2'),
+    ({'optimizer.lr': -0.1}, ValueError, r'optimizer.lr must be >= 0, got -0.1'),
+    ({'optimizer.warmup_steps': -1}, ValueError, r'optimizer.warmup_steps must be an integer >= 0, got -1'),
+    ({'optimizer.b2': 1.5}, ValueError, r'optimizer.b2 must be in \[0, 1\), got 1.5'),
+    ({'optimizer.clip_norm': -1.0}, ValueError, r'optimizer.clip_norm must be >= 0 \(0: no clipping\), got -1.0'),
+    ({'dataset.train_fraction': 0.0}, ValueError, r'dataset.train_fraction must be in \(0, 1\], got 0.0'),
+    ({'dataset.augment': 'autoaug'}, ValueError, r"dataset.augment must be one of \('none', 'inception'\), got 'autoaug'"),
 ])
 def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
   with pytest.raises(error, match=message):
     train_and_evaluate(run_config('teacher', **overrides), str(tmp_path))
-  assert not os.path.exists(tmp_path / 'checkpoints')
+  assert not os.path.exists(tmp_path / 'checkpoints') and not os.path.exists(tmp_path / 'config.json')
 
 
 def test_descendant_config_errors(tmp_path):

@@ -44,8 +44,8 @@ def save_tree(path: str, tree: PyTree) -> None:
 
 
 def restore_tree(path: str) -> PyTree:
-  """Reads a pytree written by `save_tree` onto this process's first device, whatever
-  the number of devices or processes that wrote it (the saved shardings are ignored)."""
+  """Reads a pytree written by `save_tree` as uncommitted jax arrays, whatever the number
+  of devices or processes that wrote it (the saved shardings are ignored)."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'No Orbax checkpoint at {path!r}.')
@@ -53,7 +53,8 @@ def restore_tree(path: str) -> PyTree:
   with ocp.StandardCheckpointer() as ckptr:
     saved = ckptr.metadata(path).item_metadata.tree
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), saved)
-    return ckptr.restore(path, target)
+    restored = ckptr.restore(path, target)
+  return jax.tree.map(jnp.asarray, jax.device_get(restored))  # uncommitted: jit may place them anywhere
 
 
 def _write_json(path: str, obj: dict) -> None:

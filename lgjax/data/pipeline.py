@@ -68,6 +68,16 @@ def data_source(dataset: Any, split: str) -> Any:
         + (f' --data_dir={data_dir}' if data_dir else '')) from None
 
 
+def num_classes(dataset: Any) -> int | None:
+  """The number of classes of an embedded dataset's chosen group; None for tfds ones."""
+  if dataset.name == 'mnist5k':
+    group = mnist5k.CLASSES.get(dataset.get('classes', 'all'))
+    return len(group) if group else None
+  if dataset.name == 'shapes':
+    return len(shapes.CLASSES)
+  return None
+
+
 def train_source(dataset: Any) -> Any:
   """The training split, cut to `dataset.train_fraction` by a fixed permutation."""
   source = data_source(dataset, dataset.train_split)

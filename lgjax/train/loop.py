@@ -45,9 +45,46 @@ def check_config(config: Any) -> None:
                      f'params directory (e.g. a teacher run\'s {EXPORT_DIR}/).')
   if config.loss.temperature <= 0:
     raise ValueError(f'loss.temperature must be > 0, got {config.loss.temperature!r}.')
+  _check_numbers(config)
+  classes = data.pipeline.num_classes(config.dataset)
+  if classes and (config.model.get('num_classes') or 0) < classes:
+    raise ValueError(f'model.num_classes={config.model.get("num_classes")} is smaller than the {classes} '
+                     f'classes of dataset {config.dataset.name!r} ({config.dataset.get("classes", "all")}).')
   if config.dataset.image_size % _patch(config.model.patch_size):
     raise ValueError(f'dataset.image_size={config.dataset.image_size} must be a multiple of '
                      f'model.patch_size={config.model.patch_size}.')
+
+
+def _check_numbers(config: Any) -> None:
+  """Ranges of the numeric and named fields that would otherwise fail late, or never."""
+  o = config.optimizer
+  checks = [
+      ('seed', config.seed, isinstance(config.seed, int) and config.seed >= 0, 'an integer >= 0'),
+      ('input_threads', config.input_threads,
+       isinstance(config.input_threads, int) and config.input_threads >= 0, 'an integer >= 0'),
+      ('optimizer.lr', o.lr, o.lr >= 0, '>= 0'),
+      ('optimizer.min_lr', o.min_lr, 0 <= o.min_lr, '>= 0'),
+      ('optimizer.warmup_steps', o.warmup_steps, isinstance(o.warmup_steps, int) and o.warmup_steps >= 0,
+       'an integer >= 0'),
+      ('optimizer.weight_decay', o.weight_decay, o.weight_decay >= 0, '>= 0'),
+      ('optimizer.b1', o.b1, 0 <= o.b1 < 1, 'in [0, 1)'),
+      ('optimizer.b2', o.b2, 0 <= o.b2 < 1, 'in [0, 1)'),
+      ('optimizer.clip_norm', o.clip_norm, o.clip_norm >= 0, '>= 0 (0: no clipping)'),
+      ('loss.label_smoothing', config.loss.label_smoothing, 0 <= config.loss.label_smoothing < 1, 'in [0, 1)'),
+      ('dataset.image_size', config.dataset.image_size,
+       isinstance(config.dataset.image_size, int) and config.dataset.image_size >= 1, 'an integer >= 1'),
+      ('dataset.train_fraction', config.dataset.get('train_fraction', 1.0),
+       0 < config.dataset.get('train_fraction', 1.0) <= 1, 'in (0, 1]'),
+      ('dataset.augment', config.dataset.augment, config.dataset.augment in data.pipeline.AUGMENTS,
+       f'one of {data.pipeline.AUGMENTS}'),
+  ]
+  patch = config.model.patch_size
+  patches = (patch,) if isinstance(patch, int) else tuple(patch)
+  checks.append(('model.patch_size', patch, all(isinstance(p, int) and p >= 1 for p in patches),
+                 'an integer >= 1 (or a pair of them)'))
+  for field, value, ok, expected in checks:
+    if not ok:
+      raise ValueError(f'{field} must be {expected}, got {value!r}.')
 
 
 def _patch(patch_size) -> int:
