@@ -210,7 +210,7 @@ def tune_job(work: str, plan: Plan, t: Tune):
   else:
     c.init.update(method='tleg' if t.arm.startswith('tleg') else t.arm,
                   learngene_dir=learngene_dir(work, t.arm, t.u))
-    c.init.reinit = c.init.reinit + REINIT.get(t.arm, [])
+    c.init.reinit = (*c.init.reinit, *REINIT.get(t.arm, ()))
   return c, os.path.join(work, 'descendants', t.name)
 
 

@@ -34,6 +34,6 @@ def get_config(arg: str = 'mnist5k'):
                                 drop_path=0.1)
   config.dataset = common.dataset(preset, 'downstream')
   config.init = ml_collections.ConfigDict(dict(
-      method='tleg', learngene_dir='', stage_depths=[], placement='below', ancestry='',
-      layers=[], reinit=['^head/']))
+      method='tleg', learngene_dir='', stage_depths=(), placement='below', ancestry='',
+      layers=(), reinit=('^head/',)))  # tuples: settable from the command line, e.g. --config.init.layers='(4, 5)'
   return config

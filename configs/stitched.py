@@ -30,8 +30,8 @@ def get_config(arg: str = 'mnist5k'):
     config.model = common.model(preset, depth=6, size='S')
   config.dataset = common.dataset(preset, 'source')
   config.pool = dict(dir='')
-  config.stitch = dict(specs=[], rule='snnet')
+  config.stitch = dict(specs=(), rule='snnet')
   # init.reinit: regexes of instance params to initialize fresh, e.g. ['^head/'] to
   # train stitched models on new classes (as a descendant's init.reinit).
-  config.init = dict(reinit=[])
+  config.init = dict(reinit=())
   return config

@@ -25,7 +25,7 @@ def get_config(arg: str = 'mnist5k'):
                          warmup_steps=common.steps(preset, 5, 1024))
     stage_depths = sws.AUX_STAGE_DEPTHS
     config.model = common.model(preset, depth=sum(stage_depths), size='S', drop_path=0.1)
-  config.learngene = dict(stage_depths=list(stage_depths))
+  config.learngene = dict(stage_depths=tuple(stage_depths))
   config.dataset = common.dataset(preset, 'source')
   config.loss.alpha = 1.0
   config.loss.label_smoothing = 0.0

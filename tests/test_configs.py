@@ -43,3 +43,21 @@ def test_paper_settings():
 def test_unknown_preset():
   with pytest.raises(ValueError, match=r"config arg must be one of \('mnist5k', 'cifar100', 'imagenet2012'\), got 'mnist'"):
     importlib.import_module('configs.teacher').get_config('mnist')
+
+
+def test_sequence_fields_are_settable_from_the_command_line():
+  from absl import flags
+  from ml_collections import config_flags
+
+  def parse(recipe, *overrides):
+    argv = ['train.py', f'--config=configs/{recipe}.py:mnist5k', *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv)  # as train.py, on argv
+    values(argv)
+    return values.config
+
+  init = parse('descendant', '--config.init.layers=(4, 5)', "--config.init.reinit=('^head/', '^cls$')",
+               '--config.init.stage_depths=(1, 2)').init
+  assert (init.layers, init.reinit, init.stage_depths) == ((4, 5), ('^head/', '^cls$'), (1, 2))
+  assert parse('sws_aux', '--config.learngene.stage_depths=(3, 3)').learngene.stage_depths == (3, 3)
+  assert parse('stitched', '--config.stitch.specs=((0, 2, 1, 2),)').stitch.specs == ((0, 2, 1, 2),)
