@@ -1,4 +1,5 @@
 import os
+import re
 
 import jax
 import numpy as np
@@ -49,7 +50,11 @@ def test_timm_round_trip(tmp_path, extra):
   assert state['blocks.0.attn.qkv.weight'].shape == (96, 32)
   assert ('cls_token' in state) == (extra.get('pool_type') == 'tok')
   assert ('fc_norm.weight' in state) == (extra.get('final_norm') == 'pooled')
-  restored, inferred = checkpoint.load_params(path, num_heads=1)
+  restored, inferred = checkpoint.load_params(path)  # lgjax's export carries its config: num_heads=1 too
+  _equal(restored, params)
+  assert inferred == config
+  safetensors.numpy.save_file(state, str(tmp_path / 'plain.safetensors'))  # a timm file: no lgjax header
+  restored, inferred = checkpoint.load_params(str(tmp_path / 'plain.safetensors'), num_heads=1)
   _equal(restored, params)
   assert inferred['gelu_approximate'] is False and inferred['pool_type'] == config.get('pool_type', 'gap')
 
@@ -136,6 +141,28 @@ def test_timm_errors_name_the_key(tmp_path):
   safetensors.numpy.save_file(state, str(tmp_path / 'b.safetensors'))
   with pytest.raises(ValueError, match=r"'Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel' has shape \(64, 80\), expected \(64, 96\)"):
     checkpoint.load_params(str(tmp_path / 'b.safetensors'))
+
+
+def test_params_files_are_checked_by_file_and_key(tmp_path):
+  rng = np.random.default_rng(0)
+  state = timm_state(rng)
+  bad_qkv = {**state, 'blocks.0.attn.qkv.weight': np.zeros((200, 64), np.float32)}  # 8 extra rows
+  safetensors.numpy.save_file(bad_qkv, str(tmp_path / 'qkv.safetensors'))
+  with pytest.raises(ValueError, match=re.escape("timm key blocks.0.attn.qkv.weight has shape (200, 64), expected (192, 64)")):
+    checkpoint.load_params(str(tmp_path / 'qkv.safetensors'))
+  for name, value, message in (('int', np.ones((64,), np.int32), "has dtype int32; params must be floating point"),
+                               ('nan', np.full((64,), np.nan, np.float32), 'holds NaN or Inf')):
+    path = str(tmp_path / f'{name}.safetensors')
+    safetensors.numpy.save_file({**state, 'norm.bias': value}, path)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: 'norm.bias' ") + message):
+      checkpoint.load_params(path)
+  half = {k: v.astype(np.float16) for k, v in state.items()}  # timm's half-precision files load as float32
+  safetensors.numpy.save_file(half, str(tmp_path / 'half.safetensors'))
+  params, _ = checkpoint.load_params(str(tmp_path / 'half.safetensors'))
+  assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+  np.savez(tmp_path / 'int.npz', **{'embedding/kernel': np.ones((4, 4, 1, 32), np.int64)})
+  with pytest.raises(ValueError, match=r"int.npz: 'embedding/kernel' has dtype int64"):
+    checkpoint.load_params(str(tmp_path / 'int.npz'))
 
 
 def test_files_serve_as_teacher_fit_source_and_ancestry(tmp_path):

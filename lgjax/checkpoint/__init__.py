@@ -100,6 +100,35 @@ def check_params(params: PyTree, model_config: dict, what: str = 'params') -> No
 
 
 FORMATS = ('orbax', 'npz', 'safetensors')
+SAFETENSORS_CONFIG = 'lgjax_model_config'  # safetensors header key of an lgjax export's model config
+
+
+def check_file_arrays(arrays: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+  """Float arrays of a params file as float32, refusing other dtypes and NaN/Inf by file and key."""
+  out = {}
+  for key, x in arrays.items():
+    x = np.asarray(x)
+    if x.dtype.kind != 'f' and x.dtype.name != 'bfloat16':
+      raise ValueError(f'{path}: {key!r} has dtype {x.dtype}; params must be floating point.')
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+      raise ValueError(f'{path}: {key!r} holds NaN or Inf.')
+    out[key] = x
+  return out
+
+
+def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict]:
+  """(arrays, the lgjax model config in its header or {})."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'No safetensors file at {path!r}.')
+  with safetensors.safe_open(path, framework='np') as f:
+    header = f.metadata() or {}
+    arrays = {k: f.get_tensor(k) for k in f.keys()}
+  try:
+    saved = json.loads(header[SAFETENSORS_CONFIG]) if SAFETENSORS_CONFIG in header else {}
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path}: header {SAFETENSORS_CONFIG!r} is not valid JSON ({e}).') from None
+  return check_file_arrays(arrays, path), saved
 
 
 def save_params(path: str, params: PyTree, model_config: dict, format: str = 'orbax') -> None:
@@ -110,9 +139,10 @@ def save_params(path: str, params: PyTree, model_config: dict, format: str = 'or
   check_params(params, model_config)
   if format == 'npz':
     save_npz(path, params)
-  elif format == 'safetensors':
+  elif format == 'safetensors':  # the config rides in the header: timm's keys cannot tell num_heads
     if jax.process_index() == 0:
-      safetensors.numpy.save_file(convert.to_timm(params, model_config), path)
+      safetensors.numpy.save_file(convert.to_timm(params, model_config), path,
+                                  metadata={SAFETENSORS_CONFIG: json.dumps(dict(model_config))})
   else:
     os.makedirs(path, exist_ok=True)
     save_tree(os.path.join(path, PARAMS), params)
@@ -124,17 +154,19 @@ def load_params(path: str, **overrides: Any) -> tuple[PyTree, dict]:
 
   `path`: an lgjax params directory, a big_vision `.npz` or a timm
   `.safetensors` file. For files the config is read off the shapes (and,
-  for timm, set to compute what timm computes); `overrides` set ViT fields
+  for timm, set to compute what timm computes) unless lgjax wrote the file
+  (its config rides in the safetensors header); `overrides` set ViT fields
   shapes cannot tell, e.g. num_heads=12 for a timm model whose heads are not 64 wide.
+  File arrays must be floating point and finite; they load as float32.
   """
   if path.endswith('.npz'):
     params = convert.from_big_vision(_read_npz(path))
     model_config = config_from_params(params, **overrides)
   elif path.endswith('.safetensors'):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'No safetensors file at {path!r}.')
-    params, implied = convert.from_timm(safetensors.numpy.load_file(path), overrides.get('num_heads'))
-    model_config = config_from_params(params, **{**implied, **overrides})
+    arrays, saved = _read_safetensors(path)
+    params, implied = convert.from_timm(arrays, overrides.get('num_heads', saved.get('num_heads')))
+    # An lgjax export carries its config; other timm files get one read off the shapes.
+    model_config = {**saved, **overrides} if saved else config_from_params(params, **{**implied, **overrides})
   else:
     model_config = {**_read_json(os.path.join(path, MODEL_CONFIG)), **overrides}
     params = restore_tree(os.path.join(path, PARAMS))
@@ -201,7 +233,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'No npz file at {path!r}.')
   with np.load(path, allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}
+    return check_file_arrays({k: data[k] for k in data.files}, path)
 
 
 def load_npz(path: str) -> PyTree:

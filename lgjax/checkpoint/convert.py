@@ -80,6 +80,10 @@ def from_timm(state: dict[str, np.ndarray], num_heads: int | None = None) -> tup
     p = f'blocks.{i}.'
     qkv_w = _take(state, p + 'attn.qkv.weight')
     qkv_b = state.pop(p + 'attn.qkv.bias', np.zeros(qkv_w.shape[0], qkv_w.dtype))
+    for key, got, want in (('weight', qkv_w.shape, (3 * width, width)), ('bias', qkv_b.shape, (3 * width,))):
+      if tuple(got) != want:
+        raise ValueError(f'timm key {p}attn.qkv.{key} has shape {tuple(got)}, expected {want} '
+                         f'(q, k and v of width {width}, from patch_embed.proj.weight).')
     attn = {}
     for j, name in enumerate(('query', 'key', 'value')):
       w = qkv_w[j * width:(j + 1) * width]
