@@ -204,6 +204,32 @@ def test_all_checkpoints_damaged_starts_exactly_as_a_fresh_run(tmp_path, capsys)
   jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
+@pytest.mark.parametrize('fault', ['flipped_byte', 'checksum'])
+def test_a_corrupt_checkpoint_is_damaged_not_restored(tmp_path, capsys, caplog, fault):
+  """Flipped bytes in array data (Orbax's OCDBT reports DATA_LOSS), or arrays that no
+  longer match the checksums written with them: the step is set aside, an older one used."""
+  config = run_config('teacher', total_steps=4, checkpoint_every=2)
+  train_and_evaluate(config, str(tmp_path))
+  step_dir = tmp_path / 'checkpoints' / '4'
+  if fault == 'flipped_byte':
+    path = max((os.path.join(root, f) for root, _, files in os.walk(step_dir / 'state' / 'd') for f in files),
+               key=os.path.getsize)
+    with open(path, 'r+b') as f:
+      f.seek(os.path.getsize(path) // 2)
+      byte = f.read(1)
+      f.seek(-1, os.SEEK_CUR)
+      f.write(bytes([byte[0] ^ 0x10]))
+  else:
+    sums = json.loads((step_dir / 'checksums' / 'metadata').read_text())
+    sums['params/head/kernel'] ^= 1
+    (step_dir / 'checksums' / 'metadata').write_text(json.dumps(sums))
+  config.total_steps = 5
+  train_and_evaluate(config, str(tmp_path))
+  assert 'Resuming from checkpoint step 2' in capsys.readouterr().out
+  assert ('DATA_LOSS' if fault == 'flipped_byte' else "checksum mismatch in ['params/head/kernel']") in caplog.text
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '5', 'damaged-4']
+
+
 def test_resume_with_a_changed_model_refuses_and_touches_nothing(tmp_path):
   config = run_config('teacher', total_steps=2, checkpoint_every=1)
   train_and_evaluate(config, str(tmp_path))

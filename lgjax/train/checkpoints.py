@@ -6,16 +6,19 @@ leaves a temporary directory that is never taken for a checkpoint; on
 resume, a committed step that still fails to restore is reported, moved
 aside to `damaged-STEP`, and the next older one is used. A step whose params
 differ in names or shapes from the run's (a changed model) is not damage:
-restore raises StructureMismatch and touches nothing.
+restore raises StructureMismatch and touches nothing. Each step carries a
+CRC-32 per array; a step whose restored arrays do not match is damaged.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
@@ -47,13 +50,14 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data': grain.checkpoint.CheckpointHandler()})
+                       'data': grain.checkpoint.CheckpointHandler(),
+                       'checksums': ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state: PyTree, data_iterator: Any) -> None:
-    """Starts an (async) save of `state` and the iterator position at `step`."""
+    """Starts an (async) save of `state`, its checksums and the iterator position at `step`."""
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
-        force=True)
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+        checksums=ocp.args.JsonSave(checksums(state))), force=True)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -76,9 +80,16 @@ class Checkpointer:
       if saved != want:  # a changed model is not damage: touch nothing
         raise StructureMismatch(step, sorted(k for k in saved.keys() | want.keys() if saved.get(k) != want.get(k)))
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        items = dict(state=ocp.args.StandardRestore(abstract_state),
+                     data=grain.checkpoint.CheckpointRestore(data_iterator))
+        has_sums = os.path.isdir(os.path.join(self.directory, str(step), 'checksums'))
+        if has_sums:  # older checkpoints have none
+          items['checksums'] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if has_sums:
+          bad = sorted(k for k, v in checksums(restored['state']).items() if restored['checksums'].get(k) != v)
+          if bad:
+            raise ValueError(f'checksum mismatch in {bad[:4]}' + (f' and {len(bad) - 4} more' if len(bad) > 4 else ''))
       except Exception as e:  # a damaged step: say so, set it aside, fall back to an older one
         aside = os.path.join(self.directory, f'damaged-{step}')
         logging.warning('Checkpoint step %d in %s cannot be restored (%s: %s); moved to %s, '
@@ -95,6 +106,13 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def checksums(state: PyTree) -> dict[str, int]:
+  """CRC-32 of every array's bytes, by '/'-name: written with each step, compared on restore,
+  so that flipped bytes make a step damaged instead of a silently wrong model."""
+  return {name: zlib.crc32(np.ascontiguousarray(jax.device_get(x)).tobytes())
+          for name, x in tree_lib.flatten_with_names(state)}
 
 
 def abstract(state: PyTree, sharding: jax.sharding.Sharding) -> PyTree:
