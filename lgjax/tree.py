@@ -40,7 +40,9 @@ def unflatten_names(flat: dict[str, Any]) -> dict:
     for p in parents:
       node = node.setdefault(p, {})
       if not isinstance(node, dict):
-        raise ValueError(f'Key {name!r} nests under a leaf.')
+        raise ValueError(f'Key {name!r} nests under the leaf {"/".join(parents[:parents.index(p) + 1])!r}.')
+    if isinstance(node.get(leaf), dict):
+      raise ValueError(f'Key {name!r} is a leaf and also the parent of other keys.')
     node[leaf] = value
   return tree
 

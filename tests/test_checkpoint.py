@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -140,3 +141,26 @@ def test_an_export_written_on_two_devices_loads_on_one(tmp_path):
   assert loaded.returncode == 0, loaded.stderr[-2000:]
   count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(param_shapes(TINY, IMAGE_SHAPE)))
   assert loaded.stdout.split() == ['1', f'{float(count)}']
+
+
+def test_broken_files_are_named_with_what_was_expected(tmp_path):
+  params = jax.device_get(random_like(param_shapes(TINY, IMAGE_SHAPE)))
+  checkpoint.save_params(str(tmp_path / 'm'), params, TINY)
+  config_path = tmp_path / 'm' / 'model_config.json'
+  for text, message in (('{"mlp_dim": "128"', 'not valid JSON'),
+                        ('[1, 2]', 'expected a JSON object, got a list'),
+                        (json.dumps({**TINY, 'mlp_dim': '128'}), "mlp_dim must be an integer or None, got '128'")):
+    config_path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / 'm')) + '.*' + re.escape(message)):
+      checkpoint.load_params(str(tmp_path / 'm'))
+  flat = checkpoint.convert.to_big_vision(params)
+  np.savez(tmp_path / 'both.npz', **flat, head=np.zeros(3, np.float32))
+  with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'both.npz'}: Key 'head") + '.*leaf'):
+    checkpoint.load_params(str(tmp_path / 'both.npz'))
+  lg = tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE)
+  checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='tleg', model_config=TINY)
+  meta = json.loads((tmp_path / 'lg' / 'learngene.json').read_text())
+  del meta['model_config']
+  (tmp_path / 'lg' / 'learngene.json').write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match='learngene.json has no "model_config" object'):
+    checkpoint.load_learngene(str(tmp_path / 'lg'))

@@ -71,7 +71,13 @@ def _read_json(path: str) -> dict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Missing {path!r}.')
   with open(path) as f:
-    return json.load(f)
+    try:
+      obj = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}: not valid JSON ({e}).') from None
+  if not isinstance(obj, dict):
+    raise ValueError(f'{path}: expected a JSON object, got a {type(obj).__name__}.')
+  return obj
 
 
 def image_shape_of(params: PyTree, model_config: dict) -> tuple[int, int, int]:
@@ -159,6 +165,16 @@ def load_params(path: str, **overrides: Any) -> tuple[PyTree, dict]:
   shapes cannot tell, e.g. num_heads=12 for a timm model whose heads are not 64 wide.
   File arrays must be floating point and finite; they load as float32.
   """
+  try:
+    params, model_config = _read_params(path, overrides)
+    check_params(params, model_config, f'params in {path!r}')
+  except (ValueError, TypeError, KeyError, IndexError) as e:  # say which file, whatever went wrong
+    message = str(e) if path in str(e) else f'{path}: {e}'
+    raise type(e)(message) if isinstance(e, ValueError) else ValueError(message) from None
+  return params, model_config
+
+
+def _read_params(path: str, overrides: dict) -> tuple[PyTree, dict]:
   if path.endswith('.npz'):
     params = convert.from_big_vision(_read_npz(path))
     model_config = config_from_params(params, **overrides)
@@ -170,7 +186,6 @@ def load_params(path: str, **overrides: Any) -> tuple[PyTree, dict]:
   else:
     model_config = {**_read_json(os.path.join(path, MODEL_CONFIG)), **overrides}
     params = restore_tree(os.path.join(path, PARAMS))
-  check_params(params, model_config, f'params in {path!r}')
   return params, model_config
 
 
@@ -218,6 +233,9 @@ def load_learngene(directory: str) -> tuple[PyTree, dict]:
   if method not in METHODS:
     raise ValueError(f'{directory!r}: learngene.json method must be one of {sorted(METHODS)}, '
                      f'got {method!r}.')
+  if not isinstance(meta.get('model_config'), dict):
+    raise ValueError(f'{directory!r}: learngene.json has no "model_config" object (the ViT config the '
+                     f'learngene was trained with).')
   learngene = restore_tree(os.path.join(directory, LEARNGENE))
   METHODS[method].check(learngene, meta['model_config'])
   return learngene, meta

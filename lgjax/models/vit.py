@@ -62,6 +62,9 @@ def check_config(config: dict[str, Any]) -> None:
   inits.get(get('param_init'))
   if get('attention_impl') not in ATTENTION_IMPLS:
     raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {get("attention_impl")!r}.')
+  for k in ('num_classes', 'mlp_dim'):
+    if get(k) is not None and (isinstance(get(k), bool) or not isinstance(get(k), (int, np.integer))):
+      raise ValueError(f'{k} must be an integer or None, got {get(k)!r}.')
   if get('mlp_dim') is not None and get('mlp_dim') < 1:
     raise ValueError(f'mlp_dim must be None (4 * width) or >= 1, got {get("mlp_dim")!r}.')
 
