@@ -187,6 +187,9 @@ def test_resume_skips_a_damaged_checkpoint(tmp_path, capsys):
   assert 'Resuming from checkpoint step 2' in out
   assert "the config differs from the one this run was started with in ['total_steps']" in out
   assert sorted(os.listdir(ckpt_dir)) == ['4', '5', 'damaged-4']
+  records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  loss_steps = [r['step'] for r in records if 'loss' in r]
+  assert loss_steps == sorted(set(loss_steps)) == list(range(1, 6))  # steps 3-4, redone, logged once
 
 
 def test_all_checkpoints_damaged_starts_exactly_as_a_fresh_run(tmp_path, capsys):

@@ -17,6 +17,19 @@ METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'curves.png'
 
 
+def _drop_records_after(path: str, step: int) -> None:
+  """Keeps only the metrics records of steps <= `step` (those a resumed run will not redo)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
+  if len(keep) != len(lines):
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(keep)
+    os.replace(path + '.tmp', path)
+
+
 class Reporter:
 
   def __init__(self, workdir: str, *, total_steps: int, start_step: int, batch_size: int,
@@ -28,7 +41,9 @@ class Reporter:
       return
     import tensorboardX  # light writer, no TensorFlow needed
     self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-    self.jsonl = open(os.path.join(workdir, METRICS_FILE), 'a')
+    path = os.path.join(workdir, METRICS_FILE)
+    _drop_records_after(path, start_step)  # a resumed run rewrites them: one record per step and kind
+    self.jsonl = open(path, 'a')
     self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
 
   def throughput(self, step: int) -> float:
