@@ -495,3 +495,35 @@ def test_micro_batches_sum_gradients_through_to_params():
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), micro.params, whole.params)
   assert not np.allclose(whole.params['slope']['MlpBlock_0']['Dense_0']['kernel'],
                          lg['slope']['MlpBlock_0']['Dense_0']['kernel'])  # the slope learns
+
+
+@pytest.mark.slow
+def test_killed_at_random_points_still_ends_bit_identical(tmp_path):
+  """SIGKILL at seeded random times (between steps, during saves), again and again: the
+  run still ends with the params and losses of an uninterrupted run."""
+  import random
+  args = [sys.executable, 'train.py', '--config=configs/teacher.py:mnist5k', '--config.total_steps=400',
+          '--config.checkpoint_every=7', '--config.log_every=1', '--config.eval_every=400',
+          '--config.batch_size=16', '--config.model.depth=1', '--config.model.width=32',
+          '--config.model.num_heads=2', '--config.model.mlp_dim=64']
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  straight = subprocess.run([*args, f'--workdir={tmp_path / "straight"}'], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  rng, kills = random.Random(0), 0
+  for _ in range(6):
+    proc = subprocess.Popen([*args, f'--workdir={tmp_path / "killed"}'], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+      proc.wait(timeout=rng.uniform(4.0, 10.0))  # startup takes a few s; the 400 steps ~15 s more
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+      kills += 1
+  final = subprocess.run([*args, f'--workdir={tmp_path / "killed"}'], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+  assert final.returncode == 0, final.stderr[-2000:]
+  assert kills >= 3  # the run was really interrupted
+  jax.tree.map(np.testing.assert_array_equal, restore_export(tmp_path / 'killed')[0],
+               restore_export(tmp_path / 'straight')[0])
+  np.testing.assert_array_equal(losses(tmp_path / 'killed'), losses(tmp_path / 'straight'))
