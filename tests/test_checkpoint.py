@@ -164,3 +164,10 @@ def test_broken_files_are_named_with_what_was_expected(tmp_path):
   (tmp_path / 'lg' / 'learngene.json').write_text(json.dumps(meta))
   with pytest.raises(ValueError, match='learngene.json has no "model_config" object'):
     checkpoint.load_learngene(str(tmp_path / 'lg'))
+
+
+def test_a_run_directory_given_for_its_export_gets_a_hint(tmp_path):
+  lg = tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE)
+  checkpoint.save_learngene(str(tmp_path / 'run' / 'export'), lg, method='tleg', model_config=TINY)
+  with pytest.raises(FileNotFoundError, match=re.escape(f"did you mean {str(tmp_path / 'run' / 'export')!r}")):
+    checkpoint.load_learngene(str(tmp_path / 'run'))

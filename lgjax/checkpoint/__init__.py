@@ -69,7 +69,10 @@ def _write_json(path: str, obj: dict) -> None:
 
 def _read_json(path: str) -> dict:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Missing {path!r}.')
+    directory, name = os.path.split(path)
+    hint = (f'; did you mean {os.path.join(directory, "export")!r} (the run\'s export)?'
+            if os.path.isfile(os.path.join(directory, 'export', name)) else '')
+    raise FileNotFoundError(f'Missing {path!r}{hint}.')
   with open(path) as f:
     try:
       obj = json.load(f)
