@@ -527,3 +527,15 @@ def test_killed_at_random_points_still_ends_bit_identical(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restore_export(tmp_path / 'killed')[0],
                restore_export(tmp_path / 'straight')[0])
   np.testing.assert_array_equal(losses(tmp_path / 'killed'), losses(tmp_path / 'straight'))
+
+
+def test_progress_in_a_log_is_lines_not_carriage_returns(tmp_path, capsys):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=40, start_step=0, batch_size=8)
+  for step in range(1, 41):
+    reporter.write(step, {'loss': 1.0 / step})
+  reporter.write(40, {'eval_accuracy': 0.5})
+  reporter.close()
+  err = capsys.readouterr().err  # not a terminal under pytest
+  assert '\r' not in err
+  assert err.splitlines() == [f'step {s}/40: loss={1.0 / s:.4g}' for s in range(2, 41, 2)] + [
+      'step 40/40: eval_accuracy=0.5']

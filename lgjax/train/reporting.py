@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -44,7 +45,10 @@ class Reporter:
     path = os.path.join(workdir, METRICS_FILE)
     _drop_records_after(path, start_step)  # a resumed run rewrites them: one record per step and kind
     self.jsonl = open(path, 'a')
-    self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
+    # On a terminal a live bar; in a log file one line per twentieth of the run and per eval.
+    self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True,
+                         disable=not sys.stderr.isatty())
+    self.total_steps, self.line_every = total_steps, max(1, total_steps // 20)
 
   def throughput(self, step: int) -> float:
     """Images per second since the last call."""
@@ -60,9 +64,14 @@ class Reporter:
     self.jsonl.flush()
     for k, v in metrics.items():
       self.tb.add_scalar(k, v, step)
-    self.bar.n = step
-    self.bar.set_postfix({k: f'{v:.4g}' for k, v in metrics.items()
-                          if k in ('loss', 'learning_rate', 'images_per_sec', 'eval_accuracy')})
+    shown = {k: f'{v:.4g}' for k, v in metrics.items()
+             if k in ('loss', 'learning_rate', 'images_per_sec', 'eval_accuracy')}
+    if not self.bar.disable:
+      self.bar.n = step
+      self.bar.set_postfix(shown)
+    elif step % self.line_every == 0 or step == self.total_steps or 'eval_accuracy' in metrics:
+      print(f'step {step}/{self.total_steps}: ' + ', '.join(f'{k}={v}' for k, v in shown.items()),
+            file=sys.stderr, flush=True)
 
   def close(self) -> None:
     if self.enabled:
