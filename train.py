@@ -7,6 +7,8 @@ or a recipe of such runs (configs/demo.py).
 Only parses flags; the run is lgjax.train.train_and_evaluate(config, workdir).
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -20,6 +22,20 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, but a bad --config.FIELD (a typo, a wrong type) ends in one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e)
+    while len(message) > 1 and message[0] == message[-1] and message[0] in '\'"':  # KeyError quotes its text
+      message = message[1:-1]
+    message = message.replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+    if 'Did you mean' in message:
+      message = 'unknown config field ' + message.replace("' Did", "'. Did")
+    sys.exit(f'train.py: {message} (python train.py --helpshort lists the flags; a recipe\'s fields are in its get_config).')
 
 
 def main(argv):
@@ -42,4 +58,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

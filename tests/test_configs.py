@@ -61,3 +61,13 @@ def test_sequence_fields_are_settable_from_the_command_line():
   assert (init.layers, init.reinit, init.stage_depths) == ((4, 5), ('^head/', '^cls$'), (1, 2))
   assert parse('sws_aux', '--config.learngene.stage_depths=(3, 3)').learngene.stage_depths == (3, 3)
   assert parse('stitched', '--config.stitch.specs=((0, 2, 1, 2),)').stitch.specs == ((0, 2, 1, 2),)
+
+
+def test_a_config_typo_is_one_line():
+  import subprocess
+  import sys
+  from conftest import ROOT
+  out = subprocess.run([sys.executable, 'train.py', '--config=configs/teacher.py:mnist5k', '--config.total_step=3',
+                        '--workdir=/tmp/never_written'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and out.stderr.count('\n') == 1, out.stderr
+  assert out.stderr.startswith("train.py: unknown config field 'total_step'. Did you mean \"total_steps\"")
