@@ -16,6 +16,7 @@ DIR/params.npz in big_vision's flat '/'-keyed layout.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -70,6 +71,13 @@ def main(argv):
   del argv
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
+  try:
+    expand()
+  except (app.UsageError, ValueError, FileNotFoundError) as e:  # the message alone, first and only
+    sys.exit(f'expand.py: {e} (python expand.py --helpshort lists the flags.)')
+
+
+def expand():
   arg = expand_args(_METHOD.value, _DEPTH.value, _STAGE_DEPTHS.value)
   learngene, meta = checkpoint.load_learngene(_LEARNGENE.value)
   if meta['method'] != _METHOD.value:

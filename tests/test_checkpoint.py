@@ -93,6 +93,8 @@ def test_expand_cli_sws_scan_and_errors(tmp_path):
   assert short.returncode != 0 and 'stage_depths must be a sequence of 3 integers' in short.stderr
   missing = run_expand(f'--learngene={lg_dir}', '--method=sws', f'--out={out}')
   assert missing.returncode != 0 and '--method=sws needs --stage_depths' in missing.stderr
+  for failed in (wrong, short, missing):  # the message alone, on one line: no usage text, no traceback
+    assert failed.stderr.startswith('expand.py: ') and failed.stderr.count('\n') == 1, failed.stderr
 
 
 def test_expand_cli_condense_to_safetensors(tmp_path):
