@@ -1,7 +1,7 @@
 r"""Expands a saved learngene into a descendant ViT checkpoint.
 
   python expand.py --learngene=DIR --method=tleg --depth=8 --out=DIR
-  python expand.py --learngene=DIR --method=sws --stage_depths=3,3,2,2,2 --out=DIR
+  python expand.py --learngene=DIR --method=sws --stage_depths=3,3,2 --out=DIR
   python expand.py --learngene=POOL_DIR --method=pool --spec=0,3,2,3 --out=DIR
   python expand.py --learngene=DIR --method=condense --num_random=4 --placement=below \
       [--num_classes=10 --seed=0] --out=DIR
