@@ -539,3 +539,9 @@ def test_progress_in_a_log_is_lines_not_carriage_returns(tmp_path, capsys):
   assert '\r' not in err
   assert err.splitlines() == [f'step {s}/40: loss={1.0 / s:.4g}' for s in range(2, 41, 2)] + [
       'step 40/40: eval_accuracy=0.5']
+
+
+def test_curves_are_titled_with_the_run(tmp_path):
+  config = run_config('teacher', total_steps=2)
+  train_and_evaluate(config, str(tmp_path / 'my_run'))
+  assert reporting.run_title(str(tmp_path / 'my_run')) == 'my_run: model, depth 2, width 32 on mnist5k (source)'

@@ -97,6 +97,19 @@ def eval_curve(workdir: str) -> dict[int, float]:
   return {s: m['eval_accuracy'] for s, m in read_metrics(workdir).items() if 'eval_accuracy' in m}
 
 
+def run_title(workdir: str) -> str:
+  """'NAME: kind K, depth D, width W on DATASET', from the run's config.json when it has one."""
+  name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return name
+  with open(path) as f:
+    c = json.load(f)
+  model, dataset = c.get('model', {}), c.get('dataset', {})
+  return (f'{name}: {c.get("kind")}, depth {model.get("depth")}, width {model.get("width")} on '
+          f'{dataset.get("name")} ({dataset.get("classes", "all")})')
+
+
 def plot_curves(workdir: str) -> str:
   """Loss and accuracy against step, as workdir/curves.png."""
   import matplotlib
@@ -115,6 +128,7 @@ def plot_curves(workdir: str) -> str:
     ax.grid(alpha=0.3)
   ax_loss.set_ylabel('loss')
   ax_acc.set_ylabel('accuracy')
+  fig.suptitle(run_title(workdir))
   fig.tight_layout()
   path = os.path.join(workdir, PLOT_FILE)
   fig.savefig(path, dpi=100)
