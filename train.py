@@ -3,6 +3,7 @@ or a recipe of such runs (configs/demo.py).
 
   python train.py --config=configs/teacher.py:mnist5k --workdir=/tmp/teacher \
       [--config.total_steps=100 --config.batch_size=64 ...] [--multihost]
+  python train.py --config=configs/teacher.py:mnist5k --print_config   # the fields, values, meaning
 
 Only parses flags; the run is lgjax.train.train_and_evaluate(config, workdir).
 """
@@ -21,7 +22,11 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, where the cluster cannot be detected.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_PRINT_CONFIG = flags.DEFINE_bool('print_config', False,
+                                   "Print the recipe's fields (value and meaning) and exit.")
+flags.mark_flags_as_required(['config'])
+flags.register_multi_flags_validator(['workdir', 'print_config'], lambda f: f['workdir'] or f['print_config'],
+                                     message='--workdir is required (unless --print_config)')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -35,11 +40,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = message.replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
     if 'Did you mean' in message:
       message = 'unknown config field ' + message.replace("' Did", "'. Did")
-    sys.exit(f'train.py: {message} (python train.py --helpshort lists the flags; a recipe\'s fields are in its get_config).')
+    sys.exit(f'train.py: {message} (--helpshort lists the flags, --print_config a recipe\'s fields).')
 
 
 def main(argv):
   del argv
+  if _PRINT_CONFIG.value:
+    from configs import common
+    print(common.describe(_CONFIG.value))
+    return
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO; the bar says enough
     logging.set_verbosity(logging.WARNING)
   import jax  # after flags, so --multihost can initialize before any device use

@@ -85,3 +85,61 @@ def base(preset: str, *, kind: str, batch_size: int, total_steps: int, lr: float
                                                temperature=1.0))
   config.teacher = ml_collections.ConfigDict(dict(dir=''))
   return config
+
+
+FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of each field
+    'kind': "what trains: model | tleg_aux | sws_aux | descendant | pool_distill | stitched | recipe",
+    'seed': 'seeds init, data order and dropout: same config + seed, same numbers',
+    'batch_size': 'global batch, over all devices and processes',
+    'total_steps': 'optimizer steps',
+    'eval_every': 'steps between evaluations on the eval split',
+    'checkpoint_every': 'steps between checkpoints (a run resumes from the newest intact one)',
+    'log_every': 'steps between metric records',
+    'keep_checkpoints': 'checkpoints kept',
+    'grad_accum_steps': 'micro-batches per step: the same update in less memory',
+    'parallelism': 'jit (a mesh over all devices, batch sharded) | pmap',
+    'compute_dtype': 'float32 | bfloat16 | float16 activations; params stay float32',
+    'input_threads': 'grain threads reading and augmenting (0: in the main thread)',
+    'optimizer.lr': 'peak AdamW learning rate per 512 examples (lr * batch / 512)',
+    'optimizer.warmup_steps': 'linear warmup steps, then cosine decay',
+    'optimizer.min_lr': 'learning rate at the end of the cosine',
+    'optimizer.weight_decay': 'AdamW weight decay',
+    'optimizer.b1': 'Adam beta1, in [0, 1)', 'optimizer.b2': 'Adam beta2, in [0, 1)',
+    'optimizer.clip_norm': 'global gradient-norm clip (0: none)',
+    'loss.label_smoothing': 'label smoothing of the cross-entropy',
+    'loss.alpha': 'distillation weight: (1 - alpha) * CE + alpha * KL(teacher || student) * T^2',
+    'loss.temperature': 'distillation temperature T',
+    'teacher.dir': 'params directory of the teacher (a run\'s export/), when alpha > 0',
+    'dataset.name': 'mnist5k | shapes (embedded, offline) | a tfds name (prepared as array_record)',
+    'dataset.classes': 'mnist5k: source (0-4) | downstream (5-9) | all',
+    'dataset.image_size': 'input side in pixels',
+    'dataset.augment': 'none | inception (random resized crop + flip)',
+    'dataset.train_fraction': 'fraction of the training split used, in (0, 1]',
+    'model.depth': 'blocks', 'model.width': 'token width', 'model.num_heads': 'attention heads',
+    'model.mlp_dim': 'MLP hidden width (None: 4 * width)', 'model.patch_size': 'patch side in pixels',
+    'model.num_classes': 'classes of the head', 'model.pool_type': 'gap (mean of tokens) | tok (cls token)',
+    'model.param_init': 'deit (the papers\') | torch | big_vision',
+    'model.head_zeroinit': 'start the head at zero (big_vision\'s default; slows an inherited body)',
+    'model.attention_impl': 'None (JAX\'s choice) | xla | cudnn (fused, GPU)',
+    'learngene.stage_depths': 'sws_aux: blocks per stage of the auxiliary model',
+    'init.method': 'descendant: tleg | sws | condense | scratch',
+    'init.learngene_dir': 'descendant: the learngene directory (a tleg_aux/sws_aux run\'s export/)',
+    'init.reinit': 'regexes of params initialized fresh (e.g. the head for new classes)',
+    'init.layers': 'descendant, condense from init.ancestry: the block indices to inherit',
+    'pool.supervise': 'pool_distill: every | last (the official code\'s)',
+    'stitch.rule': 'stitched: snnet | pool (narrow -> wide at neighbouring cuts)',
+}
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """One line per field: name = value, and what it means where FIELD_DOCS says."""
+  def flat(d, prefix=''):
+    for k, v in d.items():
+      if isinstance(v, dict) and v:
+        yield from flat(v, f'{prefix}{k}.')
+      else:
+        yield f'{prefix}{k}', v
+  rows = list(flat(config.to_dict()))
+  width = max(len(f'{k} = {v!r}') for k, v in rows)
+  return '\n'.join((f'{f"{k} = {v!r}":<{width}}' + (f'  # {FIELD_DOCS[k]}' if k in FIELD_DOCS else '')).rstrip()
+                   for k, v in rows)

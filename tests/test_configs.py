@@ -71,3 +71,12 @@ def test_a_config_typo_is_one_line():
                         '--workdir=/tmp/never_written'], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and out.stderr.count('\n') == 1, out.stderr
   assert out.stderr.startswith("train.py: unknown config field 'total_step'. Did you mean \"total_steps\"")
+
+
+def test_print_config_lists_fields_values_and_meaning():
+  from configs import common, descendant
+  lines = common.describe(descendant.get_config('mnist5k')).splitlines()
+  assert any(line.startswith("init.method = 'tleg'") and line.endswith('# descendant: tleg | sws | condense | scratch')
+             for line in lines)
+  assert any(line.startswith('optimizer.lr = 0.008') and 'per 512 examples' in line for line in lines)
+  assert all(line == line.rstrip() for line in lines)
