@@ -165,6 +165,7 @@ def test_params_files_are_checked_by_file_and_key(tmp_path):
     checkpoint.load_params(str(tmp_path / 'int.npz'))
 
 
+@pytest.mark.slow  # end to end: the slow tier
 def test_files_serve_as_teacher_fit_source_and_ancestry(tmp_path):
   model = run_config('teacher').model.to_dict()
   params = jax.device_get(random_like(param_shapes(model, (28, 28, 1))))

@@ -102,6 +102,7 @@ def test_errors(tiny_pool):
     pool_training.layer_map([0, 6], 2, 6)
 
 
+@pytest.mark.slow  # end to end: the slow tier
 def test_distillation_lowers_every_student_loss_then_stitched_training(tmp_path, teacher_dir):
   config = run_config('pool_distill', total_steps=12, eval_every=2, **{
       'teacher.dir': teacher_dir, 'optimizer.lr': 0.1})

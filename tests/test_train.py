@@ -79,6 +79,7 @@ def test_tleg_aux_trains_the_learngene_and_expands(tmp_path, teacher_dir):
   assert logits.shape == (2, 5) and np.isfinite(logits).all()
 
 
+@pytest.mark.slow  # end to end: the slow tier
 def test_sws_aux_and_descendant(tmp_path, teacher_dir):
   config = run_config('sws_aux', total_steps=2, **{'teacher.dir': teacher_dir})
   train_and_evaluate(config, str(tmp_path / 'aux'))
@@ -132,6 +133,7 @@ def _one_device_losses(tmp_path, overrides):
   return np.array(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow  # end to end: the slow tier
 def test_jit_pmap_one_device_and_accumulation_agree(tmp_path):
   overrides = {'model.drop_path': 0.2, 'model.dropout': 0.1}  # randomness keyed per example
   assert jax.device_count() == 8
@@ -248,6 +250,7 @@ def test_resume_with_a_changed_model_refuses_and_touches_nothing(tmp_path):
   assert before == {p: os.path.getmtime(tmp_path / p) for p in before}
 
 
+@pytest.mark.slow  # end to end: the slow tier
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
   workdir = tmp_path / 'run'
   proc = subprocess.Popen(
@@ -323,6 +326,7 @@ def test_descendant_config_errors(tmp_path):
     train_and_evaluate(run_config('descendant', **{'init.method': 'lora'}), str(tmp_path))
 
 
+@pytest.mark.slow  # end to end: the slow tier
 def test_two_processes_match_one(tmp_path):
   args = ['train.py', '--config=configs/teacher.py:mnist5k', '--config.total_steps=3', '--config.log_every=1',
           '--config.batch_size=16', '--config.model.depth=1', '--config.model.drop_path=0.1']
@@ -343,6 +347,7 @@ def test_two_processes_match_one(tmp_path):
   assert len(losses(tmp_path / 'two')) == 3
 
 
+@pytest.mark.slow  # end to end: the slow tier
 def test_demo_recipe_chains_runs(tmp_path, capsys):
   import importlib
   from lgjax.train import recipe
