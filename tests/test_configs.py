@@ -80,3 +80,12 @@ def test_print_config_lists_fields_values_and_meaning():
              for line in lines)
   assert any(line.startswith('optimizer.lr = 0.008') and 'per 512 examples' in line for line in lines)
   assert all(line == line.rstrip() for line in lines)
+
+
+def test_the_data_extra_brings_tensorflow_for_tfds_build():
+  import configparser
+  import os
+  from conftest import ROOT
+  setup = configparser.ConfigParser()
+  setup.read(os.path.join(ROOT, 'setup.cfg'))
+  assert any(line.startswith('tensorflow') for line in setup['options.extras_require']['data'].split())

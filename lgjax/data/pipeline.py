@@ -63,7 +63,9 @@ def data_source(dataset: Any, split: str) -> Any:
     raise FileNotFoundError(
         f'tfds dataset {dataset.name!r} split {split!r} is not prepared in '
         f'{data_dir or "the default TFDS data dir"} ({type(e).__name__}: {str(e)[:200]}). Prepare it '
-        f'once, in the array_record format that random access needs:\n'
+        f'once, in the array_record format that random access needs (tfds build needs TensorFlow, '
+        f'which the "data" extra brings):\n'
+        f'  pip install -e ".[data]"\n'
         f'  tfds build {dataset.name} --file_format=array_record'
         + (f' --data_dir={data_dir}' if data_dir else '')) from None
 
