@@ -1,0 +1,39 @@
+"""The README's Python blocks run as written, after the main job (the demo)."""
+
+import os
+import re
+
+import jax
+import numpy as np
+
+from conftest import ROOT, random_like
+from lgjax import checkpoint
+from lgjax.models import param_shapes
+
+DEMO = '/tmp/lgjax_demo'
+
+
+def python_blocks() -> list[str]:
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    return re.findall(r'^```python\n(.*?)^```$', f.read(), re.M | re.S)
+
+
+def fake_demo(root: str) -> None:
+  """The exports the blocks read, as tiny random models with the demo's layout."""
+  base = dict(num_classes=5, patch_size=7, width=16, num_heads=2, mlp_dim=32, pool_type='tok')
+  for name, depth in (('teacher', 4), ('depth2_tleg', 2), ('depth6_tleg', 6)):
+    config = {**base, 'depth': depth}
+    params = jax.tree.map(lambda x: 0.1 * x, random_like(param_shapes(config, (28, 28, 1)), seed=depth))
+    checkpoint.save_params(os.path.join(root, name, 'export'), jax.device_get(params), config)
+
+
+def test_every_python_block_of_the_readme_runs(tmp_path):
+  fake_demo(str(tmp_path / 'demo'))
+  blocks = python_blocks()
+  assert len(blocks) >= 5
+  for i, block in enumerate(blocks):
+    code = block.replace(DEMO, str(tmp_path / 'demo')).replace('/tmp/lgjax_vit', str(tmp_path / 'vit'))
+    try:
+      exec(compile(code, f'README.md python block {i}', 'exec'), {})
+    except Exception as e:
+      raise AssertionError(f'README python block {i} fails: {type(e).__name__}: {e}\n{block}') from e
