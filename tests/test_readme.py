@@ -37,3 +37,24 @@ def test_every_python_block_of_the_readme_runs(tmp_path):
       exec(compile(code, f'README.md python block {i}', 'exec'), {})
     except Exception as e:
       raise AssertionError(f'README python block {i} fails: {type(e).__name__}: {e}\n{block}') from e
+
+
+def test_the_readme_expand_commands_run(tmp_path):
+  """The expand.py lines of the README (the train.py line between them is run by the recipe tests)."""
+  import subprocess
+  import sys
+  from lgjax.learngene import sws, tleg
+  from conftest import TINY, IMAGE_SHAPE
+  demo = tmp_path / 'demo'
+  checkpoint.save_learngene(str(demo / 'tleg' / 'export'), tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE),
+                            method='tleg', model_config=TINY)
+  checkpoint.save_learngene(str(tmp_path / 'sws' / 'export'), sws.init_learngene(
+      jax.random.key(0), TINY, num_stages=3, image_shape=IMAGE_SHAPE), method='sws', model_config=TINY)
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    lines = [line for line in f if line.startswith('python expand.py')]
+  assert len(lines) == 2
+  for line in lines:
+    line = line.replace(DEMO, str(demo)).replace('/tmp/lgjax_sws', str(tmp_path / 'sws'))
+    line = line.replace('/tmp/lgjax_desc', str(tmp_path / 'desc'))
+    result = subprocess.run([sys.executable, *line.split()[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (line, result.stderr[-2000:])
