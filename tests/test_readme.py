@@ -5,6 +5,7 @@ import re
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import ROOT, random_like
 from lgjax import checkpoint
@@ -39,6 +40,26 @@ def test_every_python_block_of_the_readme_runs(tmp_path):
       raise AssertionError(f'README python block {i} fails: {type(e).__name__}: {e}\n{block}') from e
 
 
+@pytest.mark.slow  # subprocesses
+def test_the_readme_train_commands_run_on_tiny_settings(tmp_path):
+  """The README's train.py lines (teacher -> TLEG learngene -> descendant), 2 steps each."""
+  import subprocess
+  import sys
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    text = f.read()
+  block = re.search(r'^```bash\n(python train.py --config=configs/teacher.py.*?)^```$', text, re.M | re.S).group(1)
+  commands = [c.split() for c in block.replace('\\\n', ' ').splitlines() if c.strip()]
+  assert [c[2] for c in commands] == ['--config=configs/teacher.py:mnist5k', '--config=configs/tleg_aux.py:mnist5k',
+                                      '--config=configs/descendant.py:mnist5k']
+  tiny = ['--config.total_steps=2', '--config.batch_size=16', '--config.eval_every=2']
+  for command in commands:
+    command = [a.replace('/tmp/', f'{tmp_path}/') for a in command[1:]]
+    result = subprocess.run([sys.executable, *command, *tiny], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (command, result.stderr[-2000:])
+  assert os.path.isdir(tmp_path / 'desc' / 'export')
+
+
+@pytest.mark.slow  # subprocesses
 def test_the_readme_expand_commands_run(tmp_path):
   """The expand.py lines of the README (the train.py line between them is run by the recipe tests)."""
   import subprocess

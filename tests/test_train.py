@@ -505,8 +505,8 @@ def test_micro_batches_sum_gradients_through_to_params():
 
 @pytest.mark.slow
 def test_killed_at_random_points_still_ends_bit_identical(tmp_path):
-  """SIGKILL at seeded random times (between steps, during saves), again and again: the
-  run still ends with the params and losses of an uninterrupted run."""
+  """SIGKILL at seeded random steps (between steps, during saves: a checkpoint every 7),
+  again and again: the run still ends with the params and losses of an uninterrupted run."""
   import random
   args = [sys.executable, 'train.py', '--config=configs/teacher.py:mnist5k', '--config.total_steps=400',
           '--config.checkpoint_every=7', '--config.log_every=1', '--config.eval_every=400',
@@ -516,20 +516,34 @@ def test_killed_at_random_points_still_ends_bit_identical(tmp_path):
   straight = subprocess.run([*args, f'--workdir={tmp_path / "straight"}'], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
   assert straight.returncode == 0, straight.stderr[-2000:]
-  rng, kills = random.Random(0), 0
-  for _ in range(6):
+  metrics = tmp_path / 'killed' / 'metrics.jsonl'
+
+  def last_step() -> int:
+    if not metrics.exists():
+      return 0
+    steps = [0]
+    for line in metrics.read_text().splitlines():
+      try:
+        steps.append(json.loads(line)['step'])
+      except ValueError:  # a line being written
+        pass
+    return max(steps)
+
+  kills = 0
+  for target in sorted(random.Random(0).sample(range(5, 390), 5)):  # kill once the run logs this step
     proc = subprocess.Popen([*args, f'--workdir={tmp_path / "killed"}'], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-      proc.wait(timeout=rng.uniform(4.0, 10.0))  # startup takes a few s; the 400 steps ~15 s more
-    except subprocess.TimeoutExpired:
+    deadline = time.time() + 120
+    while proc.poll() is None and last_step() < target and time.time() < deadline:
+      time.sleep(0.01)
+    if proc.poll() is None:
       proc.kill()
-      proc.wait()
       kills += 1
+    proc.wait()
   final = subprocess.run([*args, f'--workdir={tmp_path / "killed"}'], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
   assert final.returncode == 0, final.stderr[-2000:]
-  assert kills >= 3  # the run was really interrupted
+  assert kills == 5  # the run was really interrupted, at 5 seeded steps
   jax.tree.map(np.testing.assert_array_equal, restore_export(tmp_path / 'killed')[0],
                restore_export(tmp_path / 'straight')[0])
   np.testing.assert_array_equal(losses(tmp_path / 'killed'), losses(tmp_path / 'straight'))
