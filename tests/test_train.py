@@ -194,6 +194,7 @@ def test_resume_skips_a_damaged_checkpoint(tmp_path, capsys):
   assert loss_steps == sorted(set(loss_steps)) == list(range(1, 6))  # steps 3-4, redone, logged once
 
 
+@pytest.mark.slow  # fault injection: the slow tier
 def test_all_checkpoints_damaged_starts_exactly_as_a_fresh_run(tmp_path, capsys):
   config = run_config('teacher', total_steps=3, checkpoint_every=1, keep_checkpoints=2)
   train_and_evaluate(config, str(tmp_path / 'run'))
@@ -209,6 +210,7 @@ def test_all_checkpoints_damaged_starts_exactly_as_a_fresh_run(tmp_path, capsys)
   jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
+@pytest.mark.slow  # fault injection: the slow tier
 @pytest.mark.parametrize('fault', ['flipped_byte', 'checksum'])
 def test_a_corrupt_checkpoint_is_damaged_not_restored(tmp_path, capsys, caplog, fault):
   """Flipped bytes in array data (Orbax's OCDBT reports DATA_LOSS), or arrays that no
