@@ -220,6 +220,8 @@ def main():
   p.add_argument('--teacher-from', default='',
                  help='lgjax:DIR with {seed}: fine-tune lgjax teacher exports instead of training here')
   p.add_argument('--out', default='', help='a markdown file for the table')
+  p.add_argument('--ablations', action='store_true',
+                 help='also TLEG with slope B = 0 and with B permuted within each parameter (as benchmarks/claims.py)')
   args = p.parse_args()
   torch.set_num_threads(1)
   heads = args.heads.split(',')
@@ -244,6 +246,12 @@ def main():
         rows[seed, head, 'scratch', depth] = finetune(None, depth, seed, zero)
         if aux is not None:
           rows[seed, head, 'tleg', depth] = finetune(tleg_expand(aux.base, aux.slopes(), depth), depth, seed, zero)
+          if args.ablations:
+            g = torch.Generator().manual_seed(seed)
+            for arm, slope in (('tleg_b0', {k: torch.zeros_like(v) for k, v in aux.slopes().items()}),
+                               ('tleg_shuffled', {k: v.flatten()[torch.randperm(v.numel(), generator=g)].view_as(v)
+                                                  for k, v in aux.slopes().items()})):
+              rows[seed, head, arm, depth] = finetune(tleg_expand(aux.base, slope, depth), depth, seed, zero)
   lines = table(rows, heads)
   print('\n'.join(lines))
   if args.out:
