@@ -42,13 +42,12 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import steps_to_reach
+from benchmarks.common import steps_to_reach, train_once
 from configs import common, descendant, sws_aux, teacher, tleg_aux
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from lgjax.learngene import condense
 from lgjax.models import flops, param_shapes
-from lgjax.train import train_and_evaluate
 from lgjax.train.recipe import accuracy_at
 from lgjax.train.reporting import eval_curve
 
@@ -112,9 +111,7 @@ class Tune:
 
 def run(config, workdir: str) -> dict[int, float]:
   """The run's eval curve; a finished run (its export written) is read, not redone."""
-  if not os.path.exists(os.path.join(workdir, 'export')):
-    train_and_evaluate(config, workdir)
-  return eval_curve(workdir)
+  return eval_curve(train_once(config, workdir))
 
 
 def _init_worker(cache_dir: str) -> None:

@@ -6,6 +6,7 @@ Run every benchmark from the repository root as a module: python -m benchmarks.N
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Callable
 
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from lgjax.models import ViT
-from lgjax.train import optim, parallel, step
+from lgjax.train import optim, parallel, step, train_and_evaluate
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -47,6 +48,13 @@ def matmul(n: int = 2048, dtype: str = 'float32') -> tuple[Callable[[], jax.Arra
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x: x @ x)
   return (lambda: f(a)), 2 * n ** 3 / 1e9
+
+
+def train_once(config, workdir: str) -> str:
+  """Trains `config` into `workdir` unless a finished run (its export written) is there; the workdir."""
+  if not os.path.exists(os.path.join(workdir, 'export')):
+    train_and_evaluate(config, workdir)
+  return workdir
 
 
 def steps_to_reach(curve: dict[int, float], target: float) -> int | None:

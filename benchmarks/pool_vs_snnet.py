@@ -31,12 +31,13 @@ import os
 import jax
 import numpy as np
 
+from benchmarks.common import train_once
 from configs import pool_distill, stitched, teacher
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from lgjax.learngene import pool as pool_lib
 from lgjax.models import ViT
-from lgjax.train import pool_training, train_and_evaluate
+from lgjax.train import pool_training
 from lgjax.train.reporting import read_metrics
 
 PRESET = 'mnist5k'
@@ -45,9 +46,7 @@ IMAGE = (28, 28, 1)
 
 def run(config, workdir: str) -> dict[str, float]:
   """The final metrics of a run; a finished run (its export written) is read, not redone."""
-  if not os.path.exists(os.path.join(workdir, 'export')):
-    train_and_evaluate(config, workdir)
-  return read_metrics(workdir)[config.total_steps]
+  return read_metrics(train_once(config, workdir))[config.total_steps]
 
 
 def upstream(work: str, steps: dict) -> dict[str, str]:

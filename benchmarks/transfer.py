@@ -31,10 +31,10 @@ import time
 import jax
 import numpy as np
 
-from lgjax.train.reporting import eval_curve
+from benchmarks.common import train_once
 from configs import descendant, teacher, tleg_aux
 from lgjax.models import inits
-from lgjax.train import train_and_evaluate
+from lgjax.train.reporting import eval_curve
 
 STEPS = (25, 50, 100, 300)
 ARMS = ('tleg', 'scratch', 'body')
@@ -101,9 +101,7 @@ def protocol(config, variant: Variant, *, depth: int, steps: int, batch: int, se
 
 def run(config, workdir: str) -> dict[int, float]:
   """The run's eval curve (step -> accuracy); a finished run is read, not redone."""
-  if not os.path.exists(os.path.join(workdir, 'export')):
-    train_and_evaluate(config, workdir)
-  return eval_curve(workdir)
+  return eval_curve(train_once(config, workdir))
 
 
 def upstream(work: str, variant: Variant, plan: Plan, seed: int) -> tuple[str, str, float]:
