@@ -8,6 +8,7 @@ or a recipe of such runs (configs/demo.py).
 Only parses flags; the run is lgjax.train.train_and_evaluate(config, workdir).
 """
 
+import errno
 import sys
 
 from absl import app, flags, logging
@@ -57,10 +58,15 @@ def main(argv):
   from lgjax.train import recipe, train_and_evaluate
   logging.info('JAX process %d of %d, %d devices.', jax.process_index(), jax.process_count(),
                jax.device_count())
-  if _CONFIG.value.kind == 'recipe':
-    recipe.run_recipe(_CONFIG.value, _WORKDIR.value)
-    return
-  metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    if _CONFIG.value.kind == 'recipe':
+      recipe.run_recipe(_CONFIG.value, _WORKDIR.value)
+      return
+    metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except OSError as e:  # a full disk is the user's to fix: one line, not a traceback
+    if e.errno != errno.ENOSPC:
+      raise
+    sys.exit(f'train.py: {e}')
   if jax.process_index() == 0:
     print('Final: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                                 for k, v in sorted(metrics.items())))

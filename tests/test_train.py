@@ -322,11 +322,26 @@ def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
   assert not os.path.exists(tmp_path / 'checkpoints') and not os.path.exists(tmp_path / 'config.json')
 
 
-def test_descendant_config_errors(tmp_path):
-  with pytest.raises(ValueError, match=r"init.learngene_dir must name a learngene directory for init.method='tleg'"):
-    train_and_evaluate(run_config('descendant'), str(tmp_path))
-  with pytest.raises(ValueError, match=r"init.method must be one of \('scratch', 'condense', 'sws', 'tleg'\), got 'lora'"):
-    train_and_evaluate(run_config('descendant', **{'init.method': 'lora'}), str(tmp_path))
+@pytest.mark.parametrize('recipe, overrides, message', [
+    ('descendant', {}, r"init.learngene_dir must name a learngene directory for init.method='tleg'"),
+    ('descendant', {'init.method': 'lora'}, r"init.method must be one of \('scratch', 'condense', 'sws', 'tleg'\), got 'lora'"),
+    ('descendant', {'init.method': 'condense', 'init.ancestry': '/some/vit'},
+     r'init.layers must list the ancestry blocks to inherit when init.ancestry is set'),
+    ('sws_aux', {'learngene.stage_depths': (1, 2), 'teacher.dir': '/some/teacher'},
+     r'learngene.stage_depths \[1, 2\] sum to 3, expected model.depth=2'),
+    ('pool_distill', {'pool.supervise': 'first', 'teacher.dir': '/some/teacher'},
+     r"pool.supervise must be one of \('every', 'last'\), got 'first'"),
+    ('stitched', {'stitch.rule': 'all', 'pool.dir': '/some/pool'}, r"stitch.rule must be one of \('snnet', 'pool'\)"),
+])
+def test_kind_fields_fail_before_any_file_or_data_is_read(tmp_path, monkeypatch, recipe, overrides, message):
+  def no_io(*args, **kwargs):
+    raise AssertionError('read a file or the data before checking the config')
+
+  for module, name in ((data, 'image_shape'), (checkpoint, 'load_params'), (checkpoint, 'load_learngene')):
+    monkeypatch.setattr(module, name, no_io)
+  with pytest.raises(ValueError, match=message):
+    train_and_evaluate(run_config(recipe, **overrides), str(tmp_path))
+  assert not os.listdir(tmp_path)
 
 
 @pytest.mark.slow  # end to end: the slow tier
@@ -567,3 +582,82 @@ def test_curves_are_titled_with_the_run(tmp_path):
   config = run_config('teacher', total_steps=2)
   train_and_evaluate(config, str(tmp_path / 'my_run'))
   assert reporting.run_title(str(tmp_path / 'my_run')) == 'my_run: model, depth 2, width 32 on mnist5k (source)'
+
+
+def _files(root):
+  """path -> (size, mtime) of every file under root: what a rerun must leave as it was."""
+  return {os.path.relpath(os.path.join(d, f), root): (os.path.getsize(os.path.join(d, f)),
+                                                       os.path.getmtime(os.path.join(d, f)))
+          for d, _, files in os.walk(root) for f in files}
+
+
+def test_a_finished_run_reruns_without_writing_anything(tmp_path):
+  config = run_config('teacher', total_steps=2, checkpoint_every=1)
+  first = train_and_evaluate(config, str(tmp_path))
+  before = _files(tmp_path)
+  again = train_and_evaluate(config, str(tmp_path))  # as on read-only storage: nothing may be written
+  assert _files(tmp_path) == before
+  assert again['eval_accuracy'] == first['eval_accuracy'] and again['step'] == 2
+
+
+def test_a_full_disk_stops_with_one_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+  from lgjax.train import checkpoints
+  real = checkpoints.shutil.disk_usage
+  saves = []
+
+  def disk_usage(path):  # room for the first save only
+    saves.append(path)
+    usage = real(path)
+    return usage._replace(free=usage.free if len(saves) == 1 else 1000)
+
+  monkeypatch.setattr(checkpoints.shutil, 'disk_usage', disk_usage)
+  with pytest.raises(OSError, match=r'No space left on device for checkpoints in .*checkpoints; the newest '
+                     r'complete checkpoint, step 1, is intact: free space') as e:
+    train_and_evaluate(run_config('teacher', total_steps=3, checkpoint_every=1), str(tmp_path))
+  assert e.value.errno == 28
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
+  monkeypatch.setattr(checkpoints.shutil, 'disk_usage', real)
+  train_and_evaluate(run_config('teacher', total_steps=3, checkpoint_every=1), str(tmp_path))  # resumes
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '3']  # keep_checkpoints=2
+
+
+def test_orbax_out_of_space_errors_become_one_oserror(tmp_path, caplog):
+  from absl import logging as absl_logging
+  from lgjax.train import checkpoints
+  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=2)
+  os.makedirs(os.path.join(ckpt.directory, '3.orbax-checkpoint-tmp-1'))  # an uncommitted step
+  orbax_error = ValueError("RESOURCE_EXHAUSTED: Error writing ... No space left on device [os_error_code='28']")
+
+  def fail(*args, **kwargs):
+    raise orbax_error
+
+  ckpt.manager.wait_until_finished = fail
+  with pytest.raises(OSError, match='no checkpoint was completed: free space and rerun'):
+    ckpt.wait()
+  assert os.listdir(ckpt.directory) == []  # the uncommitted step is removed: it only took space
+  ckpt.close()  # the error is not raised twice
+  # Orbax's own log records of it (one traceback per writer thread) are dropped, others kept.
+  logger = absl_logging.get_absl_logger()
+  with caplog.at_level('ERROR', logger=logger.name):
+    for path, message, error in (('/x/orbax/checkpoint/future.py', 'thread failed', orbax_error),
+                                 ('/x/orbax/other.py', 'other', ValueError('other')),
+                                 ('/x/mine.py', 'No space left on device', orbax_error)):
+      logger.handle(logger.makeRecord(logger.name, 40, path, 1, message, (), (ValueError, error, None)))
+  assert [r.getMessage() for r in caplog.records] == ['other', 'No space left on device']
+
+
+def test_an_export_is_whole_or_absent(tmp_path):
+  def crashing(directory, trainable):
+    os.makedirs(directory)
+    open(os.path.join(directory, 'half'), 'w').close()
+    raise KeyboardInterrupt
+
+  kind = kinds.Kind('descendant', None, lambda p: p, crashing)
+  with pytest.raises(KeyboardInterrupt):
+    loop.export(kind, str(tmp_path), {})
+  assert not os.path.exists(tmp_path / loop.EXPORT_DIR)
+  params = {'w': jnp.arange(3.0)}
+  kind = kinds.Kind('descendant', None, lambda p: p, lambda d, p: checkpoint.save_tree(os.path.join(d, 'p'), p))
+  loop.export(kind, str(tmp_path), params)
+  assert sorted(os.listdir(tmp_path)) == [loop.EXPORT_DIR]
+  np.testing.assert_array_equal(checkpoint.restore_tree(str(tmp_path / loop.EXPORT_DIR / 'p'))['w'], params['w'])

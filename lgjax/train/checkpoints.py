@@ -8,11 +8,17 @@ aside to `damaged-STEP`, and the next older one is used. A step whose params
 differ in names or shapes from the run's (a changed model) is not damage:
 restore raises StructureMismatch and touches nothing. Each step carries a
 CRC-32 per array; a step whose restored arrays do not match is damaged.
+A full disk ends the run with one OSError(ENOSPC) that names the directory and
+the newest complete step, instead of Orbax's tracebacks from every writer thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging as py_logging
 import os
+import shutil
 import zlib
 from typing import Any
 
@@ -38,6 +44,28 @@ class StructureMismatch(ValueError):
                      + (f' and {len(differing) - 6} more' if len(differing) > 6 else ''))
 
 
+def _no_space(text: str) -> bool:
+  return 'No space left on device' in text or "os_error_code='28'" in text
+
+
+class _DropOrbaxDiskFull(py_logging.Filter):
+  """Orbax logs a full traceback per writer thread when the disk fills; the run reports it once."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if 'orbax' not in record.pathname:
+      return True
+    text = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      text += str(record.exc_info[1])
+    return not _no_space(text)
+
+
+def _quiet_orbax_disk_full() -> None:
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _DropOrbaxDiskFull) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropOrbaxDiskFull())
+
+
 def _param_shapes(tree: PyTree) -> dict[str, tuple]:
   return {name: tuple(leaf.shape) for name, leaf in tree_lib.flatten_with_names(tree)}
 
@@ -52,15 +80,56 @@ class Checkpointer:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': grain.checkpoint.CheckpointHandler(),
                        'checksums': ocp.JsonCheckpointHandler()})
+    self.disk_full = False
+    _quiet_orbax_disk_full()
+
+  def _no_space_error(self) -> OSError:
+    steps = [s for s in self.manager.all_steps() if os.path.isdir(os.path.join(self.directory, str(s)))]
+    kept = (f'the newest complete checkpoint, step {max(steps)}, is intact: free space (or move the workdir) '
+            f'and rerun to resume from it' if steps else 'no checkpoint was completed: free space and rerun')
+    return OSError(errno.ENOSPC, f'No space left on device for checkpoints in {self.directory}; {kept}.')
+
+  def _check_room(self, state: PyTree) -> None:
+    """Refuses a save the disk cannot hold before writing a byte: Orbax fails such a write
+    late, from many threads at once. Old steps are only deleted after the new one commits."""
+    need = sum(x.nbytes for x in jax.tree.leaves(state)) * 1.05 + (1 << 20)
+    try:
+      room = shutil.disk_usage(self.directory).free >= need
+    except OSError:  # not a local filesystem (e.g. a bucket): nothing to ask
+      room = True
+    if jax.process_count() > 1:  # every process must take the same branch
+      room = bool(np.all(multihost_utils.process_allgather(np.array(room))))
+    if not room:
+      self.disk_full = True
+      raise self._no_space_error()
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """Turns Orbax's out-of-space errors (raised late, by the next save or wait) into one OSError."""
+    try:
+      yield
+    except Exception as e:
+      if self.disk_full or not _no_space(str(e)):
+        raise
+      self.disk_full = True
+      if jax.process_index() == 0:  # the uncommitted step only takes space: Orbax never reads it
+        for name in os.listdir(self.directory):
+          if '.orbax-checkpoint-tmp' in name:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      raise self._no_space_error() from None
 
   def save(self, step: int, state: PyTree, data_iterator: Any) -> None:
     """Starts an (async) save of `state`, its checksums and the iterator position at `step`."""
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-        checksums=ocp.args.JsonSave(checksums(state))), force=True)
+    with self._writing():
+      self.manager.wait_until_finished()  # a late failure of the previous save surfaces here
+      self._check_room(state)
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+          checksums=ocp.args.JsonSave(checksums(state))), force=True)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._writing():
+      self.manager.wait_until_finished()
 
   def restore_latest(self, abstract_state: PyTree, data_iterator: Any) -> tuple[PyTree, int] | None:
     """(state, step) from the newest intact checkpoint, or None for a fresh run.
@@ -104,8 +173,13 @@ class Checkpointer:
     return None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save and releases Orbax; after a full disk (already reported) quietly."""
+    for finish in (self.wait, self.manager.close):
+      try:
+        finish()
+      except Exception:
+        if not self.disk_full:
+          raise
 
 
 def checksums(state: PyTree) -> dict[str, int]:

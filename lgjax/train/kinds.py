@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from lgjax.learngene import METHODS, condense, sws, tleg
+from lgjax.learngene import pool as pool_lib
 from lgjax.models import ViT, check_config, inits
 from lgjax.train import pool_training
 
@@ -149,10 +150,38 @@ def _descendant(config: Any, model_cfg: dict, image_shape) -> Kind:
   return Kind('descendant', init, lambda p: p, export)
 
 
-def make_kind(config: Any, image_shape: Sequence[int]) -> Kind:
-  """The Kind for `config.kind`; raises before any work if the config cannot train."""
+def check_fields(config: Any) -> None:
+  """The kind's own fields, checked without reading a file or the data (the loop calls
+  this before any work; make_kind checks what needs the learngene or data)."""
   if config.kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {config.kind!r}.')
+  model_config(config)
+  if config.kind == 'sws_aux':
+    check_stage_depths(config)
+  elif config.kind == 'pool_distill':
+    pool_training.instance_configs(config)
+    pool_training.check_supervise(config)
+  elif config.kind == 'stitched':
+    if config.stitch.get('rule', 'snnet') not in pool_lib.STITCH_RULES:
+      raise ValueError(f'stitch.rule must be one of {pool_lib.STITCH_RULES}, got {config.stitch.rule!r}.')
+  elif config.kind == 'descendant':
+    method = config.init.method
+    if method not in INIT_METHODS:
+      raise ValueError(f'init.method must be one of {INIT_METHODS}, got {method!r}.')
+    if method != 'scratch' and not (config.init.get('learngene_dir') or config.init.get('ancestry')):
+      raise ValueError(f'init.learngene_dir must name a learngene directory for init.method={method!r}'
+                       + (' (or set init.ancestry)' if method == 'condense' else '') + '.')
+    if method == 'condense' and config.init.get('ancestry') and not config.init.get('layers'):
+      raise ValueError('init.layers must list the ancestry blocks to inherit when init.ancestry is set.')
+    stage_depths = tuple(config.init.get('stage_depths') or ())
+    if method == 'sws' and stage_depths and sum(stage_depths) != config.model.depth:
+      raise ValueError(f'init.stage_depths {list(stage_depths)} sum to {sum(stage_depths)}, expected '
+                       f'model.depth={config.model.depth}.')
+
+
+def make_kind(config: Any, image_shape: Sequence[int]) -> Kind:
+  """The Kind for `config.kind`; raises before any work if the config cannot train."""
+  check_fields(config)
   model_cfg = model_config(config)
   if config.kind == 'model':
     return _plain(model_cfg, image_shape)
@@ -164,9 +193,4 @@ def make_kind(config: Any, image_shape: Sequence[int]) -> Kind:
     return pool_training.distill_kind(config, image_shape, Kind)
   if config.kind == 'stitched':
     return pool_training.stitched_kind(config, image_shape, Kind)
-  if config.init.method not in INIT_METHODS:
-    raise ValueError(f'init.method must be one of {INIT_METHODS}, got {config.init.method!r}.')
-  if config.init.method != 'scratch' and not (config.init.get('learngene_dir') or config.init.get('ancestry')):
-    raise ValueError(f'init.learngene_dir must name a learngene directory for '
-                     f'init.method={config.init.method!r}' + (' (or set init.ancestry)' if config.init.method == 'condense' else '') + '.')
   return _descendant(config, model_cfg, image_shape)

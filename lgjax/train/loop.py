@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
 from typing import Any
 
@@ -31,8 +32,6 @@ def check_config(config: Any) -> None:
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f'{field} must be an integer >= 1, got {value!r}.')
-  if config.kind not in kinds.KINDS:
-    raise ValueError(f'kind must be one of {kinds.KINDS}, got {config.kind!r}.')
   if config.parallelism not in parallel.BACKENDS:
     raise ValueError(f'parallelism must be one of {parallel.BACKENDS}, got {config.parallelism!r}.')
   if config.compute_dtype not in COMPUTE_DTYPES:
@@ -46,6 +45,7 @@ def check_config(config: Any) -> None:
   if config.loss.temperature <= 0:
     raise ValueError(f'loss.temperature must be > 0, got {config.loss.temperature!r}.')
   _check_numbers(config)
+  kinds.check_fields(config)
   classes = data.pipeline.num_classes(config.dataset)
   if classes and (config.model.get('num_classes') or 0) < classes:
     raise ValueError(f'model.num_classes={config.model.get("num_classes")} is smaller than the {classes} '
@@ -207,7 +207,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         f'{workdir} holds checkpoints of another model: {e}. Config fields changed since the run '
         f'started: {changes or "none recorded"}. Use a new --workdir (or move {ckpt.directory} '
         f'away) to start this model; nothing was changed in {workdir}.') from None
-  _save_config(config, workdir)  # after the restore check: a refused run leaves the workdir as it was
   start = 0
   if restored is None and ckpt.damaged:  # a failed restore may have moved the iterator: start it anew
     iterator = new_iterator()
@@ -218,6 +217,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     _say(f'Resuming from checkpoint step {start} in {ckpt.directory}.')
     if changes:
       _say(f'Note: the config differs from the one this run was started with in {changes}.')
+  # A finished run only reports: it writes nothing that exists (read-only storage works).
+  finished = start >= config.total_steps
+  if not finished:  # after the restore check: a refused run leaves the workdir as it was
+    _save_config(config, workdir)
 
   example_loss = (kind.example_loss(teacher) if kind.example_loss
                   else step.classification_loss(model, config.loss, teacher))
@@ -230,7 +233,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   dteacher = None if teacher is None else backend.place_state(teacher_params)
   offset = jax.process_index() * local_batch
   reporter = reporting.Reporter(workdir, total_steps=config.total_steps, start_step=start,
-                                batch_size=config.batch_size)
+                                batch_size=config.batch_size, enabled=False if finished else None)
   final: dict[str, float] = {}
   try:
     with preemption_guard() as preempted:
@@ -254,14 +257,31 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
           ckpt.wait()
           return {**final, 'step': step_num, 'preempted': True}
     ckpt.wait()
-    if start >= config.total_steps:  # already done: report the final eval again
+    if finished:  # report the final eval again
       final.update(evaluate(config, backend, eval_step, dstate))
-    kind.export(os.path.join(workdir, EXPORT_DIR), backend.canonical(dstate).params)
+    if not (finished and os.path.isdir(os.path.join(workdir, EXPORT_DIR))):
+      export(kind, workdir, backend.canonical(dstate).params)
   finally:
     ckpt.close()
     reporter.close()
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and not (finished and os.path.exists(os.path.join(workdir, reporting.PLOT_FILE))):
     reporting.plot_curves(workdir)
     if kind.report:
       kind.report(workdir, final)
   return {**final, 'step': config.total_steps}
+
+
+def export(kind: kinds.Kind, workdir: str, trainable: Any) -> str:
+  """Writes workdir/export/ whole or not at all: into export.partial/, then renamed, so a
+  crash mid-export never leaves an export/ that loads wrong."""
+  final, partial = os.path.join(workdir, EXPORT_DIR), os.path.join(workdir, EXPORT_DIR + '.partial')
+  if jax.process_index() == 0:
+    shutil.rmtree(partial, ignore_errors=True)
+  multihost_utils.sync_global_devices('lgjax_export_begin')
+  kind.export(partial, trainable)
+  multihost_utils.sync_global_devices('lgjax_export_written')
+  if jax.process_index() == 0:
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+  multihost_utils.sync_global_devices('lgjax_export_done')
+  return final

@@ -50,12 +50,17 @@ def instance_configs(config: Any) -> list[dict]:
 SUPERVISE = ('every', 'last')
 
 
-def supervised_pairs(config: Any, student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:
-  """(student layer, teacher layer) pairs whose states the distillation matches."""
-  mapping = layer_map(config.pool.get('layer_map', 'uniform'), student_depth, teacher_depth)
+def check_supervise(config: Any) -> str:
   supervise = config.pool.get('supervise', 'every')
   if supervise not in SUPERVISE:
     raise ValueError(f'pool.supervise must be one of {SUPERVISE}, got {supervise!r}.')
+  return supervise
+
+
+def supervised_pairs(config: Any, student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:
+  """(student layer, teacher layer) pairs whose states the distillation matches."""
+  mapping = layer_map(config.pool.get('layer_map', 'uniform'), student_depth, teacher_depth)
+  supervise = check_supervise(config)
   pairs = list(enumerate(mapping))
   return pairs if supervise == 'every' else pairs[-1:]
 
@@ -156,9 +161,7 @@ def stitched_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
   if meta['method'] != 'pool':
     raise ValueError(f'pool.dir={config.pool.dir!r} holds a {meta["method"]!r} learngene, not a pool.')
   configs = meta['instance_configs']
-  rule = config.stitch.get('rule', 'snnet')
-  if rule not in pool_lib.STITCH_RULES:
-    raise ValueError(f'stitch.rule must be one of {pool_lib.STITCH_RULES}, got {rule!r}.')
+  rule = config.stitch.get('rule', 'snnet')  # checked in kinds.check_fields
   specs = [pool_lib.check_spec(configs, s) for s in config.stitch.specs] or [
       r['spec'] for r in pool_lib.enumerate_specs(trained_pool, configs, image_shape, rule)]
   images = stitch_batch(config)
