@@ -1,20 +1,29 @@
-r"""Expands a saved learngene into a descendant ViT checkpoint.
+r"""Expands a learngene (or selects from a trained ViT) into a descendant ViT checkpoint.
 
   python expand.py --learngene=DIR --method=tleg --depth=8 --out=DIR
   python expand.py --learngene=DIR --method=sws --stage_depths=3,3,2 --out=DIR
-  python expand.py --learngene=POOL_DIR --method=pool --spec=0,3,2,3 --out=DIR
-  python expand.py --learngene=DIR --method=condense --num_random=4 --placement=below \
+  python expand.py --learngene=DIR --method=condense --depth=6 --placement=below \
       [--num_classes=10 --seed=0] --out=DIR
+  python expand.py --source=DIR_OR_FILE --method=condense --layers=4,5 --depth=6 --out=DIR
+  python expand.py --learngene=POOL_DIR --spec=0,3,2,3 --out=DIR          # a stitched model
+
+Any registered method (lgjax.learngene.METHODS) works the same way: the
+descendant is the learngene's model config with the sizes given here
+(--depth, --width, --num_heads, --mlp_dim, --num_classes) replaced, and the
+method's own options are flags of the same names. A learngene comes from
+--learngene (a trained learngene directory) or, for methods that take a
+trained ViT as it is, --source (anything load_params reads).
 
 Writes DIR/params (Orbax) and DIR/model_config.json, so that
 `ViT(**config).apply({'params': params}, x)` runs after
 `lgjax.checkpoint.load_params(DIR)` (a pool spec writes stitched_config.json
-instead: `module, params = lgjax.checkpoint.load_model(DIR)`); `--format=npz` also writes
-DIR/params.npz in big_vision's flat '/'-keyed layout.
+instead: `module, params = lgjax.checkpoint.load_model(DIR)`); `--format=npz`
+also writes DIR/params.npz in big_vision's flat '/'-keyed layout.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 
@@ -23,48 +32,46 @@ from absl import app, flags, logging
 
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
-from lgjax.learngene import METHODS, condense, pool
+from lgjax.learngene import METHODS, pool
 
-_LEARNGENE = flags.DEFINE_string('learngene', None, 'Learngene directory (learngene/ + learngene.json).')
 _METHOD = flags.DEFINE_enum('method', None, sorted(METHODS), 'Learngene method; must match learngene.json.')
-_DEPTH = flags.DEFINE_integer('depth', None, 'Descendant depth (tleg).')
-_STAGE_DEPTHS = flags.DEFINE_list('stage_depths', None, 'Blocks per stage, e.g. 3,3,2,2,2 (sws).')
-_NUM_RANDOM = flags.DEFINE_integer('num_random', None, 'Fresh blocks stacked on the layers (condense).')
-_PLACEMENT = flags.DEFINE_enum('placement', 'below', ['below', 'above'], 'Where fresh blocks go (condense).')
-_NUM_CLASSES = flags.DEFINE_integer('num_classes', None, 'A new head with this many classes (condense).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of freshly initialized parts (condense).')
-_SPEC = flags.DEFINE_list('spec', None, 'front_instance,j,end_instance,k of a stitched model (pool).')
+_LEARNGENE = flags.DEFINE_string('learngene', None, 'Learngene directory (learngene/ + learngene.json).')
+_SOURCE = flags.DEFINE_string('source', None, 'A trained ViT (directory, .npz or .safetensors), for methods '
+                              'that take one as it is.')
+SIZES = ('depth', 'width', 'num_heads', 'mlp_dim', 'num_classes')
+_SIZES = {name: flags.DEFINE_integer(name, None, f'Descendant {name} (default: the learngene\'s).') for name in SIZES}
+_OPTIONS = {name: flags.DEFINE_string(name, None, f'Option of method(s) {", ".join(sorted(m.name for m in METHODS.values() if name in m.options))}: '
+                                      'a value, or comma-separated values for a sequence.')
+            for name in sorted({o for m in METHODS.values() for o in m.options})}
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of freshly initialized parts.')
+_SPEC = flags.DEFINE_list('spec', None, 'front_instance,j,end_instance,k of a pool\'s stitched model.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory for the descendant checkpoint.')
 _FORMAT = flags.DEFINE_enum('format', 'orbax', ['orbax', 'npz', 'safetensors'],
                             'npz / safetensors also write params.npz (big_vision) / '
                             'params.safetensors (timm) beside the Orbax checkpoint.')
 _SCAN = flags.DEFINE_bool('scan', False, 'Write the scanned (stacked-blocks) layout.')
-flags.mark_flags_as_required(['learngene', 'method', 'out'])
+flags.mark_flags_as_required(['out'])
 
 
-def expand_args(method: str, depth: int | None, stage_depths: list[str] | None) -> object:
-  """The method's second expand argument, from the flags, with the flag named on error."""
-  if method == 'pool':
-    if not _SPEC.value or depth is not None or stage_depths:
-      raise app.UsageError('--method=pool needs --spec=front,j,end,k (and no --depth or --stage_depths).')
+def parse_option(name: str, text: str):
+  """'3' -> 3, '3,3,2' -> (3, 3, 2), 'below' -> 'below'."""
+  values = []
+  for part in text.split(','):
     try:
-      return tuple(int(v) for v in _SPEC.value)
-    except ValueError:
-      raise app.UsageError(f'--spec must be four integers, got {",".join(_SPEC.value)!r}.') from None
-  if method == 'condense':
-    if _NUM_RANDOM.value is None or depth is not None or stage_depths:
-      raise app.UsageError('--method=condense needs --num_random (and no --depth or --stage_depths).')
-    return _NUM_RANDOM.value
-  if method == 'tleg':
-    if depth is None or stage_depths:
-      raise app.UsageError('--method=tleg needs --depth (and no --stage_depths).')
-    return depth
-  if not stage_depths or depth is not None:
-    raise app.UsageError('--method=sws needs --stage_depths (and no --depth).')
-  try:
-    return [int(d) for d in stage_depths]
-  except ValueError:
-    raise app.UsageError(f'--stage_depths must be integers, got {",".join(stage_depths)!r}.') from None
+      values.append(ast.literal_eval(part.strip()))
+    except (ValueError, SyntaxError):
+      values.append(part.strip())
+  return tuple(values) if ',' in text else values[0]
+
+
+def method_options(method) -> dict:
+  """The method's options from their flags; a flag of another method's option is an error."""
+  given = {name: flag.value for name, flag in _OPTIONS.items() if flag.value is not None}
+  foreign = sorted(set(given) - set(method.options))
+  if foreign:
+    raise app.UsageError(f'--{foreign[0]} is not an option of --method={method.name} '
+                         f'(its options: {", ".join("--" + o for o in method.options) or "none"}).')
+  return {name: parse_option(name, text) for name, text in given.items()}
 
 
 def main(argv):
@@ -72,43 +79,71 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   try:
-    expand()
+    if _SPEC.value:
+      stitch()
+    else:
+      expand()
   except (app.UsageError, ValueError, FileNotFoundError) as e:  # the message alone, first and only
     sys.exit(f'expand.py: {e} (python expand.py --helpshort lists the flags.)')
 
 
-def expand():
-  arg = expand_args(_METHOD.value, _DEPTH.value, _STAGE_DEPTHS.value)
+def load_learngene(method, options: dict) -> tuple[object, dict, str]:
+  """(learngene, its model config, where it came from), from --learngene or --source."""
+  if bool(_LEARNGENE.value) == bool(_SOURCE.value):
+    raise app.UsageError('give exactly one of --learngene (a learngene directory) and --source (a trained ViT).')
+  if _SOURCE.value:
+    if method.from_source is None:
+      raise app.UsageError(f'--method={method.name} expands a trained learngene: give --learngene, not --source.')
+    params, source_config = checkpoint.load_params(_SOURCE.value)
+    return method.from_source(params, source_config, **options), source_config, _SOURCE.value
   learngene, meta = checkpoint.load_learngene(_LEARNGENE.value)
-  if meta['method'] != _METHOD.value:
-    raise app.UsageError(f'--method={_METHOD.value} but {_LEARNGENE.value!r} holds a '
-                         f'{meta["method"]} learngene.')
-  if _METHOD.value == 'pool':
-    configs = meta['instance_configs']
-    module, params = pool.assemble(learngene, configs, arg)
-    checkpoint.save_stitched(_OUT.value, module, params)
-    print(f'Stitched model {pool.spec_name(pool.check_spec(configs, arg))}: '
-          f'{tree_lib.num_params(params):,} params ({_LEARNGENE.value}).')
-    print(f'Wrote {_OUT.value}')
-    return
-  config = {**meta['model_config'], 'scan': _SCAN.value}
-  if _METHOD.value == 'condense':
-    params = condense.expand(learngene, arg, rng=jax.random.key(_SEED.value), placement=_PLACEMENT.value,
-                             num_classes=_NUM_CLASSES.value, scan=_SCAN.value)
-    config = {**config, **condense.descendant_config(learngene, arg, _NUM_CLASSES.value), 'scan': _SCAN.value}
-  else:
-    params = METHODS[_METHOD.value].expand(learngene, arg, scan=_SCAN.value)
-    config['depth'] = arg if _METHOD.value == 'tleg' else sum(arg)
-  depth = config['depth']
-  checkpoint.save_params(_OUT.value, params, config)
+  if meta['method'] != method.name:
+    raise app.UsageError(f'--method={method.name} but {_LEARNGENE.value!r} holds a {meta["method"]} learngene.')
+  return learngene, meta['model_config'], _LEARNGENE.value
+
+
+def expand():
+  if not _METHOD.value:
+    raise app.UsageError('--method is required (one of ' + ', '.join(sorted(METHODS)) + ').')
+  method = METHODS[_METHOD.value]
+  options = method_options(method)
+  learngene, base_config, origin = load_learngene(method, options)
+  sizes = {name: flag.value for name, flag in _SIZES.items() if flag.value is not None}
+  if 'depth' not in sizes and method.implied_depth(**options):
+    sizes['depth'] = method.implied_depth(**options)
+  if 'width' in sizes and 'mlp_dim' not in sizes:
+    sizes['mlp_dim'] = None  # 4 * width
+  target = {**base_config, **sizes, 'scan': _SCAN.value}
+  method.check(learngene, None)
+  params = method.expand(learngene, target, rng=jax.random.key(_SEED.value), **options)
+  checkpoint.save_params(_OUT.value, params, target)
   written = [os.path.join(_OUT.value, checkpoint.PARAMS), os.path.join(_OUT.value, checkpoint.MODEL_CONFIG)]
   if _FORMAT.value != 'orbax':
     written.append(os.path.join(_OUT.value, f'params.{_FORMAT.value}'))
-    checkpoint.save_params(written[-1], params, config, format=_FORMAT.value)
-  print(f'Descendant: depth {depth}, width {config["width"]}, '
-        f'{tree_lib.num_params(params):,} params ({_METHOD.value} from {_LEARNGENE.value}).')
+    checkpoint.save_params(written[-1], params, target, format=_FORMAT.value)
+  print(f'Descendant: depth {target["depth"]}, width {target["width"]}, '
+        f'{tree_lib.num_params(params):,} params ({method.name} from {origin}).')
   for path in written:
     print(f'Wrote {path}')
+
+
+def stitch():
+  """--spec: a stitched model of a Learngene Pool."""
+  if not _LEARNGENE.value:
+    raise app.UsageError('--spec needs --learngene=POOL_DIR (a pool_distill or stitched run\'s export/).')
+  try:
+    spec = tuple(int(v) for v in _SPEC.value)
+  except ValueError:
+    raise app.UsageError(f'--spec must be four integers, got {",".join(_SPEC.value)!r}.') from None
+  learngene, meta = checkpoint.load_learngene(_LEARNGENE.value)
+  if 'instance_configs' not in meta:
+    raise app.UsageError(f'--spec stitches a pool, but {_LEARNGENE.value!r} holds a {meta["method"]} learngene.')
+  configs = meta['instance_configs']
+  module, params = pool.assemble(learngene, configs, spec)
+  checkpoint.save_stitched(_OUT.value, module, params)
+  print(f'Stitched model {pool.spec_name(pool.check_spec(configs, spec))}: '
+        f'{tree_lib.num_params(params):,} params ({_LEARNGENE.value}).')
+  print(f'Wrote {_OUT.value}')
 
 
 if __name__ == '__main__':

@@ -202,7 +202,7 @@ def tune_job(work: str, plan: Plan, t: Tune):
     c.init.method = 'scratch'
   elif t.arm == 'pretrained':  # the whole pretrained model of this depth, a fresh head
     name = 'teacher' if t.depth == TEACHER_DEPTH else f'pretrained_d{t.depth}'
-    c.init.update(method='condense', ancestry=os.path.join(work, 'upstream', f'u{t.u}', name, 'export'),
+    c.init.update(method='condense', source=os.path.join(work, 'upstream', f'u{t.u}', name, 'export'),
                   layers=list(range(t.depth)))
   else:
     c.init.update(method='tleg' if t.arm.startswith('tleg') else t.arm,

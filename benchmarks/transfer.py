@@ -124,7 +124,7 @@ def finetune(work: str, variant: Variant, plan: Plan, seed: int, arm: str, depth
   if arm == 'tleg':
     config.init.update(method='tleg', learngene_dir=dirs[1])
   elif arm == 'body':  # the teacher's whole body: every block, a fresh head
-    config.init.update(method='condense', ancestry=dirs[0], layers=list(range(depth)))
+    config.init.update(method='condense', source=dirs[0], layers=list(range(depth)))
   else:
     config.init.method = 'scratch'
   return run(config, os.path.join(work, f'{arm}_d{depth}_seed{seed}'))

@@ -88,7 +88,7 @@ def base(preset: str, *, kind: str, batch_size: int, total_steps: int, lr: float
 
 
 FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of each field
-    'kind': "what trains: model | tleg_aux | sws_aux | descendant | pool_distill | stitched | recipe",
+    'kind': "what trains: model | aux (a learngene) | descendant | pool_distill | stitched | recipe",
     'seed': 'seeds init, data order and dropout: same config + seed, same numbers',
     'batch_size': 'global batch, over all devices and processes',
     'total_steps': 'optimizer steps',
@@ -121,11 +121,16 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'model.param_init': 'deit (the papers\') | torch | big_vision',
     'model.head_zeroinit': 'start the head at zero (big_vision\'s default; slows an inherited body)',
     'model.attention_impl': 'None (JAX\'s choice) | xla | cudnn (fused, GPU)',
-    'learngene.stage_depths': 'sws_aux: blocks per stage of the auxiliary model',
-    'init.method': 'descendant: tleg | sws | condense | scratch',
-    'init.learngene_dir': 'descendant: the learngene directory (a tleg_aux/sws_aux run\'s export/)',
+    'learngene.method': 'aux: the method whose learngene trains (lgjax.learngene.registry.trained())',
+    'learngene.stage_depths': 'aux, sws: blocks per stage of the auxiliary model',
+    'learngene.fit_from': 'aux, tleg: start from the least-squares fit to this ViT (any load_params path)',
+    'init.method': 'descendant: scratch | a learngene method (lgjax.learngene.METHODS)',
+    'init.learngene_dir': 'descendant: the learngene directory (an aux run\'s export/)',
+    'init.source': 'descendant: a trained ViT (any load_params path), for methods that take one as it is',
+    'init.stage_depths': 'descendant, sws: blocks per stage (empty: sws.split_depth)',
+    'init.placement': 'descendant, condense: below | above the inherited layers',
     'init.reinit': 'regexes of params initialized fresh (e.g. the head for new classes)',
-    'init.layers': 'descendant, condense from init.ancestry: the block indices to inherit',
+    'init.layers': 'descendant, condense from init.source: the block indices to inherit',
     'pool.supervise': 'pool_distill: every | last (the official code\'s)',
     'stitch.rule': 'stitched: snnet | pool (narrow -> wide at neighbouring cuts)',
 }

@@ -4,12 +4,14 @@ r"""A descendant ViT on the downstream data, initialized from a learngene.
       --config.init.method=tleg --config.init.learngene_dir=/tmp/tleg/export \
       --config.model.depth=4
 
-init.method: 'tleg' | 'sws' (expand the learngene to model.depth; SWS splits
-it over stages by init.stage_depths, or sws.split_depth when empty),
-'condense' (the learngene layers plus model.depth - k fresh blocks at
-init.placement 'below' | 'above'; the learngene from init.learngene_dir, or
-condensed here from init.ancestry, any checkpoint file or directory, at
-block indices init.layers) or 'scratch'. Params matching an init.reinit regex (default: the head, since
+init.method: any registered learngene method (lgjax.learngene.METHODS), or
+'scratch'. 'tleg' | 'sws' expand the learngene to model.depth (SWS splits
+it over stages by init.stage_depths, or sws.split_depth when empty);
+'condense' stacks model.depth - k fresh blocks at init.placement 'below' |
+'above' on the learngene layers. The learngene is read from
+init.learngene_dir, or, for methods that take a trained ViT as it is
+(condense), made here from init.source (any checkpoint file or directory;
+condense inherits its blocks init.layers). Params matching an init.reinit regex (default: the head, since
 the downstream classes are new) are freshly initialized. The paper trains
 descendants 35-40 epochs with CE, lr 5e-4, no warmup, drop path 0.1.
 """
@@ -34,6 +36,6 @@ def get_config(arg: str = 'mnist5k'):
                                 drop_path=0.1)
   config.dataset = common.dataset(preset, 'downstream')
   config.init = ml_collections.ConfigDict(dict(
-      method='tleg', learngene_dir='', stage_depths=(), placement='below', ancestry='',
+      method='tleg', learngene_dir='', stage_depths=(), placement='below', source='',
       layers=(), reinit=('^head/',)))  # tuples: settable from the command line, e.g. --config.init.layers='(4, 5)'
   return config

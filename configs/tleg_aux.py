@@ -16,18 +16,18 @@ from configs import common
 def get_config(arg: str = 'mnist5k'):
   preset = common.check_preset(arg)
   if preset == 'mnist5k':
-    config = common.base(preset, kind='tleg_aux', batch_size=128,
+    config = common.base(preset, kind='aux', batch_size=128,
                          total_steps=common.steps(preset, 51.2, 128), lr=4e-3, warmup_steps=0)
     config.model = common.model(preset, depth=6)
   else:
-    config = common.base(preset, kind='tleg_aux', batch_size=1024,
+    config = common.base(preset, kind='aux', batch_size=1024,
                          total_steps=common.steps(preset, 150, 1024), lr=5e-4,
                          warmup_steps=common.steps(preset, 5, 1024))
     config.model = common.model(preset, depth=12, size='S', drop_path=0.1)
   config.dataset = common.dataset(preset, 'source')
   config.loss.alpha = 1.0  # pure soft distillation, as the paper
   config.loss.label_smoothing = 0.0
-  # init.fit_from: start the learngene from tleg.fit of an existing ViT (any
+  # learngene.fit_from: start the learngene from tleg.fit of an existing ViT (any
   # checkpoint load_params reads) instead of the paper's random init.
-  config.init = dict(fit_from='')
+  config.learngene = dict(method='tleg', fit_from='')
   return config

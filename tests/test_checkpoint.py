@@ -91,9 +91,12 @@ def test_expand_cli_sws_scan_and_errors(tmp_path):
   assert wrong.returncode != 0 and "--method=tleg but" in wrong.stderr and 'holds a sws learngene' in wrong.stderr
   short = run_expand(f'--learngene={lg_dir}', '--method=sws', '--stage_depths=2,1', f'--out={out}')
   assert short.returncode != 0 and 'stage_depths must be a sequence of 3 integers' in short.stderr
-  missing = run_expand(f'--learngene={lg_dir}', '--method=sws', f'--out={out}')
-  assert missing.returncode != 0 and '--method=sws needs --stage_depths' in missing.stderr
-  for failed in (wrong, short, missing):  # the message alone, on one line: no usage text, no traceback
+  foreign = run_expand(f'--learngene={lg_dir}', '--method=sws', '--placement=above', f'--out={out}')
+  assert foreign.returncode != 0 and '--placement is not an option of --method=sws (its options: --stage_depths)' in foreign.stderr
+  split = run_expand(f'--learngene={lg_dir}', '--method=sws', '--depth=5', f'--out={out}')  # sws.split_depth: 2, 2, 1
+  assert split.returncode == 0, split.stderr
+  _equal(checkpoint.load_params(out)[0], jax.device_get(sws.expand(lg, (2, 2, 1))))
+  for failed in (wrong, short, foreign):  # the message alone, on one line: no usage text, no traceback
     assert failed.stderr.startswith('expand.py: ') and failed.stderr.count('\n') == 1, failed.stderr
 
 
@@ -103,7 +106,7 @@ def test_expand_cli_condense_to_safetensors(tmp_path):
   lg = condense.condense(params, [2, 3])
   checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='condense', model_config={**TINY, 'depth': 4})
   out = str(tmp_path / 'desc')
-  result = run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', '--num_random=1',
+  result = run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', '--depth=3',
                        '--placement=above', '--num_classes=3', f'--out={out}', '--format=safetensors')
   assert result.returncode == 0, result.stderr
   restored, config = checkpoint.load_params(out)
@@ -112,8 +115,8 @@ def test_expand_cli_condense_to_safetensors(tmp_path):
                params['Transformer']['encoderblock_3'])
   timm, _ = checkpoint.load_params(os.path.join(out, 'params.safetensors'), num_heads=TINY['num_heads'])
   jax.tree.map(np.testing.assert_array_equal, timm, restored)
-  missing = run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', f'--out={out}')
-  assert missing.returncode != 0 and '--method=condense needs --num_random' in missing.stderr
+  short = run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', '--depth=1', f'--out={out}')
+  assert short.returncode != 0 and 'depth=1 must be >= the 2 condensed learngene layers' in short.stderr
 
 
 def test_an_export_written_on_two_devices_loads_on_one(tmp_path):

@@ -173,11 +173,11 @@ def test_files_serve_as_teacher_fit_source_and_ancestry(tmp_path):
   checkpoint.save_params(str(tmp_path / 'teacher.npz'), params, model, format='npz')
   checkpoint.save_params(str(tmp_path / 'teacher.safetensors'), params, model, format='safetensors')
   final = train_and_evaluate(run_config('tleg_aux', total_steps=2, **{
-      'teacher.dir': str(tmp_path / 'teacher.safetensors'), 'init.fit_from': str(tmp_path / 'teacher.npz')}),
+      'teacher.dir': str(tmp_path / 'teacher.safetensors'), 'learngene.fit_from': str(tmp_path / 'teacher.npz')}),
       str(tmp_path / 'aux'))
   assert np.isfinite(final['loss'])
   desc = run_config('descendant', total_steps=2, **{
-      'init.method': 'condense', 'init.ancestry': str(tmp_path / 'teacher.npz'), 'init.layers': [1],
+      'init.method': 'condense', 'init.source': str(tmp_path / 'teacher.npz'), 'init.layers': [1],
       'init.placement': 'above', 'model.depth': 3})
   from lgjax.train import kinds
   init = kinds.make_kind(desc, (28, 28, 1)).init(jax.random.key(0))

@@ -65,7 +65,7 @@ def test_tleg_aux_trains_the_learngene_and_expands(tmp_path, teacher_dir):
   config = run_config('tleg_aux', **{'teacher.dir': teacher_dir})
   train_and_evaluate(config, str(tmp_path / 'aux'))
   learngene, meta = checkpoint.load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
-  assert meta['method'] == 'tleg' and meta['aux_depth'] == 2
+  assert meta['method'] == 'tleg' and meta['model_config']['depth'] == 2 and meta['options'] == {}
   kind = kinds.make_kind(config, data.image_shape(config.dataset))
   initial = kind.init(jax.random.split(jax.random.key(config.seed))[0])
   assert all(_changed(learngene['base'], initial['base']))
@@ -84,7 +84,7 @@ def test_sws_aux_and_descendant(tmp_path, teacher_dir):
   config = run_config('sws_aux', total_steps=2, **{'teacher.dir': teacher_dir})
   train_and_evaluate(config, str(tmp_path / 'aux'))
   learngene, meta = checkpoint.load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
-  assert meta['aux_stage_depths'] == [1, 1] and len(learngene['stages']) == 2
+  assert meta['options'] == {'stage_depths': [1, 1]} and len(learngene['stages']) == 2
   desc = run_config('descendant', total_steps=2, **{
       'init.method': 'sws', 'init.learngene_dir': str(tmp_path / 'aux' / loop.EXPORT_DIR),
       'model.depth': 3, 'init.stage_depths': [2, 1]})
@@ -296,7 +296,7 @@ def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path, preset, lr
 @pytest.mark.parametrize('overrides,error,message', [
     (dict(batch_size=12), ValueError, r'batch_size=12 must be a positive multiple of the number of devices \(8\)'),
     (dict(batch_size=16, grad_accum_steps=4), ValueError, r'times grad_accum_steps \(4\) = 32'),
-    (dict(kind='student'), ValueError, r"kind must be one of \('model', 'tleg_aux', 'sws_aux', 'descendant', 'pool_distill', 'stitched'\), got 'student'"),
+    (dict(kind='student'), ValueError, r"kind must be one of \('model', 'aux', 'descendant', 'pool_distill', 'stitched'\), got 'student'"),
     (dict(parallelism='pjit'), ValueError, r"parallelism must be one of \('jit', 'pmap'\)"),
     ({'loss.alpha': 0.5}, ValueError, r'loss.alpha=0.5 distills from a teacher: set teacher.dir'),
     ({'loss.alpha': 0.5, 'teacher.dir': '/nonexistent/teacher'}, FileNotFoundError, r"/nonexistent/teacher/model_config.json"),
@@ -324,11 +324,16 @@ def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
 
 @pytest.mark.parametrize('recipe, overrides, message', [
     ('descendant', {}, r"init.learngene_dir must name a learngene directory for init.method='tleg'"),
-    ('descendant', {'init.method': 'lora'}, r"init.method must be one of \('scratch', 'condense', 'sws', 'tleg'\), got 'lora'"),
-    ('descendant', {'init.method': 'condense', 'init.ancestry': '/some/vit'},
-     r'init.layers must list the ancestry blocks to inherit when init.ancestry is set'),
+    ('descendant', {'init.method': 'lora'},
+     r"init.method must be one of \['scratch', 'condense', 'pool', 'sws', 'tleg'\], got 'lora'"),
+    ('descendant', {'init.method': 'tleg', 'init.source': '/some/vit'},
+     r"init.method='tleg' expands a trained learngene: set init.learngene_dir"),
+    ('descendant', {'init.method': 'condense', 'init.source': '/some/vit', 'init.placement': 'middle'},
+     r"init.placement must be one of \('below', 'above'\), got 'middle'"),
     ('sws_aux', {'learngene.stage_depths': (1, 2), 'teacher.dir': '/some/teacher'},
-     r'learngene.stage_depths \[1, 2\] sum to 3, expected model.depth=2'),
+     r'learngene.stage_depths \[1, 2\] sum to 3, expected depth=2'),
+    ('sws_aux', {'learngene.method': 'condense', 'teacher.dir': '/some/teacher'},
+     r"learngene.method='condense' trains no learngene; expected one of \['sws', 'tleg'\]"),
     ('pool_distill', {'pool.supervise': 'first', 'teacher.dir': '/some/teacher'},
      r"pool.supervise must be one of \('every', 'last'\), got 'first'"),
     ('stitched', {'stitch.rule': 'all', 'pool.dir': '/some/pool'}, r"stitch.rule must be one of \('snnet', 'pool'\)"),

@@ -1,6 +1,6 @@
-"""Learngene methods, one module each: init_learngene / condense, check, expand."""
-from lgjax.learngene import condense, pool, sws, tleg
+"""Learngene methods, one module each, every one registered in `registry.METHODS`
+with the same surface (expand, check, and init or from_source)."""
+from lgjax.learngene import condense, pool, registry, sws, tleg
+from lgjax.learngene.registry import METHODS, Method
 
-METHODS = {'tleg': tleg, 'sws': sws, 'condense': condense, 'pool': pool}
-
-__all__ = ['METHODS', 'condense', 'pool', 'sws', 'tleg']
+__all__ = ['METHODS', 'Method', 'condense', 'pool', 'registry', 'sws', 'tleg']

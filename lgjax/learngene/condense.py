@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgjax.learngene import common
+from lgjax.learngene import common, registry
 from lgjax.models import ViT, blocks, config_from_params, inits
 
 PyTree = Any
@@ -168,3 +168,38 @@ def expand(learngene: PyTree, num_random: int, *, rng: jax.Array, placement: str
   if num_classes is not None:
     shared['head'] = fresh_shared['head']
   return blocks.join(shared, stacked, scan=scan)
+
+
+def _expand(learngene: PyTree, target: registry.Target, *, rng: jax.Array, placement: str = 'below',
+            layers: Sequence[int] | None = None) -> PyTree:
+  """target.depth - k fresh blocks at `placement`; a fresh head when target.num_classes differs."""
+  check(learngene, target)
+  k = len(learngene['layers'])
+  if target['depth'] < k:
+    raise ValueError(f'depth={target["depth"]} must be >= the {k} condensed learngene layers.')
+  head = learngene['shared'].get('head')
+  classes = target.get('num_classes')
+  new_head = classes if head is None or np.shape(head['kernel'])[-1] != classes else None
+  return expand(learngene, target['depth'] - k, rng=rng, placement=placement, num_classes=new_head,
+                scan=target.get('scan', False), param_init=target.get('param_init', inits.DEFAULT))
+
+
+def _from_source(params: PyTree, source_config: registry.Target, *, layers: Sequence[int] = (),
+                 placement: str = 'below') -> PyTree:
+  if not layers:
+    raise ValueError('layers must list the source blocks to inherit (e.g. (4, 5)).')
+  return condense(params, layers)
+
+
+def _check_options(target: registry.Target, *, layers: Sequence[int] = (), placement: str = 'below') -> None:
+  if placement not in PLACEMENTS:
+    raise ValueError(f'placement must be one of {PLACEMENTS}, got {placement!r}.')
+  if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0 for i in layers):
+    raise ValueError(f'layers must be block indices >= 0, got {list(layers)}.')
+  if len(layers) > target['depth']:
+    raise ValueError(f'layers {list(layers)} are more than depth={target["depth"]} blocks.')
+
+
+METHOD = registry.register(registry.Method(
+    name='condense', check=check, expand=_expand, from_source=_from_source, options=('layers', 'placement'),
+    check_options=_check_options))

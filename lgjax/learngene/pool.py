@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgjax import tree as tree_lib
+from lgjax.learngene import common, registry
 from lgjax.models import ViT, blocks, flops, inits
 from lgjax.models.vit import Encoder1DBlock, embed, norm_and_pool
 
@@ -275,3 +276,25 @@ def enumerate_specs(pool: PyTree, configs: Sequence[dict], image_shape: Sequence
 
 def spec_name(spec: Spec) -> str:
   return '{}.{}-{}.{}'.format(*spec)
+
+
+def _instance_dims(params: PyTree) -> dict[str, int]:
+  _, (block, *_) = blocks.split(params)
+  return {**common.block_dims(block), 'depth': blocks.depth(params)}
+
+
+def _expand(pool: PyTree, target: Any, *, rng: jax.Array | None = None) -> PyTree:
+  """The pool's instance of the target's width, heads, mlp_dim and depth (a ViT as it
+  is). Sizes between instances are stitched models: `assemble` a spec."""
+  check(pool)
+  want = {'width': target['width'], 'num_heads': target['num_heads'],
+          'mlp_dim': target.get('mlp_dim') or 4 * target['width'], 'depth': target['depth']}
+  sizes = [_instance_dims(p) for p in pool['instances']]
+  for params, dims in zip(pool['instances'], sizes):
+    if dims == want:
+      return blocks.join(*blocks.split(params), scan=target.get('scan', False))
+  raise ValueError(f'The pool has no instance of {want}; its instances are {sizes}. Sizes between '
+                   f'them are stitched models: pool.assemble(pool, configs, spec) or expand.py --spec.')
+
+
+METHOD = registry.register(registry.Method(name='pool', check=check, expand=_expand))

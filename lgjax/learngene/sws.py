@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgjax.learngene import common
+from lgjax.learngene import common, registry
 from lgjax.models import blocks
 
 PyTree = Any
@@ -88,3 +88,34 @@ def expand(learngene: PyTree, stage_depths: Sequence[int], *, scan: bool = False
       blocks.stack(list(learngene['stages'])))
   return blocks.join_stacked(learngene['shared'], stacked, scan=scan)
 
+
+
+def stage_depths_for(learngene: PyTree, depth: int, stage_depths: Sequence[int] | None = None) -> tuple[int, ...]:
+  """`stage_depths` when given (they must sum to `depth`), else `split_depth` over the learngene's stages."""
+  if not stage_depths:
+    return split_depth(depth, len(learngene['stages']))
+  stage_depths = check_stage_depths(stage_depths, len(learngene['stages']))
+  if sum(stage_depths) != depth:
+    raise ValueError(f'stage_depths {list(stage_depths)} sum to {sum(stage_depths)}, expected depth={depth}.')
+  return stage_depths
+
+
+def _init(rng: jax.Array, target: registry.Target, *, image_shape: Sequence[int],
+          stage_depths: Sequence[int] | None = None) -> PyTree:
+  """One weight set per stage of `stage_depths` (default: the paper's five stages)."""
+  num_stages = len(stage_depths) if stage_depths else len(AUX_STAGE_DEPTHS)
+  return init_learngene(rng, dict(target), num_stages, image_shape=image_shape)
+
+
+def _check_options(target: registry.Target, *, stage_depths: Sequence[int] | None = None) -> None:
+  if stage_depths:
+    depths = check_stage_depths(stage_depths, len(stage_depths))
+    if sum(depths) != target['depth']:
+      raise ValueError(f'stage_depths {list(depths)} sum to {sum(depths)}, expected depth={target["depth"]}.')
+
+
+METHOD = registry.register(registry.Method(
+    name='sws', check=check, init=_init, options=('stage_depths',), check_options=_check_options,
+    implied_depth=lambda stage_depths=None: sum(stage_depths) if stage_depths else None,
+    expand=lambda learngene, target, *, rng=None, stage_depths=None: expand(
+        learngene, stage_depths_for(learngene, target['depth'], stage_depths), scan=target.get('scan', False))))

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from lgjax.learngene import common
+from lgjax import tree as tree_lib
+from lgjax.learngene import common, registry
 from lgjax.models import blocks
 
 PyTree = Any
@@ -92,3 +93,22 @@ def fit(params: PyTree) -> PyTree:
   return {'shared': shared,
           'base': jax.tree.map(lambda ab: ab[0], fitted, is_leaf=is_pair),
           'slope': jax.tree.map(lambda ab: ab[1], fitted, is_leaf=is_pair)}
+
+
+def _init(rng: jax.Array, target: registry.Target, *, image_shape: Sequence[int],
+          fit_from: str | None = None) -> PyTree:
+  """The paper's init, or (fit_from: any ViT that load_params reads) the least-squares
+  fit to that ViT's blocks, so a learngene can start from a trained model."""
+  learngene = init_learngene(rng, dict(target), image_shape=image_shape)
+  if not fit_from:
+    return learngene
+  from lgjax import checkpoint
+  fitted = fit(checkpoint.load_params(fit_from)[0])
+  tree_lib.check_shapes(fitted, learngene, f'The TLEG fit of fit_from={fit_from!r}')
+  return fitted
+
+
+METHOD = registry.register(registry.Method(
+    name='tleg', check=check, init=_init, options=('fit_from',),
+    expand=lambda learngene, target, *, rng=None, fit_from=None: expand(
+        learngene, target['depth'], scan=target.get('scan', False))))

@@ -5,10 +5,13 @@ params inside the loss (identity for a plain ViT; the learngene expansion for
 an auxiliary model, so gradients reach the learngene), and how to export it.
 
   model       a plain ViT (teacher, or a from-scratch baseline)
-  tleg_aux    trainable = TLEG learngene; params = tleg.expand(lg, model.depth)
-  sws_aux     trainable = SWS learngene;  params = sws.expand(lg, learngene.stage_depths)
-  descendant  a ViT initialized from a learngene (init.method) or from scratch
+  aux         trainable = the learngene of learngene.method (any method that
+              trains one); params = the method's expansion to model
+  descendant  a ViT initialized by init.method: a learngene expanded to it,
+              or 'scratch'
   pool_distill / stitched   the Learngene Pool (lgjax.train.pool_training)
+
+Methods are reached only through lgjax.learngene.registry: none is named here.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ import jax.numpy as jnp
 
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
-from lgjax.learngene import METHODS, condense, sws, tleg
 from lgjax.learngene import pool as pool_lib
-from lgjax.models import ViT, check_config, inits
+from lgjax.learngene import registry
+from lgjax.models import ViT, check_config
 from lgjax.train import pool_training
 
-KINDS = ('model', 'tleg_aux', 'sws_aux', 'descendant', 'pool_distill', 'stitched')
-INIT_METHODS = ('scratch', 'condense', 'sws', 'tleg')  # a pool's models are 'stitched' runs
+KINDS = ('model', 'aux', 'descendant', 'pool_distill', 'stitched')
+SCRATCH = 'scratch'  # init.method of a descendant that inherits nothing
 PyTree = Any
 
 
@@ -54,98 +57,57 @@ def _vit_init(model_cfg: dict, image_shape: Sequence[int]) -> Callable[[jax.Arra
   return jax.jit(lambda rng: model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))['params'])
 
 
-def check_stage_depths(config: Any) -> tuple[int, ...]:
-  """learngene.stage_depths: one entry >= 1 per stage, summing to model.depth."""
-  depths = tuple(config.learngene.stage_depths)
-  sws.check_stage_depths(depths, len(depths) or 1)
-  if sum(depths) != config.model.depth:
-    raise ValueError(f'learngene.stage_depths {list(depths)} sum to {sum(depths)}, expected '
-                     f'model.depth={config.model.depth}.')
-  return depths
-
-
 def _plain(model_cfg: dict, image_shape) -> Kind:
   return Kind('model', _vit_init(model_cfg, image_shape), lambda p: p,
               lambda d, p: checkpoint.save_params(d, p, model_cfg))
 
 
-def _tleg_aux(config: Any, model_cfg: dict, image_shape) -> Kind:
-  depth, scan = model_cfg['depth'], model_cfg.get('scan', False)
-  init = lambda rng: tleg.init_learngene(rng, model_cfg, image_shape=image_shape)
-  fit_from = config.get('init', {}).get('fit_from')
-  if fit_from:  # start from the least-squares fit to an existing ViT's blocks
-    learngene = tleg.fit(checkpoint.load_params(fit_from)[0])
-    tree_lib.check_shapes(learngene, jax.eval_shape(init, jax.random.key(0)),
-                          f'The TLEG fit of init.fit_from={fit_from!r}')
-    init = lambda rng: learngene
-  return Kind('tleg_aux', init,
-              lambda lg: tleg.expand(lg, depth, scan=scan),
-              lambda d, lg: checkpoint.save_learngene(d, lg, method='tleg', model_config=model_cfg,
-                                                      aux_depth=depth))
+def _aux(config: Any, model_cfg: dict, image_shape) -> Kind:
+  """The learngene trains; the auxiliary model's params are its expansion to `model`."""
+  method = registry.get(config.learngene.method, 'learngene.method')
+  options = method.pick_options(config.learngene)
+  return Kind('aux', lambda rng: method.init(rng, model_cfg, image_shape=image_shape, **options),
+              lambda lg: method.expand(lg, model_cfg, rng=None, **options),
+              lambda d, lg: checkpoint.save_learngene(d, lg, method=method.name, model_config=model_cfg,
+                                                      options=jsonable(options)))
 
 
-def _sws_aux(config: Any, model_cfg: dict, image_shape) -> Kind:
-  depths, scan = check_stage_depths(config), model_cfg.get('scan', False)
-  return Kind('sws_aux',
-              lambda rng: sws.init_learngene(rng, model_cfg, len(depths), image_shape=image_shape),
-              lambda lg: sws.expand(lg, depths, scan=scan),
-              lambda d, lg: checkpoint.save_learngene(d, lg, method='sws', model_config=model_cfg,
-                                                      aux_stage_depths=list(depths)))
+def jsonable(options: dict) -> dict:
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
-def expand_for(config: Any, learngene: PyTree, method: str, scan: bool, rng: jax.Array) -> PyTree:
-  """Expands a restored learngene to model.depth: TLEG directly; SWS split over
-  stages by init.stage_depths (or sws.split_depth); condense by stacking
-  model.depth - k fresh blocks at init.placement."""
-  depth = config.model.depth
-  if method == 'tleg':
-    return tleg.expand(learngene, depth, scan=scan)
-  if method == 'condense':
-    k = len(learngene['layers'])
-    if depth < k:
-      raise ValueError(f'model.depth={depth} must be >= the {k} condensed learngene layers.')
-    return condense.expand(learngene, depth - k, rng=rng, placement=config.init.get('placement', 'below'),
-                           scan=scan, param_init=config.model.get('param_init', inits.DEFAULT))
-  stage_depths = tuple(config.init.get('stage_depths') or ()) or sws.split_depth(
-      depth, len(learngene['stages']))
-  if sum(stage_depths) != depth:
-    raise ValueError(f'init.stage_depths {list(stage_depths)} sum to {sum(stage_depths)}, expected '
-                     f'model.depth={depth}.')
-  return sws.expand(learngene, stage_depths, scan=scan)
-
-
-def _learngene_for(config: Any) -> tuple[PyTree, str]:
-  """The descendant's learngene: from init.learngene_dir, or condensed on the spot
-  from init.ancestry (any checkpoint load_params reads) at init.layers."""
-  method = config.init.method
-  if method == 'condense' and config.init.get('ancestry'):
-    params, _ = checkpoint.load_params(config.init.ancestry)
-    layers = list(config.init.get('layers') or ())
-    if not layers:
-      raise ValueError('init.layers must list the ancestry blocks to inherit when init.ancestry is set.')
-    return condense.condense(params, layers), method
+def descendant_learngene(config: Any, method: registry.Method, options: dict) -> PyTree:
+  """The descendant's learngene: read from init.learngene_dir, or made here by the
+  method from init.source (any ViT that load_params reads)."""
+  if config.init.get('source'):
+    params, source_config = checkpoint.load_params(config.init.source)
+    try:
+      return method.from_source(params, source_config, **options)
+    except ValueError as e:
+      raise ValueError(f'init.method={method.name!r} from init.source={config.init.source!r}: {e}') from None
   learngene, meta = checkpoint.load_learngene(config.init.learngene_dir)
-  if meta['method'] != method:
-    raise ValueError(f'init.method={method!r} but init.learngene_dir={config.init.learngene_dir!r} '
+  if meta['method'] != method.name:
+    raise ValueError(f'init.method={method.name!r} but init.learngene_dir={config.init.learngene_dir!r} '
                      f'holds a {meta["method"]!r} learngene.')
-  return learngene, method
+  return learngene
 
 
 def _descendant(config: Any, model_cfg: dict, image_shape) -> Kind:
   fresh_init = _vit_init(model_cfg, image_shape)
   export = lambda d, p: checkpoint.save_params(d, p, model_cfg)
-  if config.init.method == 'scratch':
+  if config.init.method == SCRATCH:
     return Kind('descendant', fresh_init, lambda p: p, export)
-  learngene, method = _learngene_for(config)
-  METHODS[method].check(learngene, model_cfg)
+  method = registry.get(config.init.method, 'init.method')
+  options = method.pick_options(config.init)
+  learngene = descendant_learngene(config, method, options)
+  method.check(learngene, model_cfg)
   reinit = tuple(config.init.get('reinit', ('^head/',)))
-  scan = model_cfg.get('scan', False)
-  jax.eval_shape(lambda r: expand_for(config, learngene, method, scan, r), jax.random.key(0))  # fail early
+  expand = lambda rng: method.expand(learngene, model_cfg, rng=rng, **options)
+  jax.eval_shape(expand, jax.random.key(0))  # fail before any work
 
   def init(rng):
     fresh_rng, expand_rng = jax.random.split(rng)
-    return tree_lib.merge_reinit(expand_for(config, learngene, method, scan, expand_rng), fresh_init(fresh_rng),
-                                 reinit, 'The expanded learngene')
+    return tree_lib.merge_reinit(expand(expand_rng), fresh_init(fresh_rng), reinit, 'The expanded learngene')
 
   return Kind('descendant', init, lambda p: p, export)
 
@@ -155,28 +117,42 @@ def check_fields(config: Any) -> None:
   this before any work; make_kind checks what needs the learngene or data)."""
   if config.kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {config.kind!r}.')
-  model_config(config)
-  if config.kind == 'sws_aux':
-    check_stage_depths(config)
+  model_cfg = model_config(config)
+  if config.kind == 'aux':
+    method = registry.get(config.learngene.get('method'), 'learngene.method')
+    if method.init is None:
+      raise ValueError(f'learngene.method={method.name!r} trains no learngene; expected one of '
+                       f'{registry.trained()}.')
+    _check_options(method, model_cfg, config.learngene, 'learngene')
   elif config.kind == 'pool_distill':
     pool_training.instance_configs(config)
     pool_training.check_supervise(config)
   elif config.kind == 'stitched':
     if config.stitch.get('rule', 'snnet') not in pool_lib.STITCH_RULES:
       raise ValueError(f'stitch.rule must be one of {pool_lib.STITCH_RULES}, got {config.stitch.rule!r}.')
-  elif config.kind == 'descendant':
-    method = config.init.method
-    if method not in INIT_METHODS:
-      raise ValueError(f'init.method must be one of {INIT_METHODS}, got {method!r}.')
-    if method != 'scratch' and not (config.init.get('learngene_dir') or config.init.get('ancestry')):
-      raise ValueError(f'init.learngene_dir must name a learngene directory for init.method={method!r}'
-                       + (' (or set init.ancestry)' if method == 'condense' else '') + '.')
-    if method == 'condense' and config.init.get('ancestry') and not config.init.get('layers'):
-      raise ValueError('init.layers must list the ancestry blocks to inherit when init.ancestry is set.')
-    stage_depths = tuple(config.init.get('stage_depths') or ())
-    if method == 'sws' and stage_depths and sum(stage_depths) != config.model.depth:
-      raise ValueError(f'init.stage_depths {list(stage_depths)} sum to {sum(stage_depths)}, expected '
-                       f'model.depth={config.model.depth}.')
+  elif config.kind == 'descendant' and config.init.method != SCRATCH:
+    if config.init.method not in registry.METHODS:
+      raise ValueError(f'init.method must be one of {[SCRATCH, *sorted(registry.METHODS)]}, '
+                       f'got {config.init.method!r}.')
+    method = registry.METHODS[config.init.method]
+    if config.init.get('source'):
+      if method.from_source is None:
+        raise ValueError(f'init.method={method.name!r} expands a trained learngene: set init.learngene_dir '
+                         f'(an aux run\'s export/), not init.source.')
+    elif not config.init.get('learngene_dir'):
+      raise ValueError(f'init.learngene_dir must name a learngene directory for init.method={method.name!r}'
+                       + (' (or set init.source to a ViT)' if method.from_source else '') + '.')
+    _check_options(method, model_cfg, config.init, 'init')
+
+
+def _check_options(method: registry.Method, model_cfg: dict, section: Any, name: str) -> None:
+  """The method's options in config.`name`, against the model, naming the section on error."""
+  if method.check_options is None:
+    return
+  try:
+    method.check_options(model_cfg, **method.pick_options(section))
+  except ValueError as e:
+    raise ValueError(f'{name}.{e}') from None
 
 
 def make_kind(config: Any, image_shape: Sequence[int]) -> Kind:
@@ -185,10 +161,8 @@ def make_kind(config: Any, image_shape: Sequence[int]) -> Kind:
   model_cfg = model_config(config)
   if config.kind == 'model':
     return _plain(model_cfg, image_shape)
-  if config.kind == 'tleg_aux':
-    return _tleg_aux(config, model_cfg, image_shape)
-  if config.kind == 'sws_aux':
-    return _sws_aux(config, model_cfg, image_shape)
+  if config.kind == 'aux':
+    return _aux(config, model_cfg, image_shape)
   if config.kind == 'pool_distill':
     return pool_training.distill_kind(config, image_shape, Kind)
   if config.kind == 'stitched':

@@ -40,9 +40,12 @@ def _resolve(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.
 
 
 def describe_init(config: Any) -> str:
-  if config.kind != 'descendant':
-    return config.kind
-  return config.init.method
+  """The init column: a descendant's init.method, an aux run's 'METHOD_aux', else the kind."""
+  if config.kind == 'descendant':
+    return config.init.method
+  if config.kind == 'aux':
+    return f'{config.learngene.method}_aux'
+  return config.kind
 
 
 def run_recipe(config: Any, workdir: str) -> list[dict[str, Any]]:
