@@ -112,7 +112,7 @@ def expand():
   if 'depth' not in sizes and method.implied_depth(**options):
     sizes['depth'] = method.implied_depth(**options)
   if 'width' in sizes and 'mlp_dim' not in sizes:
-    sizes['mlp_dim'] = None  # 4 * width
+    sizes['mlp_dim'] = 4 * sizes['width']  # the ViT default, written out
   target = {**base_config, **sizes, 'scan': _SCAN.value}
   method.check(learngene, None)
   params = method.expand(learngene, target, rng=jax.random.key(_SEED.value), **options)
