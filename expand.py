@@ -31,6 +31,7 @@ import jax
 from absl import app, flags, logging
 
 from lgjax import checkpoint
+from lgjax.learngene import load_learngene
 from lgjax import tree as tree_lib
 from lgjax.learngene import METHODS, pool
 
@@ -87,7 +88,7 @@ def main(argv):
     sys.exit(f'expand.py: {e} (python expand.py --helpshort lists the flags.)')
 
 
-def load_learngene(method, options: dict) -> tuple[object, dict, str]:
+def read_learngene(method, options: dict) -> tuple[object, dict, str]:
   """(learngene, its model config, where it came from), from --learngene or --source."""
   if bool(_LEARNGENE.value) == bool(_SOURCE.value):
     raise app.UsageError('give exactly one of --learngene (a learngene directory) and --source (a trained ViT).')
@@ -96,7 +97,7 @@ def load_learngene(method, options: dict) -> tuple[object, dict, str]:
       raise app.UsageError(f'--method={method.name} expands a trained learngene: give --learngene, not --source.')
     params, source_config = checkpoint.load_params(_SOURCE.value)
     return method.from_source(params, source_config, **options), source_config, _SOURCE.value
-  learngene, meta = checkpoint.load_learngene(_LEARNGENE.value)
+  learngene, meta = load_learngene(_LEARNGENE.value)
   if meta['method'] != method.name:
     raise app.UsageError(f'--method={method.name} but {_LEARNGENE.value!r} holds a {meta["method"]} learngene.')
   return learngene, meta['model_config'], _LEARNGENE.value
@@ -107,7 +108,7 @@ def expand():
     raise app.UsageError('--method is required (one of ' + ', '.join(sorted(METHODS)) + ').')
   method = METHODS[_METHOD.value]
   options = method_options(method)
-  learngene, base_config, origin = load_learngene(method, options)
+  learngene, base_config, origin = read_learngene(method, options)
   sizes = {name: flag.value for name, flag in _SIZES.items() if flag.value is not None}
   if 'depth' not in sizes and method.implied_depth(**options):
     sizes['depth'] = method.implied_depth(**options)
@@ -135,7 +136,7 @@ def stitch():
     spec = tuple(int(v) for v in _SPEC.value)
   except ValueError:
     raise app.UsageError(f'--spec must be four integers, got {",".join(_SPEC.value)!r}.') from None
-  learngene, meta = checkpoint.load_learngene(_LEARNGENE.value)
+  learngene, meta = load_learngene(_LEARNGENE.value)
   if 'instance_configs' not in meta:
     raise app.UsageError(f'--spec stitches a pool, but {_LEARNGENE.value!r} holds a {meta["method"]} learngene.')
   configs = meta['instance_configs']

@@ -45,6 +45,7 @@ import numpy as np
 from benchmarks.common import steps_to_reach, train_once
 from configs import common, descendant, sws_aux, teacher, tleg_aux
 from lgjax import checkpoint
+from lgjax.learngene import load_learngene, save_learngene
 from lgjax import tree as tree_lib
 from lgjax.learngene import condense
 from lgjax.models import flops, param_shapes
@@ -166,16 +167,16 @@ def derived_learngenes(work: str, u: int) -> None:
   up = lambda name: os.path.join(work, 'upstream', f'u{u}', name)
   ancestry, ancestry_cfg = checkpoint.load_params(os.path.join(up('teacher'), 'export'))
   if not os.path.exists(up('condense')):
-    checkpoint.save_learngene(up('condense'), condense.condense(ancestry, list(CONDENSE_LAYERS)),
+    save_learngene(up('condense'), condense.condense(ancestry, list(CONDENSE_LAYERS)),
                               method='condense', model_config=ancestry_cfg)
-  lg, meta = checkpoint.load_learngene(os.path.join(up('tleg'), 'export'))
+  lg, meta = load_learngene(os.path.join(up('tleg'), 'export'))
   rng = np.random.default_rng(u)
   variants = {'tleg_b0': jax.tree.map(np.zeros_like, lg['slope']),
               'tleg_shuffled': jax.tree.map(lambda b: rng.permutation(np.ravel(b)).reshape(np.shape(b)),
                                             lg['slope'])}
   for name, slope in variants.items():
     if not os.path.exists(up(name)):
-      checkpoint.save_learngene(up(name), {**lg, 'slope': slope}, method='tleg',
+      save_learngene(up(name), {**lg, 'slope': slope}, method='tleg',
                                 model_config=meta['model_config'])
 
 
@@ -362,7 +363,7 @@ def costs(work: str, plan: Plan) -> tuple[dict, dict]:
   """Parameters stored (upstream seed 0's assets) and analytic upstream FLOPs, per route.
   Pretraining every depth covers all plan.depths, also those the study skips."""
   u = plan.upstream_seeds[0]
-  stored = {m: tree_lib.num_params(checkpoint.load_learngene(learngene_dir(work, m, u))[0]) for m in LEARNGENES}
+  stored = {m: tree_lib.num_params(load_learngene(learngene_dir(work, m, u))[0]) for m in LEARNGENES}
   stored['pretrained'] = sum(tree_lib.num_params(param_shapes(model_cfg(d), IMAGE)) for d in plan.depths)
   teacher_cfg, steps = model_cfg(TEACHER_DEPTH), plan.upstream_steps
   batch = teacher.get_config(PRESET).batch_size

@@ -21,6 +21,7 @@ import numpy as np
 
 from benchmarks.common import steps_to_reach
 from lgjax.train.reporting import eval_curve
+from lgjax.learngene import save_learngene
 from configs import descendant, teacher
 from lgjax import checkpoint, data
 from lgjax.learngene import condense
@@ -68,7 +69,7 @@ def main():
     sim = np.zeros((model_cfg['depth'], args.depth))
   layers = condense.select_layers(sim, args.k, args.rule)
   lg_dir = os.path.join(args.work, 'learngene')
-  checkpoint.save_learngene(lg_dir, condense.condense(params, layers), method='condense', model_config=model_cfg)
+  save_learngene(lg_dir, condense.condense(params, layers), method='condense', model_config=model_cfg)
 
   rows, curves = [], {}
   for method in ('condense', 'scratch'):

@@ -34,6 +34,7 @@ import numpy as np
 from benchmarks.common import train_once
 from configs import pool_distill, stitched, teacher
 from lgjax import checkpoint
+from lgjax.learngene import load_learngene, save_learngene
 from lgjax import tree as tree_lib
 from lgjax.learngene import pool as pool_lib
 from lgjax.models import ViT
@@ -62,7 +63,7 @@ def upstream(work: str, steps: dict) -> dict[str, str]:
     d.pool.supervise = supervise
     run(d, os.path.join(work, f'pool_{supervise}'))
     pools[f'pool ({supervise})'] = os.path.join(work, f'pool_{supervise}', 'export')
-  pool_tree, meta = checkpoint.load_learngene(pools['pool (every)'])
+  pool_tree, meta = load_learngene(pools['pool (every)'])
   configs = meta['instance_configs']
   anchors = []
   for i, cfg in enumerate(configs):  # SN-Net: each anchor trained alone
@@ -77,7 +78,7 @@ def upstream(work: str, steps: dict) -> dict[str, str]:
   for name, instances in (('anchors', anchors), ('random', fresh)):
     pools[name] = os.path.join(work, f'{name}_pool')
     if not os.path.exists(pools[name]):  # no width maps of their own (stitching does not use them)
-      checkpoint.save_learngene(pools[name], {'instances': instances, 'maps': pool_tree['maps']}, method='pool',
+      save_learngene(pools[name], {'instances': instances, 'maps': pool_tree['maps']}, method='pool',
                                 model_config=configs[0], instance_configs=configs)
   return pools
 
@@ -85,7 +86,7 @@ def upstream(work: str, steps: dict) -> dict[str, str]:
 def step0_accuracy(pool_dir: str, rule: str, seed: int = 0) -> dict[str, float]:
   """Source test accuracy of every spec of `rule`, stitched by least squares on one
   random source training batch, before any stitched training."""
-  tree, meta = checkpoint.load_learngene(pool_dir)
+  tree, meta = load_learngene(pool_dir)
   configs = meta['instance_configs']
   config = stitched.get_config(PRESET)
   config.seed = seed
@@ -95,7 +96,7 @@ def step0_accuracy(pool_dir: str, rule: str, seed: int = 0) -> dict[str, float]:
 
 def downstream(work: str, name: str, pool_dir: str, rule: str, steps_per_spec: int) -> dict[str, float]:
   """Every spec of `rule` trained jointly on digits 5-9 (fresh heads); spec name -> accuracy."""
-  tree, meta = checkpoint.load_learngene(pool_dir)
+  tree, meta = load_learngene(pool_dir)
   num_specs = len(pool_lib.enumerate_specs(tree, meta['instance_configs'], IMAGE, rule))
   s = stitched.get_config(PRESET)
   total = steps_per_spec * num_specs
@@ -137,10 +138,10 @@ def main():
   results = {}
   for name, rule in arms:
     results[name, rule] = (step0_accuracy(pools[name], rule), downstream(work, name, pools[name], rule, per_spec))
-  tree, meta = checkpoint.load_learngene(pools['pool (every)'])
+  tree, meta = load_learngene(pools['pool (every)'])
   configs = meta['instance_configs']
 
-  stored = {name: tree_lib.num_params(checkpoint.load_learngene(d)[0]['instances'])
+  stored = {name: tree_lib.num_params(load_learngene(d)[0]['instances'])
             for name, d in pools.items()}
   teacher_params = tree_lib.num_params(checkpoint.load_params(os.path.join(work, 'teacher', 'export'))[0])
   label = lambda name, rule: f'{name}, rule {rule}'

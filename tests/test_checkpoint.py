@@ -9,6 +9,7 @@ import pytest
 
 from conftest import IMAGE_SHAPE, TINY, random_like, run_expand
 from lgjax import checkpoint
+from lgjax.learngene import METHODS, load_learngene, save_learngene
 from lgjax.learngene import sws, tleg
 from lgjax.models import ViT, blocks, param_shapes
 
@@ -41,15 +42,15 @@ def test_load_params_names_what_does_not_fit(tmp_path):
 
 def test_learngene_round_trip_keeps_lists(tmp_path):
   lg = sws.init_learngene(jax.random.key(0), TINY, 2, image_shape=IMAGE_SHAPE)
-  checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='sws', model_config=TINY, aux_stage_depths=[2, 1])
-  restored, meta = checkpoint.load_learngene(str(tmp_path / 'lg'))
+  save_learngene(str(tmp_path / 'lg'), lg, method='sws', model_config=TINY, aux_stage_depths=[2, 1])
+  restored, meta = load_learngene(str(tmp_path / 'lg'))
   assert isinstance(restored['stages'], list)
   _equal(restored, lg)
   assert meta == {'method': 'sws', 'model_config': TINY, 'aux_stage_depths': [2, 1]}
   with pytest.raises(ValueError, match="SWS learngene has width=32 but the requested model has width=64"):
-    checkpoint.save_learngene(str(tmp_path / 'x'), lg, method='sws', model_config={**TINY, 'width': 64})
-  with pytest.raises(ValueError, match=r"method must be one of \['condense', 'pool', 'sws', 'tleg'\], got 'lora'"):
-    checkpoint.save_learngene(str(tmp_path / 'x'), lg, method='lora', model_config=TINY)
+    save_learngene(str(tmp_path / 'x'), lg, method='sws', model_config={**TINY, 'width': 64})
+  with pytest.raises(ValueError, match=re.escape(f"method must be one of {sorted(METHODS)}, got 'lora'")):
+    save_learngene(str(tmp_path / 'x'), lg, method='lora', model_config=TINY)
 
 
 def test_npz_round_trip_never_unpickles(tmp_path):
@@ -63,7 +64,7 @@ def test_npz_round_trip_never_unpickles(tmp_path):
 def test_expand_cli_end_to_end(tmp_path):
   lg_dir, out = str(tmp_path / 'tleg'), str(tmp_path / 'desc')
   lg = tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE)
-  checkpoint.save_learngene(lg_dir, lg, method='tleg', model_config=TINY)
+  save_learngene(lg_dir, lg, method='tleg', model_config=TINY)
   result = run_expand(f'--learngene={lg_dir}', '--method=tleg', '--depth=5', f'--out={out}', '--format=npz')
   assert result.returncode == 0, result.stderr
   params, config = checkpoint.load_params(out)
@@ -79,7 +80,7 @@ def test_expand_cli_end_to_end(tmp_path):
 def test_expand_cli_sws_scan_and_errors(tmp_path):
   lg_dir, out = str(tmp_path / 'sws'), str(tmp_path / 'desc')
   lg = sws.init_learngene(jax.random.key(0), TINY, 3, image_shape=IMAGE_SHAPE)
-  checkpoint.save_learngene(lg_dir, lg, method='sws', model_config=TINY)
+  save_learngene(lg_dir, lg, method='sws', model_config=TINY)
   result = run_expand(f'--learngene={lg_dir}', '--method=sws', '--stage_depths=2,1,1', f'--out={out}', '--scan')
   assert result.returncode == 0, result.stderr
   params, config = checkpoint.load_params(out)
@@ -104,7 +105,7 @@ def test_expand_cli_condense_to_safetensors(tmp_path):
   from lgjax.learngene import condense
   params = random_like(param_shapes({**TINY, 'depth': 4}, IMAGE_SHAPE))
   lg = condense.condense(params, [2, 3])
-  checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='condense', model_config={**TINY, 'depth': 4})
+  save_learngene(str(tmp_path / 'lg'), lg, method='condense', model_config={**TINY, 'depth': 4})
   out = str(tmp_path / 'desc')
   result = run_expand(f'--learngene={tmp_path / "lg"}', '--method=condense', '--depth=3',
                        '--placement=above', '--num_classes=3', f'--out={out}', '--format=safetensors')
@@ -163,16 +164,16 @@ def test_broken_files_are_named_with_what_was_expected(tmp_path):
   with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'both.npz'}: Key 'head") + '.*leaf'):
     checkpoint.load_params(str(tmp_path / 'both.npz'))
   lg = tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE)
-  checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='tleg', model_config=TINY)
+  save_learngene(str(tmp_path / 'lg'), lg, method='tleg', model_config=TINY)
   meta = json.loads((tmp_path / 'lg' / 'learngene.json').read_text())
   del meta['model_config']
   (tmp_path / 'lg' / 'learngene.json').write_text(json.dumps(meta))
   with pytest.raises(ValueError, match='learngene.json has no "model_config" object'):
-    checkpoint.load_learngene(str(tmp_path / 'lg'))
+    load_learngene(str(tmp_path / 'lg'))
 
 
 def test_a_run_directory_given_for_its_export_gets_a_hint(tmp_path):
   lg = tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE)
-  checkpoint.save_learngene(str(tmp_path / 'run' / 'export'), lg, method='tleg', model_config=TINY)
+  save_learngene(str(tmp_path / 'run' / 'export'), lg, method='tleg', model_config=TINY)
   with pytest.raises(FileNotFoundError, match=re.escape(f"did you mean {str(tmp_path / 'run' / 'export')!r}")):
-    checkpoint.load_learngene(str(tmp_path / 'run'))
+    load_learngene(str(tmp_path / 'run'))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE_SHAPE, TINY, random_like
-from lgjax import checkpoint
+from lgjax.learngene import load_learngene, save_learngene
 from lgjax.learngene import condense
 from lgjax.models import ViT, blocks, param_shapes
 
@@ -107,7 +107,7 @@ def test_condense_errors_and_round_trip(ancestry, tmp_path):
     condense.expand(lg, 1, rng=jax.random.key(0), placement='middle')
   with pytest.raises(ValueError, match='num_random must be an integer >= 0, got -1'):
     condense.expand(lg, -1, rng=jax.random.key(0))
-  checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='condense', model_config=config)
-  restored, meta = checkpoint.load_learngene(str(tmp_path / 'lg'))
+  save_learngene(str(tmp_path / 'lg'), lg, method='condense', model_config=config)
+  restored, meta = load_learngene(str(tmp_path / 'lg'))
   assert meta['method'] == 'condense' and list(restored['source_indices']) == [1]
   jax.tree.map(np.testing.assert_array_equal, restored['layers'], lg['layers'])

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT, random_like
 from lgjax import checkpoint
+from lgjax.learngene import save_learngene
 from lgjax.models import param_shapes
 
 DEMO = '/tmp/lgjax_demo'
@@ -67,9 +68,9 @@ def test_the_readme_expand_commands_run(tmp_path):
   from lgjax.learngene import sws, tleg
   from conftest import TINY, IMAGE_SHAPE
   demo = tmp_path / 'demo'
-  checkpoint.save_learngene(str(demo / 'tleg' / 'export'), tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE),
+  save_learngene(str(demo / 'tleg' / 'export'), tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE),
                             method='tleg', model_config=TINY)
-  checkpoint.save_learngene(str(tmp_path / 'sws' / 'export'), sws.init_learngene(
+  save_learngene(str(tmp_path / 'sws' / 'export'), sws.init_learngene(
       jax.random.key(0), TINY, num_stages=3, image_shape=IMAGE_SHAPE), method='sws', model_config=TINY)
   with open(os.path.join(ROOT, 'README.md')) as f:
     lines = [line for line in f if line.startswith('python expand.py')]

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from conftest import IMAGE_SHAPE, ROOT, TINY, run_config, run_expand
 from configs import teacher as teacher_config
 from lgjax import checkpoint, data
+from lgjax.learngene import METHODS, load_learngene, save_learngene
 from lgjax.learngene import sws, tleg
 from lgjax.models import ViT, blocks
 from lgjax.train import kinds, loop, optim, parallel, reporting, train_and_evaluate
@@ -64,7 +65,7 @@ def _changed(a, b):
 def test_tleg_aux_trains_the_learngene_and_expands(tmp_path, teacher_dir):
   config = run_config('tleg_aux', **{'teacher.dir': teacher_dir})
   train_and_evaluate(config, str(tmp_path / 'aux'))
-  learngene, meta = checkpoint.load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
+  learngene, meta = load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
   assert meta['method'] == 'tleg' and meta['model_config']['depth'] == 2 and meta['options'] == {}
   kind = kinds.make_kind(config, data.image_shape(config.dataset))
   initial = kind.init(jax.random.split(jax.random.key(config.seed))[0])
@@ -83,7 +84,7 @@ def test_tleg_aux_trains_the_learngene_and_expands(tmp_path, teacher_dir):
 def test_sws_aux_and_descendant(tmp_path, teacher_dir):
   config = run_config('sws_aux', total_steps=2, **{'teacher.dir': teacher_dir})
   train_and_evaluate(config, str(tmp_path / 'aux'))
-  learngene, meta = checkpoint.load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
+  learngene, meta = load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
   assert meta['options'] == {'stage_depths': [1, 1]} and len(learngene['stages']) == 2
   desc = run_config('descendant', total_steps=2, **{
       'init.method': 'sws', 'init.learngene_dir': str(tmp_path / 'aux' / loop.EXPORT_DIR),
@@ -102,7 +103,7 @@ def test_sws_aux_and_descendant(tmp_path, teacher_dir):
 def test_descendant_inherits_all_but_a_new_head(tmp_path):
   lg = tleg.init_learngene(jax.random.key(5), run_config('tleg_aux').model.to_dict(), image_shape=(28, 28, 1))
   lg['shared']['head']['kernel'] = lg['shared']['head']['kernel'] + 1.0  # tell heads apart
-  checkpoint.save_learngene(str(tmp_path / 'lg'), lg, method='tleg', model_config=run_config('tleg_aux').model.to_dict())
+  save_learngene(str(tmp_path / 'lg'), lg, method='tleg', model_config=run_config('tleg_aux').model.to_dict())
   config = run_config('descendant', **{'init.learngene_dir': str(tmp_path / 'lg'), 'model.depth': 3})
   params = kinds.make_kind(config, (28, 28, 1)).init(jax.random.key(0))
   expected = tleg.expand(lg, 3)
@@ -325,7 +326,7 @@ def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
 @pytest.mark.parametrize('recipe, overrides, message', [
     ('descendant', {}, r"init.learngene_dir must name a learngene directory for init.method='tleg'"),
     ('descendant', {'init.method': 'lora'},
-     r"init.method must be one of \['scratch', 'condense', 'pool', 'sws', 'tleg'\], got 'lora'"),
+     re.escape(f"init.method must be one of {['scratch', *sorted(METHODS)]}, got 'lora'")),
     ('descendant', {'init.method': 'tleg', 'init.source': '/some/vit'},
      r"init.method='tleg' expands a trained learngene: set init.learngene_dir"),
     ('descendant', {'init.method': 'condense', 'init.source': '/some/vit', 'init.placement': 'middle'},
@@ -342,7 +343,9 @@ def test_kind_fields_fail_before_any_file_or_data_is_read(tmp_path, monkeypatch,
   def no_io(*args, **kwargs):
     raise AssertionError('read a file or the data before checking the config')
 
-  for module, name in ((data, 'image_shape'), (checkpoint, 'load_params'), (checkpoint, 'load_learngene')):
+  from lgjax.train import pool_training
+  for module, name in ((data, 'image_shape'), (checkpoint, 'load_params'), (kinds, 'load_learngene'),
+                       (pool_training, 'load_learngene')):
     monkeypatch.setattr(module, name, no_io)
   with pytest.raises(ValueError, match=message):
     train_and_evaluate(run_config(recipe, **overrides), str(tmp_path))

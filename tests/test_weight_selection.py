@@ -1,5 +1,3 @@
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -11,11 +9,9 @@ from lgjax.models import ViT, blocks, param_shapes
 
 SOURCE = {**TINY, 'width': 64, 'num_heads': 4, 'mlp_dim': 128, 'depth': 4, 'pool_type': 'tok'}  # head_dim 16
 
-
 @pytest.fixture(scope='module')
 def source():
   return jax.device_get(random_like(param_shapes(SOURCE, IMAGE_SHAPE), seed=3))
-
 
 def test_uniform_indices_by_hand():
   np.testing.assert_array_equal(weight_selection.uniform_indices(8, 4), [0, 2, 4, 6])
@@ -25,11 +21,9 @@ def test_uniform_indices_by_hand():
   with pytest.raises(ValueError, match='cannot select 6 of 5 elements: Weight Selection only shrinks'):
     weight_selection.uniform_indices(5, 6)
 
-
 def test_same_size_returns_the_source_exactly(source):
   out = METHODS['weight_selection'].expand(source, SOURCE, rng=jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(out), source)
-
 
 def test_selection_matches_numpy_slicing(source):
   """Width 64 -> 32 (stride 2), heads 4 -> 2 at head_dim 16, mlp 128 -> 64, depth 4 -> 2."""
@@ -54,7 +48,6 @@ def test_selection_matches_numpy_slicing(source):
   logits = ViT(**target).apply({'params': out}, np.zeros((2, *IMAGE_SHAPE), np.float32))
   assert logits.shape == (2, TINY['num_classes']) and np.isfinite(logits).all()
 
-
 def test_other_classes_get_a_fresh_head_and_scan_is_honoured(source):
   target = {**SOURCE, 'width': 48, 'num_heads': 3, 'mlp_dim': 96, 'num_classes': 7, 'scan': True}
   out = jax.device_get(METHODS['weight_selection'].expand(source, target, rng=jax.random.key(1)))
@@ -63,7 +56,6 @@ def test_other_classes_get_a_fresh_head_and_scan_is_honoured(source):
   idx = np.round(np.linspace(0, 63, 48)).astype(int)  # 64 -> 48 does not divide
   np.testing.assert_array_equal(out['Transformer']['encoderblock']['LayerNorm_1']['bias'][3],
                                 source['Transformer']['encoderblock_3']['LayerNorm_1']['bias'][idx])
-
 
 @pytest.mark.parametrize('change, message', [
     (dict(width=128, num_heads=4, mlp_dim=128), r"only shrinks: target width=128 > the source's 64"),
@@ -74,7 +66,6 @@ def test_other_classes_get_a_fresh_head_and_scan_is_honoured(source):
 def test_larger_or_other_stem_targets_are_refused(source, change, message):
   with pytest.raises(ValueError, match=message):
     METHODS['weight_selection'].expand(source, {**SOURCE, **change}, rng=jax.random.key(0))
-
 
 def test_cli_and_descendant_init_select_from_a_file(tmp_path, source):
   checkpoint.save_params(str(tmp_path / 'big.npz'), source, SOURCE, format='npz')

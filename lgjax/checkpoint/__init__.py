@@ -1,10 +1,9 @@
-"""Saving and restoring params and learngenes.
+"""Saving and restoring ViT params (learngene directories: lgjax.learngene.directory).
 
 On-disk layouts (all readers check shapes before anything is used):
 
   params directory      params/ (Orbax)  + model_config.json  (ViT fields)
-  learngene directory   learngene/ (Orbax) + learngene.json
-                        ({'method': 'tleg'|'sws'|'condense', 'model_config': {...}, ...})
+  stitched directory    params/ (Orbax)  + stitched_config.json (a pool's stitched model)
   big_vision .npz       one array per '/'-joined param name
   timm .safetensors     a timm/DeiT VisionTransformer state dict
 
@@ -29,12 +28,10 @@ import safetensors.numpy
 
 from lgjax import tree as tree_lib
 from lgjax.checkpoint import convert
-from lgjax.learngene import METHODS, pool
-from lgjax.models import ViT, blocks, check_config, config_from_params, param_shapes
+from lgjax.models import ViT, blocks, check_config, config_from_params, param_shapes, stitched
 
 PyTree = Any
 PARAMS, MODEL_CONFIG = 'params', 'model_config.json'
-LEARNGENE, LEARNGENE_META = 'learngene', 'learngene.json'
 
 
 def save_tree(path: str, tree: PyTree) -> None:
@@ -55,7 +52,7 @@ def restore_tree(path: str) -> PyTree:
   return jax.tree.map(jnp.asarray, restored)  # uncommitted: jit may place them anywhere
 
 
-def _write_json(path: str, obj: dict) -> None:
+def write_json(path: str, obj: dict) -> None:
   """Atomic write, by process 0 only (Orbax coordinates the arrays)."""
   if jax.process_index() != 0:
     return
@@ -65,7 +62,7 @@ def _write_json(path: str, obj: dict) -> None:
   os.replace(tmp, path)
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
   if not os.path.isfile(path):
     directory, name = os.path.split(path)
     hint = (f'; did you mean {os.path.join(directory, "export")!r} (the run\'s export)?'
@@ -153,7 +150,7 @@ def save_params(path: str, params: PyTree, model_config: dict, format: str = 'or
   else:
     os.makedirs(path, exist_ok=True)
     save_tree(os.path.join(path, PARAMS), params)
-    _write_json(os.path.join(path, MODEL_CONFIG), dict(model_config))
+    write_json(os.path.join(path, MODEL_CONFIG), dict(model_config))
 
 
 def load_params(path: str, **overrides: Any) -> tuple[PyTree, dict]:
@@ -185,7 +182,7 @@ def _read_params(path: str, overrides: dict) -> tuple[PyTree, dict]:
     # An lgjax export carries its config; other timm files get one read off the shapes.
     model_config = {**saved, **overrides} if saved else config_from_params(params, **{**implied, **overrides})
   else:
-    model_config = {**_read_json(os.path.join(path, MODEL_CONFIG)), **overrides}
+    model_config = {**read_json(os.path.join(path, MODEL_CONFIG)), **overrides}
     params = restore_tree(os.path.join(path, PARAMS))
   return params, model_config
 
@@ -197,7 +194,7 @@ def save_stitched(directory: str, module: Any, params: PyTree) -> None:
   """Writes a stitched pool model: params/ (Orbax) + stitched_config.json (its fields)."""
   os.makedirs(directory, exist_ok=True)
   save_tree(os.path.join(directory, PARAMS), params)
-  _write_json(os.path.join(directory, STITCHED_CONFIG),
+  write_json(os.path.join(directory, STITCHED_CONFIG),
               {'front': module.front, 'end': module.end, 'j': module.j, 'k': module.k, 'stitch': module.stitch})
 
 
@@ -206,40 +203,13 @@ def load_model(directory: str) -> tuple[Any, PyTree]:
   if not os.path.isfile(os.path.join(directory, STITCHED_CONFIG)):
     params, config = load_params(directory)
     return ViT(**config), params
-  fields = _read_json(os.path.join(directory, STITCHED_CONFIG))
-  module = pool.StitchedViT(**fields)
+  fields = read_json(os.path.join(directory, STITCHED_CONFIG))
+  module = stitched.StitchedViT(**fields)
   params = restore_tree(os.path.join(directory, PARAMS))
   image = jnp.zeros((1, *image_shape_of(params, fields['front'])), jnp.float32)
   expected = jax.eval_shape(module.init, jax.random.key(0), image)['params']
   tree_lib.check_shapes(params, expected, f'stitched params in {directory!r}')
   return module, params
-
-
-def save_learngene(directory: str, learngene: PyTree, *, method: str, model_config: dict,
-                   **meta: Any) -> None:
-  """Writes a learngene (Orbax) and what `expand.py` needs to expand it (JSON)."""
-  if method not in METHODS:
-    raise ValueError(f'method must be one of {sorted(METHODS)}, got {method!r}.')
-  METHODS[method].check(learngene, model_config)
-  os.makedirs(directory, exist_ok=True)
-  save_tree(os.path.join(directory, LEARNGENE), learngene)
-  _write_json(os.path.join(directory, LEARNGENE_META),
-              {'method': method, 'model_config': dict(model_config), **meta})
-
-
-def load_learngene(directory: str) -> tuple[PyTree, dict]:
-  """(learngene, meta); meta has 'method' and the 'model_config' it was trained with."""
-  meta = _read_json(os.path.join(directory, LEARNGENE_META))
-  method = meta.get('method')
-  if method not in METHODS:
-    raise ValueError(f'{directory!r}: learngene.json method must be one of {sorted(METHODS)}, '
-                     f'got {method!r}.')
-  if not isinstance(meta.get('model_config'), dict):
-    raise ValueError(f'{directory!r}: learngene.json has no "model_config" object (the ViT config the '
-                     f'learngene was trained with).')
-  learngene = restore_tree(os.path.join(directory, LEARNGENE))
-  METHODS[method].check(learngene, meta['model_config'])
-  return learngene, meta
 
 
 def save_npz(path: str, params: PyTree) -> None:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgjax.learngene import common, registry
-from lgjax.models import ViT, blocks, config_from_params, inits
+from lgjax.models import ViT, blocks, config_from_params, inits, with_block_outputs
 
 PyTree = Any
 KEYS = ('shared', 'layers', 'source_indices')
@@ -41,12 +41,8 @@ def linear_cka(x: jax.Array, y: jax.Array) -> jax.Array:
 
 def block_features(params: PyTree, model_config: dict, images: jax.Array) -> jax.Array:
   """(depth, examples, width): every block's output, averaged over tokens."""
-  model = ViT(**{**model_config, 'scan': False})
-  _, state = model.apply({'params': blocks.to_unscanned(params)}, images,
-                         mutable=['intermediates'])
-  inter = state['intermediates']['Transformer']
-  return jnp.stack([inter[f'encoderblock_{i}']['out'][0].mean(axis=1)
-                    for i in range(model_config['depth'])])
+  _, outputs = with_block_outputs(ViT(**model_config), params, images)
+  return jnp.stack([out.mean(axis=1) for out in outputs['out']])
 
 
 def layer_similarity(params: PyTree, model_config: dict, images: np.ndarray, *,

@@ -27,18 +27,16 @@ front to a wider end, at neighbouring cuts (|k - j| <= 1).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lgjax import tree as tree_lib
 from lgjax.learngene import common, registry
-from lgjax.models import ViT, blocks, flops, inits
-from lgjax.models.vit import Encoder1DBlock, embed, norm_and_pool
+from lgjax.models import ViT, blocks, flops, with_block_outputs
+from lgjax.models.stitched import STEM_KEYS, Stem, StitchedViT
 
 PyTree = Any
 Spec = tuple[int, int, int, int]
@@ -84,77 +82,6 @@ def needs_stitch(spec: Spec) -> bool:
   return not (front == end and j == k)
 
 
-class BlockRange(nn.Module):
-  """Blocks start..stop-1 of a ViT, named encoderblock_{i} as in the instance."""
-  config: dict
-  start: int
-  stop: int
-
-  @nn.compact
-  def __call__(self, x):
-    c = self.config
-    for i in range(self.start, self.stop):
-      x = Encoder1DBlock(num_heads=c['num_heads'], mlp_dim=c.get('mlp_dim') or 4 * c['width'],
-                         gelu_approximate=c.get('gelu_approximate', True),
-                         layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6),
-                         dtype=jnp.dtype(c.get('dtype', 'float32')), name=f'encoderblock_{i}')(x, 0.0, True)
-    return x
-
-
-@dataclasses.dataclass(frozen=True)
-class _Fields:
-  """ViT fields with defaults filled, for `embed`."""
-  width: int
-  patch_size: Any
-  posemb: str = 'learn'
-  pool_type: str = 'gap'
-  param_init: str = inits.DEFAULT
-  dtype: str = 'float32'
-
-
-STEM_KEYS = ('embedding', 'pos_embedding', 'cls')
-
-
-def _fields(config: dict) -> _Fields:
-  return _Fields(**{f.name: config[f.name] for f in dataclasses.fields(_Fields) if f.name in config})
-
-
-class Stem(nn.Module):
-  """Patch + position embedding (+ cls) of a ViT config: its tokens before block 0."""
-  config: dict
-
-  @nn.compact
-  def __call__(self, image):
-    return embed(self, image, _fields(self.config))
-
-
-class StitchedViT(nn.Module):
-  """front stem + front blocks [0, j) -> stitch -> end blocks [k, D_end) -> norm, head.
-
-  Params: embedding / pos_embedding / cls (front's), front/encoderblock_{i},
-  stitch/{kernel,bias}, end/encoderblock_{i}, encoder_norm, head (end's).
-  """
-  front: dict
-  end: dict
-  j: int
-  k: int
-  stitch: bool = True
-
-  @nn.compact
-  def __call__(self, image, *, train: bool = False):
-    del train  # stitched models train without dropout
-    x = embed(self, image, _fields(self.front))
-    x = BlockRange(self.front, 0, self.j, name='front')(x)
-    if self.stitch:
-      x = nn.Dense(self.end['width'], name='stitch')(x)
-    x = BlockRange(self.end, self.k, self.end['depth'], name='end')(x)
-    norm = nn.LayerNorm(epsilon=self.end.get('layer_norm_epsilon', 1e-6), name='encoder_norm')
-    x = norm_and_pool(x, norm, self.end.get('pool_type', 'gap'), self.end.get('final_norm', 'tokens'))
-    if self.end.get('num_classes'):
-      x = nn.Dense(self.end['num_classes'], name='head')(x)
-    return x.astype(jnp.float32)
-
-
 def stitched_params(pool: PyTree, spec: Spec, stitch: PyTree | None) -> PyTree:
   """The StitchedViT param tree of `spec`, sharing arrays with the pool."""
   front, j, end, k = spec
@@ -162,11 +89,11 @@ def stitched_params(pool: PyTree, spec: Spec, stitch: PyTree | None) -> PyTree:
   e_shared, e_blocks = blocks.split(pool['instances'][end])
   params = {key: f_shared[key] for key in STEM_KEYS if key in f_shared}
   if j:
-    params['front'] = {f'encoderblock_{i}': f_blocks[i] for i in range(j)}
+    params['front'] = {blocks.block_name(i): f_blocks[i] for i in range(j)}
   if stitch is not None:
     params['stitch'] = stitch
   if k < len(e_blocks):
-    params['end'] = {f'encoderblock_{i}': e_blocks[i] for i in range(k, len(e_blocks))}
+    params['end'] = {blocks.block_name(i): e_blocks[i] for i in range(k, len(e_blocks))}
   params['encoder_norm'] = e_shared['Transformer']['encoder_norm']
   if 'head' in e_shared:
     params['head'] = e_shared['head']
@@ -185,10 +112,8 @@ def hidden_states(params: PyTree, config: dict, images: jax.Array) -> list[jax.A
   """[stem output, block 0 output, ...]: (batch, tokens, width) each."""
   stem_params = {k: v for k, v in params.items() if k in STEM_KEYS}
   stem = jax.jit(Stem(config).apply)({'params': stem_params}, images)
-  _, state = jax.jit(lambda p, x: ViT(**{**config, 'scan': False}).apply(
-      {'params': p}, x, mutable=['intermediates']))(blocks.to_unscanned(params), images)
-  inter = state['intermediates']['Transformer']
-  return [stem] + [inter[f'encoderblock_{i}']['out'][0] for i in range(config['depth'])]
+  _, outputs = jax.jit(lambda p, x: with_block_outputs(ViT(**config), p, x))(params, images)
+  return [stem] + list(outputs['out'])
 
 
 def init_stitch(pool: PyTree, configs: Sequence[dict], spec: Sequence[int], images: jax.Array) -> PyTree | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
-import jax
 
 PyTree = Any
 Target = Mapping[str, Any]  # a ViT config: the fields of lgjax.models.ViT

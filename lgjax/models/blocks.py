@@ -21,6 +21,11 @@ SCANNED = 'encoderblock'
 _UNSCANNED = re.compile(r'^encoderblock_(\d+)$')
 
 
+def block_name(i: int) -> str:
+  """The unscanned name of block i: encoderblock_{i} (big_vision's)."""
+  return f'encoderblock_{i}'
+
+
 def _transformer(params: PyTree) -> dict:
   if 'Transformer' not in params:
     raise ValueError(f'Not a ViT param tree: no "Transformer" key among {sorted(params)}.')
@@ -74,7 +79,7 @@ def _numbered_blocks(transformer: dict) -> list[PyTree]:
   if found != list(range(len(found))) or not found:
     raise ValueError(f'Transformer blocks must be encoderblock_0..encoderblock_{{L-1}} '
                      f'with no gaps, got indices {found}.')
-  return [transformer[f'encoderblock_{i}'] for i in found]
+  return [transformer[block_name(i)] for i in found]
 
 
 def join(shared: PyTree, blocks: list[PyTree], *, scan: bool = False) -> PyTree:
@@ -83,7 +88,7 @@ def join(shared: PyTree, blocks: list[PyTree], *, scan: bool = False) -> PyTree:
     raise ValueError('blocks must be a non-empty list of block trees.')
   if scan:
     return join_stacked(shared, stack(blocks), scan=True)
-  return _with_blocks(shared, {f'encoderblock_{i}': b for i, b in enumerate(blocks)})
+  return _with_blocks(shared, {block_name(i): b for i, b in enumerate(blocks)})
 
 
 def join_stacked(shared: PyTree, stacked: PyTree, *, scan: bool = False) -> PyTree:

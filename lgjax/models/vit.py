@@ -193,14 +193,14 @@ class Encoder(nn.Module):
               layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
               attention_impl=self.attention_impl, dtype=self.dtype)
     if self.scan:
-      blocks = nn.scan(
+      scanned = nn.scan(
           _ScanBlock, variable_axes={'params': 0, 'intermediates': 0},
           split_rngs={'params': True, 'dropout': True},
           in_axes=(0, nn.broadcast), length=self.depth)
-      x, _ = blocks(name='encoderblock', **kw)(x, jnp.asarray(rates, jnp.float32), deterministic)
+      x, _ = scanned(name=blocks.SCANNED, **kw)(x, jnp.asarray(rates, jnp.float32), deterministic)
     else:
       for i in range(self.depth):
-        x = Encoder1DBlock(name=f'encoderblock_{i}', **kw)(x, float(rates[i]), deterministic)
+        x = Encoder1DBlock(name=blocks.block_name(i), **kw)(x, float(rates[i]), deterministic)
     norm = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')
     return norm_and_pool(x, norm, self.pool_type, self.final_norm)
 
@@ -297,6 +297,18 @@ class ViT(nn.Module):
       head_init = nn.initializers.zeros if self.head_zeroinit else inits.get(self.param_init).head_kernel
       x = nn.Dense(self.num_classes, name='head', kernel_init=head_init)(x)
     return x.astype(jnp.float32)
+
+
+def with_block_outputs(model: ViT, params: Any, images, **apply_kwargs) -> tuple[jax.Array, dict[str, list]]:
+  """(logits, {'out': [block output, ...], 'attn': [attention branch, ...]}), in depth
+  order, each (batch, tokens, width): the one way to read a ViT's blocks' outputs.
+  Scanned or not, the model runs unscanned so that every block is reported."""
+  model = model.clone(scan=False)
+  logits, state = model.apply({'params': blocks.to_unscanned(params)}, images,
+                              mutable=['intermediates'], **apply_kwargs)
+  inter = state['intermediates']['Transformer']
+  names = [blocks.block_name(i) for i in range(model.depth)]
+  return logits, {key: [inter[n][key][0] for n in names] for key in ('out', 'attn')}
 
 
 def model_config(model: ViT) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from lgjax import checkpoint
+from lgjax.learngene import load_learngene, save_learngene
 from lgjax import tree as tree_lib
 from lgjax.learngene import pool as pool_lib
 from lgjax.learngene import registry
@@ -68,7 +69,7 @@ def _aux(config: Any, model_cfg: dict, image_shape) -> Kind:
   options = method.pick_options(config.learngene)
   return Kind('aux', lambda rng: method.init(rng, model_cfg, image_shape=image_shape, **options),
               lambda lg: method.expand(lg, model_cfg, rng=None, **options),
-              lambda d, lg: checkpoint.save_learngene(d, lg, method=method.name, model_config=model_cfg,
+              lambda d, lg: save_learngene(d, lg, method=method.name, model_config=model_cfg,
                                                       options=jsonable(options)))
 
 
@@ -85,7 +86,7 @@ def descendant_learngene(config: Any, method: registry.Method, options: dict) ->
       return method.from_source(params, source_config, **options)
     except ValueError as e:
       raise ValueError(f'init.method={method.name!r} from init.source={config.init.source!r}: {e}') from None
-  learngene, meta = checkpoint.load_learngene(config.init.learngene_dir)
+  learngene, meta = load_learngene(config.init.learngene_dir)
   if meta['method'] != method.name:
     raise ValueError(f'init.method={method.name!r} but init.learngene_dir={config.init.learngene_dir!r} '
                      f'holds a {meta["method"]!r} learngene.')

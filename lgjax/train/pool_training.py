@@ -4,7 +4,7 @@ pool_distill: K student ViTs ("instances") and their teacher-width maps train
   together in one jitted step, sharing one teacher forward per example (the
   teacher is the expensive model, so running it once for all students is the
   cheaper choice). Student i's loss:
-    α·CE + (1-α)·(KD(teacher ‖ student)·τ² + Σ_l MSE(map_i(h_T[m(l)]), h_i[l])
+    (1-α)·CE + α·(KD(teacher ‖ student)·τ² + Σ_l MSE(map_i(h_T[m(l)]), h_i[l])
                   + Σ_l MSE(map_i(a_T[m(l)]), a_i[l])) / (number of layers for the MSE sums)
   with h the block outputs, a the attention outputs, and m(l) the teacher
   layer that supervises student layer l: pool.layer_map, or 'uniform'
@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgjax import checkpoint, data
+from lgjax.learngene import load_learngene, save_learngene
 from lgjax import tree as tree_lib
 from lgjax.learngene import pool as pool_lib
-from lgjax.models import ViT
+from lgjax.models import ViT, with_block_outputs
 from lgjax.train import losses
 
 PyTree = Any
@@ -77,11 +78,8 @@ def layer_map(spec: Any, student_depth: int, teacher_depth: int) -> list[int]:
 
 
 def _forward(model: ViT, params, image):
-  logits, state = model.apply({'params': params}, image[None], mutable=['intermediates'])
-  inter = state['intermediates']['Transformer']
-  hidden = [inter[f'encoderblock_{i}']['out'][0][0] for i in range(model.depth)]
-  attn = [inter[f'encoderblock_{i}']['attn'][0][0] for i in range(model.depth)]
-  return logits[0], hidden, attn
+  logits, outputs = with_block_outputs(model, params, image[None])
+  return logits[0], [h[0] for h in outputs['out']], [a[0] for a in outputs['attn']]
 
 
 def distill_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
@@ -113,7 +111,7 @@ def distill_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
         mse = sum(jnp.mean((project(t_hidden[m]) - hidden[l]) ** 2) + jnp.mean((project(t_attn[m]) - attn[l]) ** 2)
                   for l, m in pairs) / len(pairs)
         kd = losses.soft_distillation(logits, t_logits, tau)
-        total = total + alpha * losses.cross_entropy(logits, label) + (1 - alpha) * (kd + mse)
+        total = total + (1 - alpha) * losses.cross_entropy(logits, label) + alpha * (kd + mse)
         first = logits if first is None else first
       return total / len(students), first
     return loss
@@ -123,7 +121,7 @@ def distill_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
     return {'': out['_inst0'], **out}
 
   def export(directory, params):
-    checkpoint.save_learngene(directory, params, method='pool', model_config=configs[0],
+    save_learngene(directory, params, method='pool', model_config=configs[0],
                               instance_configs=configs, teacher_width=d_teacher,
                               supervised_pairs=[list(p) for p in pairs])
 
@@ -157,7 +155,7 @@ def stitched_accuracy(pool: PyTree, configs: Sequence[dict], specs: Sequence[Seq
 
 
 def stitched_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
-  trained_pool, meta = checkpoint.load_learngene(config.pool.dir)
+  trained_pool, meta = load_learngene(config.pool.dir)
   if meta['method'] != 'pool':
     raise ValueError(f'pool.dir={config.pool.dir!r} holds a {meta["method"]!r} learngene, not a pool.')
   configs = meta['instance_configs']
@@ -192,7 +190,7 @@ def stitched_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
     return {'': next(iter(out.values())), **out}
 
   def export(directory, params):
-    checkpoint.save_learngene(directory, {**params, 'maps': trained_pool['maps']}, method='pool',
+    save_learngene(directory, {**params, 'maps': trained_pool['maps']}, method='pool',
                               model_config=configs[0], instance_configs=configs,
                               specs=[list(s) for s in specs])
 

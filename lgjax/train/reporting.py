@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+
 
 import jax
 import tqdm

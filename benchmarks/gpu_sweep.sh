@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# DeiT-S bf16 train-step MFU on one GPU under candidate settings, one process per row
+# (benchmarks/train_throughput.py, cuDNN attention): batch size and XLA flags for
+# GEMM epilogue fusion (cuBLASLt), cuDNN LayerNorm and Triton GEMMs. About 6 minutes.
+# Writes gpu_sweep.md to $OUT (default benchmarks/results). Setup as gpu_check.sh.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+if ! $PY -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
+  $PY -m pip install -q -U "jax[cuda13]" || $PY -m pip install -q -U "jax[cuda12]" || exit 1
+fi
+if [ -d .whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/lgjax_site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/lgjax_site:$PWD
+else
+  $PY -m pip install -q -e . || exit 1
+fi
+nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu_sweep.md"
+run() {  # batch, XLA_FLAGS
+  echo "## batch $1, XLA_FLAGS='$2'" | tee -a "$OUT/gpu_sweep.md"
+  XLA_FLAGS="$2" timeout 100 $PY -m benchmarks.train_throughput --width 384 --heads 6 --depth 12 --image 224 \
+    --patch 16 --batch "$1" --dtype bfloat16 --attention-impl cudnn --repeats 3 2>&1 | grep -v "^W\|^I" | tail -4 \
+    | tee -a "$OUT/gpu_sweep.md"
+}
+run 512 ""
+run 1024 ""
+run 512 "--xla_gpu_enable_cublaslt=true"
+run 512 "--xla_gpu_enable_cudnn_layer_norm=true"
+run 512 "--xla_gpu_enable_triton_gemm=false"
+run 512 "--xla_gpu_enable_cublaslt=true --xla_gpu_enable_cudnn_layer_norm=true --xla_gpu_enable_triton_gemm=false"
