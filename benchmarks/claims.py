@@ -348,7 +348,7 @@ def report(plan: Plan, curves, stored, upstream_flops, minutes) -> list[str]:
 
 
 def model_cfg(depth: int) -> dict:
-  return common.model(PRESET, depth=depth).to_dict()
+  return common.model(PRESET, depth=depth, num_classes=common.dataset(PRESET, 'source').num_classes).to_dict()
 
 
 def train_flops(configs: list[dict], batch: int, steps: int, teacher_cfg: dict | None = None) -> float:

@@ -7,21 +7,7 @@
 #      measured in the same run.
 # Writes gpu_tests.log and gpu_throughput.md to $OUT (default benchmarks/results).
 # On a machine without a registry, carry lgjax's light dependencies as wheels in .whl/.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-benchmarks/results}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-
-if ! $PY -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
-  $PY -m pip install -q -U "jax[cuda13]" || $PY -m pip install -q -U "jax[cuda12]" || exit 1
-fi
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/lgjax_site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/lgjax_site:$PWD
-else
-  $PY -m pip install -q -e . || exit 1
-fi
+source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_device.txt"
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/gpu_device.txt"
 

@@ -3,20 +3,7 @@
 # (benchmarks/train_throughput.py, cuDNN attention): batch size and XLA flags for
 # GEMM epilogue fusion (cuBLASLt), cuDNN LayerNorm and Triton GEMMs. About 6 minutes.
 # Writes gpu_sweep.md to $OUT (default benchmarks/results). Setup as gpu_check.sh.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-benchmarks/results}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-if ! $PY -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
-  $PY -m pip install -q -U "jax[cuda13]" || $PY -m pip install -q -U "jax[cuda12]" || exit 1
-fi
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/lgjax_site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/lgjax_site:$PWD
-else
-  $PY -m pip install -q -e . || exit 1
-fi
+source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu_sweep.md"
 run() {  # batch, XLA_FLAGS
   echo "## batch $1, XLA_FLAGS='$2'" | tee -a "$OUT/gpu_sweep.md"

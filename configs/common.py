@@ -6,11 +6,15 @@
   cifar100      tfds cifar100 at 224x224, as the papers fine-tune on it.
   imagenet2012  tfds imagenet2012, DeiT sizes and recipe.
 
-Step counts are written as epochs · examples / batch so they read like the
-papers' tables; every one can be overridden with --config.total_steps=N.
+Run lengths are epochs, as in the papers' tables (total_epochs,
+optimizer.warmup_epochs), turned into steps at run time from the training
+split's size and the batch size, so --config.batch_size keeps the epochs.
+--config.total_steps=N (or optimizer.warmup_steps) sets steps instead and
+wins over epochs, as in big_vision.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from lgjax.models import inits
 
@@ -55,23 +59,25 @@ def model(preset: str, depth: int, size: str = 'S', num_classes: int | None = No
   else:
     (width, heads, mlp), patch, pool, exact_gelu = DEIT[size], 16, 'gap', False
   return ml_collections.ConfigDict(dict(
-      num_classes=num_classes or dataset(preset, 'source').num_classes, patch_size=patch,
+      num_classes=num_classes or config_dict.placeholder(int), patch_size=patch,
       width=width, depth=depth, mlp_dim=mlp, num_heads=heads, posemb='learn', pool_type=pool,
       dropout=0.0, drop_path=drop_path, scan=False, param_init=inits.DEFAULT, head_zeroinit=False,
       gelu_approximate=not exact_gelu, layer_norm_epsilon=1e-6, final_norm='tokens'))
 
 
-def base(preset: str, *, kind: str, batch_size: int, total_steps: int, lr: float,
-         warmup_steps: int) -> ml_collections.ConfigDict:
+def base(preset: str, *, kind: str, batch_size: int, epochs: float, lr: float,
+         warmup_epochs: float = 0.0) -> ml_collections.ConfigDict:
   """Fields every recipe has. optimizer.lr is per 512 examples (lr · batch / 512, DeiT)."""
   config = ml_collections.ConfigDict()
   config.kind = kind
   config.seed = 0
   config.batch_size = batch_size
-  config.total_steps = total_steps
+  config.total_epochs = float(epochs)
+  config.total_steps = config_dict.placeholder(int)  # set: wins over total_epochs
   small = preset == 'mnist5k'
-  config.eval_every = max(1, total_steps // 5) if small else 5000
-  config.checkpoint_every = max(1, total_steps // 2) if small else 5000
+  nominal = steps(preset, epochs, batch_size)
+  config.eval_every = max(1, nominal // 5) if small else 5000
+  config.checkpoint_every = max(1, nominal // 2) if small else 5000
   config.log_every = 10 if small else 100
   config.keep_checkpoints = 2
   config.grad_accum_steps = 1
@@ -79,7 +85,7 @@ def base(preset: str, *, kind: str, batch_size: int, total_steps: int, lr: float
   config.compute_dtype = 'float32' if small else 'bfloat16'
   config.input_threads = 0 if small else 16  # grain threads reading and augmenting
   config.optimizer = ml_collections.ConfigDict(dict(
-      lr=lr, warmup_steps=warmup_steps, min_lr=0.0, weight_decay=0.05, b1=0.9, b2=0.999,
+      lr=lr, warmup_epochs=float(warmup_epochs), warmup_steps=config_dict.placeholder(int), min_lr=0.0, weight_decay=0.05, b1=0.9, b2=0.999,
       clip_norm=0.0 if small else 1.0))
   config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0 if small else 0.1, alpha=0.0,
                                                temperature=1.0))
@@ -91,7 +97,8 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'kind': "what trains: model | aux (a learngene) | descendant | pool_distill | stitched | recipe",
     'seed': 'seeds init, data order and dropout: same config + seed, same numbers',
     'batch_size': 'global batch, over all devices and processes',
-    'total_steps': 'optimizer steps',
+    'total_epochs': 'passes over the training split (steps = epochs · examples / batch, at run time)',
+    'total_steps': 'optimizer steps; when set, wins over total_epochs',
     'eval_every': 'steps between evaluations on the eval split',
     'checkpoint_every': 'steps between checkpoints (a run resumes from the newest intact one)',
     'log_every': 'steps between metric records',
@@ -101,7 +108,8 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'compute_dtype': 'float32 | bfloat16 | float16 activations; params stay float32',
     'input_threads': 'grain threads reading and augmenting (0: in the main thread)',
     'optimizer.lr': 'peak AdamW learning rate per 512 examples (lr * batch / 512)',
-    'optimizer.warmup_steps': 'linear warmup steps, then cosine decay',
+    'optimizer.warmup_epochs': 'linear warmup, then cosine decay',
+    'optimizer.warmup_steps': 'warmup in steps; when set, wins over warmup_epochs',
     'optimizer.min_lr': 'learning rate at the end of the cosine',
     'optimizer.weight_decay': 'AdamW weight decay',
     'optimizer.b1': 'Adam beta1, in [0, 1)', 'optimizer.b2': 'Adam beta2, in [0, 1)',
@@ -117,7 +125,7 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'dataset.train_fraction': 'fraction of the training split used, in (0, 1]',
     'model.depth': 'blocks', 'model.width': 'token width', 'model.num_heads': 'attention heads',
     'model.mlp_dim': 'MLP hidden width (None: 4 * width)', 'model.patch_size': 'patch side in pixels',
-    'model.num_classes': 'classes of the head', 'model.pool_type': 'gap (mean of tokens) | tok (cls token)',
+    'model.num_classes': 'classes of the head (None: dataset.num_classes, at run time)', 'model.pool_type': 'gap (mean of tokens) | tok (cls token)',
     'model.param_init': 'deit (the papers\') | torch | big_vision',
     'model.head_zeroinit': 'start the head at zero (big_vision\'s default; slows an inherited body)',
     'model.attention_impl': 'None (JAX\'s choice) | xla | cudnn (fused, GPU)',

@@ -25,15 +25,13 @@ def get_config(arg: str = 'mnist5k'):
   preset = common.check_preset(arg)
   if preset == 'mnist5k':
     config = common.base(preset, kind='descendant', batch_size=64,
-                         total_steps=common.steps(preset, 9.6, 64), lr=8e-3, warmup_steps=0)
+                         epochs=9.6, lr=8e-3)
     config.eval_every = 25  # a learngene acts in the first ~100 steps
     config.model = common.model(preset, depth=4)
   else:
-    data = common.dataset(preset, 'downstream')
     config = common.base(preset, kind='descendant', batch_size=1024,
-                         total_steps=common.steps(preset, 40, 1024), lr=5e-4, warmup_steps=0)
-    config.model = common.model(preset, depth=12, size='S', num_classes=data.num_classes,
-                                drop_path=0.1)
+                         epochs=40, lr=5e-4)
+    config.model = common.model(preset, depth=12, size='S', drop_path=0.1)
   config.dataset = common.dataset(preset, 'downstream')
   config.init = ml_collections.ConfigDict(dict(
       method='tleg', learngene_dir='', stage_depths=(), placement='below', source='',

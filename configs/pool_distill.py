@@ -20,15 +20,15 @@ def get_config(arg: str = 'mnist5k'):
   preset = common.check_preset(arg)
   if preset == 'mnist5k':
     config = common.base(preset, kind='pool_distill', batch_size=128,
-                         total_steps=common.steps(preset, 15, 128), lr=8e-3,
-                         warmup_steps=common.steps(preset, 1, 128))
+                         epochs=15, lr=8e-3,
+                         warmup_epochs=1)
     config.model = common.model(preset, depth=4)
     widths = [(32, 2, 64), (48, 3, 96), (64, 4, 128)]
     depth = 4
   else:
     config = common.base(preset, kind='pool_distill', batch_size=1024,
-                         total_steps=common.steps(preset, 100, 1024), lr=5e-4,
-                         warmup_steps=common.steps(preset, 5, 1024))
+                         epochs=100, lr=5e-4,
+                         warmup_epochs=5)
     config.model = common.model(preset, depth=6, size='S')
     widths = [common.DEIT[s] for s in ('Ti', 'S', 'B')]
     depth = 6

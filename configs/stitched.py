@@ -21,12 +21,12 @@ def get_config(arg: str = 'mnist5k'):
   preset = common.check_preset(arg)
   if preset == 'mnist5k':
     config = common.base(preset, kind='stitched', batch_size=128,
-                         total_steps=common.steps(preset, 5, 128), lr=4e-3, warmup_steps=0)
+                         epochs=5, lr=4e-3)
     config.model = common.model(preset, depth=4)
   else:
     config = common.base(preset, kind='stitched', batch_size=1024,
-                         total_steps=common.steps(preset, 50, 1024), lr=5e-4,
-                         warmup_steps=common.steps(preset, 5, 1024))
+                         epochs=50, lr=5e-4,
+                         warmup_epochs=5)
     config.model = common.model(preset, depth=6, size='S')
   config.dataset = common.dataset(preset, 'source')
   config.pool = dict(dir='')

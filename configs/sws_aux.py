@@ -16,13 +16,13 @@ def get_config(arg: str = 'mnist5k'):
   preset = common.check_preset(arg)
   if preset == 'mnist5k':
     config = common.base(preset, kind='aux', batch_size=128,
-                         total_steps=common.steps(preset, 51.2, 128), lr=4e-3, warmup_steps=0)
+                         epochs=51.2, lr=4e-3)
     stage_depths = (2, 2, 2)
     config.model = common.model(preset, depth=sum(stage_depths))
   else:
     config = common.base(preset, kind='aux', batch_size=1024,
-                         total_steps=common.steps(preset, 150, 1024), lr=5e-4,
-                         warmup_steps=common.steps(preset, 5, 1024))
+                         epochs=150, lr=5e-4,
+                         warmup_epochs=5)
     stage_depths = sws.AUX_STAGE_DEPTHS
     config.model = common.model(preset, depth=sum(stage_depths), size='S', drop_path=0.1)
   config.learngene = dict(method='sws', stage_depths=tuple(stage_depths))

@@ -14,12 +14,12 @@ def get_config(arg: str = 'mnist5k'):
   preset = common.check_preset(arg)
   if preset == 'mnist5k':
     config = common.base(preset, kind='model', batch_size=128,
-                         total_steps=common.steps(preset, 51.2, 128), lr=4e-3, warmup_steps=0)
+                         epochs=51.2, lr=4e-3)
     config.model = common.model(preset, depth=6)
   else:
     config = common.base(preset, kind='model', batch_size=1024,
-                         total_steps=common.steps(preset, 300, 1024), lr=5e-4,
-                         warmup_steps=common.steps(preset, 5, 1024))
+                         epochs=300, lr=5e-4,
+                         warmup_epochs=5)
     config.model = common.model(preset, depth=12, size='B', drop_path=0.1)
   config.dataset = common.dataset(preset, 'source')
   return config

@@ -13,11 +13,11 @@ RECIPES = ('teacher', 'tleg_aux', 'sws_aux', 'descendant')
 @pytest.mark.parametrize('preset', common.PRESETS)
 def test_every_config_loads(recipe, preset):
   config = importlib.import_module(f'configs.{recipe}').get_config(preset)
-  for field in ('total_steps', 'batch_size', 'seed', 'checkpoint_every', 'eval_every'):
+  for field in ('total_epochs', 'total_steps', 'batch_size', 'seed', 'checkpoint_every', 'eval_every'):
     assert field in config
   check_config(config.model.to_dict())
   assert config.kind in kinds.KINDS
-  assert config.model.num_classes == config.dataset.num_classes
+  assert config.model.num_classes is None  # the dataset's, set at run time
   if config.kind == 'aux':
     assert config.loss.alpha == 1.0  # the papers distill the aux model from a teacher
   if preset == 'mnist5k':  # big presets need a prepared tfds dir: the rest must pass the checks
@@ -25,18 +25,36 @@ def test_every_config_loads(recipe, preset):
     if config.kind == 'descendant':
       config.init.learngene_dir = '/learngene'
     loop.check_config(config)
+    assert loop.resolve(config).model.num_classes == config.dataset.num_classes
 
 
 def test_paper_settings():
   tleg = importlib.import_module('configs.tleg_aux').get_config('imagenet2012')
   assert tleg.model.depth == 12 and tleg.model.width == 384  # DeiT-S aux, 12 layers
   assert tleg.optimizer.lr == 5e-4 and tleg.optimizer.weight_decay == 0.05
-  assert tleg.optimizer.warmup_steps == round(5 * 1_281_167 / 1024)
+  assert tleg.optimizer.warmup_epochs == 5 and tleg.total_epochs == 150
   sws = importlib.import_module('configs.sws_aux').get_config('imagenet2012')
   assert list(sws.learngene.stage_depths) == [3, 3, 4, 3, 3] and sws.model.depth == 16
   desc = importlib.import_module('configs.descendant').get_config('cifar100')
-  assert desc.model.num_classes == 100 and desc.optimizer.warmup_steps == 0
-  assert desc.total_steps == round(40 * 50_000 / 1024)
+  assert desc.dataset.num_classes == 100 and desc.optimizer.warmup_epochs == 0
+  assert desc.total_epochs == 40 and desc.total_steps is None  # resolved to steps at run time
+
+
+def test_durations_resolve_from_epochs_at_run_time():
+  """Epochs become steps from the training split and the batch: a new batch size keeps the
+  epochs; total_steps / warmup_steps, when set, win (big_vision's rule)."""
+  config = importlib.import_module('configs.pool_distill').get_config('mnist5k')  # 15 epochs, 1 warmup
+  resolved = loop.resolve(config)
+  assert (resolved.total_steps, resolved.optimizer.warmup_steps) == (round(15 * 2000 / 128), round(2000 / 128))
+  config.batch_size = 256
+  resolved = loop.resolve(config)
+  assert (resolved.total_steps, resolved.optimizer.warmup_steps) == (round(15 * 2000 / 256), round(2000 / 256))
+  config.dataset.train_fraction = 0.5  # epochs over the examples actually used
+  assert loop.resolve(config).total_steps == round(15 * 1000 / 256)
+  config.total_steps, config.optimizer.warmup_steps = 7, 2
+  resolved = loop.resolve(config)
+  assert (resolved.total_steps, resolved.optimizer.warmup_steps) == (7, 2)
+  assert config.total_epochs == 15  # the caller's config is left as it was
 
 
 def test_unknown_preset():

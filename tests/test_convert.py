@@ -11,7 +11,7 @@ from conftest import IMAGE_SHAPE, TINY, random_like, run_config
 from lgjax import checkpoint
 from lgjax.checkpoint import convert
 from lgjax.models import ViT, param_shapes
-from lgjax.train import train_and_evaluate
+from lgjax.train import loop, train_and_evaluate
 
 
 def _equal(a, b):
@@ -167,7 +167,7 @@ def test_params_files_are_checked_by_file_and_key(tmp_path):
 
 @pytest.mark.slow  # end to end: the slow tier
 def test_files_serve_as_teacher_fit_source_and_ancestry(tmp_path):
-  model = run_config('teacher').model.to_dict()
+  model = loop.resolve(run_config('teacher')).model.to_dict()
   params = jax.device_get(random_like(param_shapes(model, (28, 28, 1))))
   params = jax.tree.map(lambda x: 0.1 * x, params)
   checkpoint.save_params(str(tmp_path / 'teacher.npz'), params, model, format='npz')
@@ -180,7 +180,7 @@ def test_files_serve_as_teacher_fit_source_and_ancestry(tmp_path):
       'init.method': 'condense', 'init.source': str(tmp_path / 'teacher.npz'), 'init.layers': [1],
       'init.placement': 'above', 'model.depth': 3})
   from lgjax.train import kinds
-  init = kinds.make_kind(desc, (28, 28, 1)).init(jax.random.key(0))
+  init = kinds.make_kind(loop.resolve(desc), (28, 28, 1)).init(jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, init['Transformer']['encoderblock_0'],
                params['Transformer']['encoderblock_1'])
   assert np.isfinite(train_and_evaluate(desc, str(tmp_path / 'desc'))['loss'])

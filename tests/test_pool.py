@@ -134,11 +134,11 @@ def test_distillation_lowers_every_student_loss_then_stitched_training(tmp_path,
 def test_distillation_map_gradients(teacher_dir):
   """The hidden/attention MSE runs through the width maps: with α = 0 (CE only) the maps get
   no gradient; with α = 0.9 they do. (α weighs distillation in every kind.)"""
-  from lgjax.train import kinds
+  from lgjax.train import kinds, loop
   grads = {}
   for alpha in (0.0, 0.9):
     config = run_config('pool_distill', **{'teacher.dir': teacher_dir, 'loss.alpha': alpha})
-    kind = kinds.make_kind(config, (28, 28, 1))
+    kind = kinds.make_kind(loop.resolve(config), (28, 28, 1))
     trainable = kind.init(jax.random.key(0))
     teacher_params, teacher_cfg = checkpoint.load_params(teacher_dir)
     loss = kind.example_loss(ViT(**teacher_cfg))
@@ -172,17 +172,17 @@ def test_stitched_init_reinit_gives_fresh_heads(tmp_path):
   maps = [{'kernel': jnp.ones((48, c['width'])), 'bias': jnp.zeros(c['width'])} for c in configs]
   save_learngene(str(tmp_path / 'pool'), {'instances': instances, 'maps': maps}, method='pool',
                             model_config=configs[0], instance_configs=configs)
-  from lgjax.train import kinds
+  from lgjax.train import kinds, loop
   config = run_config('stitched', **{'pool.dir': str(tmp_path / 'pool'), 'stitch.specs': [[0, 1, 1, 1]],
                                      'init.reinit': ['^head/']})
-  got = kinds.make_kind(config, image).init(jax.random.key(0))['instances']
+  got = kinds.make_kind(loop.resolve(config), image).init(jax.random.key(0))['instances']
   for inst, new in zip(instances, got):
     assert np.abs(np.asarray(new['head']['kernel'])).max() < 0.1  # fresh; the pool's are ~1
     jax.tree.map(np.testing.assert_array_equal, new['Transformer'], inst['Transformer'])
     np.testing.assert_array_equal(new['embedding']['kernel'], inst['embedding']['kernel'])
   config.model.num_classes = 7
   with pytest.raises(ValueError, match=r'pool instance 0 has num_classes=5 but model.num_classes=7'):
-    kinds.make_kind(config, image)
+    kinds.make_kind(loop.resolve(config), image)
 
 
 @pytest.mark.slow

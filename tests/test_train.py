@@ -67,7 +67,7 @@ def test_tleg_aux_trains_the_learngene_and_expands(tmp_path, teacher_dir):
   train_and_evaluate(config, str(tmp_path / 'aux'))
   learngene, meta = load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
   assert meta['method'] == 'tleg' and meta['model_config']['depth'] == 2 and meta['options'] == {}
-  kind = kinds.make_kind(config, data.image_shape(config.dataset))
+  kind = kinds.make_kind(loop.resolve(config), data.image_shape(config.dataset))
   initial = kind.init(jax.random.split(jax.random.key(config.seed))[0])
   assert all(_changed(learngene['base'], initial['base']))
   assert all(_changed(learngene['slope'], initial['slope']))
@@ -89,7 +89,7 @@ def test_sws_aux_and_descendant(tmp_path, teacher_dir):
   desc = run_config('descendant', total_steps=2, **{
       'init.method': 'sws', 'init.learngene_dir': str(tmp_path / 'aux' / loop.EXPORT_DIR),
       'model.depth': 3, 'init.stage_depths': [2, 1]})
-  kind = kinds.make_kind(desc, data.image_shape(desc.dataset))
+  kind = kinds.make_kind(loop.resolve(desc), data.image_shape(desc.dataset))
   params = kind.init(jax.random.key(0))
   expected = sws.expand(learngene, (2, 1))
   for i, stage in ((0, 0), (1, 0), (2, 1)):
@@ -101,11 +101,11 @@ def test_sws_aux_and_descendant(tmp_path, teacher_dir):
 
 
 def test_descendant_inherits_all_but_a_new_head(tmp_path):
-  lg = tleg.init_learngene(jax.random.key(5), run_config('tleg_aux').model.to_dict(), image_shape=(28, 28, 1))
+  lg = tleg.init_learngene(jax.random.key(5), loop.resolve(run_config('tleg_aux')).model.to_dict(), image_shape=(28, 28, 1))
   lg['shared']['head']['kernel'] = lg['shared']['head']['kernel'] + 1.0  # tell heads apart
-  save_learngene(str(tmp_path / 'lg'), lg, method='tleg', model_config=run_config('tleg_aux').model.to_dict())
+  save_learngene(str(tmp_path / 'lg'), lg, method='tleg', model_config=loop.resolve(run_config('tleg_aux')).model.to_dict())
   config = run_config('descendant', **{'init.learngene_dir': str(tmp_path / 'lg'), 'model.depth': 3})
-  params = kinds.make_kind(config, (28, 28, 1)).init(jax.random.key(0))
+  params = kinds.make_kind(loop.resolve(config), (28, 28, 1)).init(jax.random.key(0))
   expected = tleg.expand(lg, 3)
   for name in ('Transformer', 'embedding', 'pos_embedding'):
     jax.tree.map(np.testing.assert_array_equal, params[name], expected[name])
@@ -115,10 +115,10 @@ def test_descendant_inherits_all_but_a_new_head(tmp_path):
   config.init.reinit = []
   config.model.num_classes = 7
   with pytest.raises(ValueError, match=r"'head/kernel' has shape \(32, 5\), expected \(32, 7\)"):
-    kinds.make_kind(config, (28, 28, 1)).init(jax.random.key(0))
+    kinds.make_kind(loop.resolve(config), (28, 28, 1)).init(jax.random.key(0))
   config = run_config('descendant', **{'init.learngene_dir': str(tmp_path / 'lg'), 'init.method': 'sws'})
   with pytest.raises(ValueError, match="init.method='sws' but init.learngene_dir=.* holds a 'tleg' learngene"):
-    kinds.make_kind(config, (28, 28, 1))
+    kinds.make_kind(loop.resolve(config), (28, 28, 1))
 
 
 def _one_device_losses(tmp_path, overrides):
@@ -304,11 +304,12 @@ def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path, preset, lr
     ({'dataset.name': 'cifar10', 'dataset.image_size': 28}, FileNotFoundError,
      r'pip install -e "\.\[data\]"\n  tfds build cifar10 --file_format=array_record'),
     ({'total_steps': 0}, ValueError, r'total_steps must be an integer >= 1, got 0'),
+    ({'total_steps': None, 'total_epochs': 0.0}, ValueError, r'total_epochs must be > 0 \(or set total_steps\), got 0.0'),
     ({'model.patch_size': 5}, ValueError, r'dataset.image_size=28 must be a multiple of model.patch_size=5'),
     ({'model.patch_size': 0}, ValueError, r'model.patch_size must be an integer >= 1 \(or a pair of them\), got 0'),
     ({'dataset.image_size': 0}, ValueError, r'dataset.image_size must be an integer >= 1, got 0'),
     ({'seed': -1}, ValueError, r'seed must be an integer >= 0, got -1'),
-    ({'dataset.classes': 'all'}, ValueError, r"model.num_classes=5 is smaller than the 10 classes of dataset 'mnist5k' \(all\)"),
+    ({'dataset.classes': 'all'}, ValueError, r"model.num_classes=5 \(from dataset.num_classes\) is smaller than the 10 classes of dataset 'mnist5k' \(all\)"),
     ({'input_threads': -2}, ValueError, r'input_threads must be an integer >= 0, got -2'),
     ({'optimizer.lr': -0.1}, ValueError, r'optimizer.lr must be >= 0, got -0.1'),
     ({'optimizer.warmup_steps': -1}, ValueError, r'optimizer.warmup_steps must be an integer >= 0, got -1'),
@@ -404,7 +405,7 @@ def test_bfloat16_compute_keeps_float32_state(tmp_path):
   assert np.isfinite(final['loss'])
   params, _ = restore_export(tmp_path)
   assert {np.asarray(x).dtype for x in jax.tree.leaves(params)} == {np.dtype('float32')}
-  model = ViT(**{**run_config('teacher').model.to_dict(), 'dtype': 'bfloat16'})
+  model = ViT(**{**loop.resolve(run_config('teacher')).model.to_dict(), 'dtype': 'bfloat16'})
   x = np.zeros((1, 28, 28, 1), np.float32)
   hidden = model.apply({'params': params}, x, capture_intermediates=True, mutable=['intermediates'])[1]
   dense = hidden['intermediates']['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['__call__'][0]

@@ -83,11 +83,11 @@ def test_cli_and_descendant_init_select_from_a_file(tmp_path, source):
   assert bigger.returncode != 0 and "only shrinks: target width=96 > the source's 64" in bigger.stderr
 
   # A descendant run starts from the same selection (the head fresh: init.reinit's default).
-  from lgjax.train import kinds
+  from lgjax.train import kinds, loop
   desc = run_config('descendant', **{'init.method': 'weight_selection', 'init.source': str(tmp_path / 'big.npz'),
                                      'model.width': 32, 'model.num_heads': 2, 'model.mlp_dim': 64, 'model.depth': 2,
                                      'model.patch_size': 4, 'model.pool_type': 'tok'})
   desc.dataset.image_size = IMAGE_SHAPE[0]
-  init = kinds.make_kind(desc, IMAGE_SHAPE).init(jax.random.key(0))
+  init = kinds.make_kind(loop.resolve(desc), IMAGE_SHAPE).init(jax.random.key(0))
   np.testing.assert_array_equal(init['Transformer']['encoderblock_1']['MlpBlock_0']['Dense_0']['kernel'],
                                 source['Transformer']['encoderblock_1']['MlpBlock_0']['Dense_0']['kernel'][::2, ::2])

@@ -12,6 +12,7 @@ import signal
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -25,13 +26,20 @@ COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 EXPORT_DIR = 'export'
 
 
+def _positive_int(field: str, value: Any) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f'{field} must be an integer >= 1, got {value!r}.')
+
+
 def check_config(config: Any) -> None:
   """Everything that can be checked before any work, each error naming its field."""
-  for field in ('total_steps', 'batch_size', 'checkpoint_every', 'eval_every', 'log_every',
-                'keep_checkpoints', 'grad_accum_steps'):
-    value = config[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f'{field} must be an integer >= 1, got {value!r}.')
+  for field in ('batch_size', 'checkpoint_every', 'eval_every', 'log_every', 'keep_checkpoints',
+                'grad_accum_steps'):
+    _positive_int(field, config[field])
+  if config.get('total_steps') is not None:
+    _positive_int('total_steps', config.total_steps)
+  elif not (isinstance(config.get('total_epochs'), (int, float)) and config.total_epochs > 0):
+    raise ValueError(f'total_epochs must be > 0 (or set total_steps), got {config.get("total_epochs")!r}.')
   if config.parallelism not in parallel.BACKENDS:
     raise ValueError(f'parallelism must be one of {parallel.BACKENDS}, got {config.parallelism!r}.')
   if config.compute_dtype not in COMPUTE_DTYPES:
@@ -47,8 +55,10 @@ def check_config(config: Any) -> None:
   _check_numbers(config)
   kinds.check_fields(config)
   classes = data.pipeline.num_classes(config.dataset)
-  if classes and (config.model.get('num_classes') or 0) < classes:
-    raise ValueError(f'model.num_classes={config.model.get("num_classes")} is smaller than the {classes} '
+  head = config.model.get('num_classes') or config.dataset.get('num_classes')
+  if classes and (head or 0) < classes:
+    origin = '' if config.model.get('num_classes') else ' (from dataset.num_classes)'
+    raise ValueError(f'model.num_classes={head}{origin} is smaller than the {classes} '
                      f'classes of dataset {config.dataset.name!r} ({config.dataset.get("classes", "all")}).')
   if config.dataset.image_size % _patch(config.model.patch_size):
     raise ValueError(f'dataset.image_size={config.dataset.image_size} must be a multiple of '
@@ -64,8 +74,9 @@ def _check_numbers(config: Any) -> None:
        isinstance(config.input_threads, int) and config.input_threads >= 0, 'an integer >= 0'),
       ('optimizer.lr', o.lr, o.lr >= 0, '>= 0'),
       ('optimizer.min_lr', o.min_lr, 0 <= o.min_lr, '>= 0'),
-      ('optimizer.warmup_steps', o.warmup_steps, isinstance(o.warmup_steps, int) and o.warmup_steps >= 0,
-       'an integer >= 0'),
+      ('optimizer.warmup_steps', o.get('warmup_steps'),
+       o.get('warmup_steps') is None or (isinstance(o.warmup_steps, int) and o.warmup_steps >= 0), 'an integer >= 0'),
+      ('optimizer.warmup_epochs', o.get('warmup_epochs', 0.0), o.get('warmup_epochs', 0.0) >= 0, '>= 0'),
       ('optimizer.weight_decay', o.weight_decay, o.weight_decay >= 0, '>= 0'),
       ('optimizer.b1', o.b1, 0 <= o.b1 < 1, 'in [0, 1)'),
       ('optimizer.b2', o.b2, 0 <= o.b2 < 1, 'in [0, 1)'),
@@ -85,6 +96,29 @@ def _check_numbers(config: Any) -> None:
   for field, value, ok, expected in checks:
     if not ok:
       raise ValueError(f'{field} must be {expected}, got {value!r}.')
+
+
+def resolve(config: Any) -> Any:
+  """A copy of `config` with the fields left to run time set. total_steps and
+  optimizer.warmup_steps: given in steps they stay, given in epochs they become
+  round(epochs · training examples / batch_size), so a changed batch size keeps the
+  epochs (big_vision's rule). model.num_classes: the dataset's, unless set."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not config.model.get('num_classes'):
+    config.model.num_classes = config.dataset.get('num_classes')
+  examples = None
+
+  def steps(epochs: float) -> int:
+    nonlocal examples
+    if examples is None:
+      examples = len(data.train_source(config.dataset))
+    return max(1, round(epochs * examples / config.batch_size)) if epochs else 0
+
+  if config.get('total_steps') is None:
+    config.total_steps = steps(config.total_epochs)
+  if config.optimizer.get('warmup_steps') is None:
+    config.optimizer.warmup_steps = steps(config.optimizer.get('warmup_epochs', 0.0))
+  return config
 
 
 def _patch(patch_size) -> int:
@@ -178,6 +212,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains `config.kind` for config.total_steps, resuming from workdir, and exports
   the result to workdir/export/. Returns the final metrics."""
   check_config(config)
+  config = resolve(config)
   os.makedirs(workdir, exist_ok=True)
   backend = parallel.make_backend(config.parallelism)
   teacher, teacher_params = load_teacher(config, config.compute_dtype)
