@@ -25,10 +25,29 @@ EXAMPLES = {'mnist5k': 2000, 'cifar100': 50_000, 'imagenet2012': 1_281_167}  # t
 DEIT = {'Ti': (192, 3, 768), 'S': (384, 6, 1536), 'B': (768, 12, 3072)}
 
 
+RUNLOCAL = 'runlocal'
+
+
 def check_preset(arg: str) -> str:
-  if arg not in PRESETS:
-    raise ValueError(f'config arg must be one of {PRESETS}, got {arg!r}.')
-  return arg
+  """The preset of `arg`: 'PRESET', or 'PRESET,runlocal' for a tiny, seconds-long run."""
+  preset, _, option = arg.partition(',')
+  if preset not in PRESETS or option not in ('', RUNLOCAL):
+    raise ValueError(f'config arg must be one of {PRESETS}, optionally with ",{RUNLOCAL}", got {arg!r}.')
+  return preset
+
+
+def is_runlocal(arg: str) -> bool:
+  return arg.endswith(',' + RUNLOCAL)
+
+
+def runlocal(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """With 'PRESET,runlocal' (big_vision's name for it): the recipe shrunk to a seconds-long
+  run of a width-32, depth-2 ViT, 4 steps of batch 16, for tests and smoke runs."""
+  if is_runlocal(arg):
+    config.model.update(width=32, num_heads=2, mlp_dim=64, depth=2)
+    config.update(batch_size=16, total_steps=4, eval_every=1000, checkpoint_every=1000, log_every=1)
+    config.optimizer.warmup_steps = 1
+  return config
 
 
 def steps(preset: str, epochs: float, batch_size: int) -> int:

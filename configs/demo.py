@@ -21,14 +21,14 @@ DEPTHS = (2, 6)
 
 
 def get_config(arg: str = 'mnist5k'):
-  preset = common.check_preset(arg)
+  common.check_preset(arg)
   runs = ml_collections.ConfigDict()
-  runs.teacher = teacher.get_config(preset)
-  runs.tleg = tleg_aux.get_config(preset)
+  runs.teacher = teacher.get_config(arg)
+  runs.tleg = tleg_aux.get_config(arg)
   runs.tleg.teacher.dir = '{workdir}/teacher/export'
   for depth in DEPTHS:
     for method in ('tleg', 'scratch'):
-      run = descendant.get_config(preset)
+      run = descendant.get_config(arg)
       run.model.depth = depth
       run.init.method = method
       run.init.learngene_dir = '{workdir}/tleg/export' if method != 'scratch' else ''

@@ -36,4 +36,4 @@ def get_config(arg: str = 'mnist5k'):
   config.init = ml_collections.ConfigDict(dict(
       method='tleg', learngene_dir='', stage_depths=(), placement='below', source='',
       layers=(), reinit=('^head/',)))  # tuples: settable from the command line, e.g. --config.init.layers='(4, 5)'
-  return config
+  return common.runlocal(config, arg)

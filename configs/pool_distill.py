@@ -4,8 +4,8 @@ r"""Learngene Pool, step 1: distill one teacher into K small instances.
       --config.teacher.dir=/tmp/teacher/export
 
 All instances train in one jitted step sharing the teacher's forward pass.
-Loss per instance: α·CE + (1-α)·(soft KD + hidden-state MSE + attention-output
-MSE through a learned teacher->instance width map), α = 0.1 as the paper;
+Loss per instance: (1-α)·CE + α·(soft KD + hidden-state MSE + attention-output
+MSE through a learned teacher->instance width map), α = 0.9 (CE weight 0.1) as the paper;
 pool.layer_map picks the teacher layer that supervises each instance layer
 ('uniform' or a list); pool.supervise = 'every' supervises the states of
 every instance layer, 'last' only the last block's (the official code's
@@ -32,9 +32,11 @@ def get_config(arg: str = 'mnist5k'):
     config.model = common.model(preset, depth=6, size='S')
     widths = [common.DEIT[s] for s in ('Ti', 'S', 'B')]
     depth = 6
+  if common.is_runlocal(arg):
+    widths, depth = [(16, 2, 32), (32, 2, 64)], 2
   config.dataset = common.dataset(preset, 'source')
   config.pool = dict(depth=depth, layer_map='uniform', supervise='every',
                      instances=tuple(dict(width=w, num_heads=h, mlp_dim=m) for w, h, m in widths))
   config.loss.alpha = 0.9  # the distillation terms' weight, as in every kind (1 - α weighs CE)
   config.loss.label_smoothing = 0.0
-  return config
+  return common.runlocal(config, arg)

@@ -34,4 +34,4 @@ def get_config(arg: str = 'mnist5k'):
   # init.reinit: regexes of instance params to initialize fresh, e.g. ['^head/'] to
   # train stitched models on new classes (as a descendant's init.reinit).
   config.init = dict(reinit=())
-  return config
+  return common.runlocal(config, arg)

@@ -25,8 +25,10 @@ def get_config(arg: str = 'mnist5k'):
                          warmup_epochs=5)
     stage_depths = sws.AUX_STAGE_DEPTHS
     config.model = common.model(preset, depth=sum(stage_depths), size='S', drop_path=0.1)
+  if common.is_runlocal(arg):  # depth 2
+    stage_depths = (1, 1)
   config.learngene = dict(method='sws', stage_depths=tuple(stage_depths))
   config.dataset = common.dataset(preset, 'source')
   config.loss.alpha = 1.0
   config.loss.label_smoothing = 0.0
-  return config
+  return common.runlocal(config, arg)

@@ -22,4 +22,4 @@ def get_config(arg: str = 'mnist5k'):
                          warmup_epochs=5)
     config.model = common.model(preset, depth=12, size='B', drop_path=0.1)
   config.dataset = common.dataset(preset, 'source')
-  return config
+  return common.runlocal(config, arg)

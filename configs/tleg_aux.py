@@ -30,4 +30,4 @@ def get_config(arg: str = 'mnist5k'):
   # learngene.fit_from: start the learngene from tleg.fit of an existing ViT (any
   # checkpoint load_params reads) instead of the paper's random init.
   config.learngene = dict(method='tleg', fit_from='')
-  return config
+  return common.runlocal(config, arg)

@@ -40,17 +40,10 @@ def run_expand(*args):
 
 
 def run_config(recipe: str, **overrides):
-  """A recipe's mnist5k config shrunk to a seconds-long run (width 32, depth 2)."""
+  """A recipe's 'mnist5k,runlocal' config (a seconds-long run, configs.common.runlocal)
+  with '.'-named `overrides`."""
   import importlib
-  config = importlib.import_module(f'configs.{recipe}').get_config('mnist5k')
-  config.model.update(width=32, num_heads=2, mlp_dim=64, depth=2)
-  if recipe == 'sws_aux':
-    config.learngene.stage_depths = [1, 1]
-  if recipe == 'pool_distill':
-    config.pool.update(depth=2, instances=[dict(width=16, num_heads=2, mlp_dim=32),
-                                           dict(width=32, num_heads=2, mlp_dim=64)])
-  config.update(batch_size=16, total_steps=4, eval_every=1000, checkpoint_every=1000, log_every=1)
-  config.optimizer.warmup_steps = 1
+  config = importlib.import_module(f'configs.{recipe}').get_config('mnist5k,runlocal')
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')

@@ -58,8 +58,10 @@ def test_durations_resolve_from_epochs_at_run_time():
 
 
 def test_unknown_preset():
-  with pytest.raises(ValueError, match=r"config arg must be one of \('mnist5k', 'cifar100', 'imagenet2012'\), got 'mnist'"):
-    importlib.import_module('configs.teacher').get_config('mnist')
+  for arg in ('mnist', 'mnist5k,tiny'):
+    with pytest.raises(ValueError, match=r"config arg must be one of \('mnist5k', 'cifar100', 'imagenet2012'\), "
+                       rf'optionally with ",runlocal", got {arg!r}'):
+      importlib.import_module('configs.teacher').get_config(arg)
 
 
 def test_sequence_fields_are_settable_from_the_command_line():

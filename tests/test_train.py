@@ -378,12 +378,10 @@ def test_two_processes_match_one(tmp_path):
 def test_demo_recipe_chains_runs(tmp_path, capsys):
   import importlib
   from lgjax.train import recipe
-  config = importlib.import_module('configs.demo').get_config('mnist5k')
+  config = importlib.import_module('configs.demo').get_config('mnist5k,runlocal')
   assert config.order[:2] == ['teacher', 'tleg'] and set(config.order) == set(config.runs)
   for name in config.order:
-    run = config.runs[name]
-    run.model.update(width=32, num_heads=2, mlp_dim=64, depth=min(run.model.depth, 2))
-    run.update(batch_size=16, total_steps=2, eval_every=1000, checkpoint_every=1000)
+    config.runs[name].total_steps = 2
   config.order = ['teacher', 'tleg', 'depth2_tleg', 'depth2_scratch']
   rows = recipe.run_recipe(config, str(tmp_path))
   assert [r['run'] for r in rows] == config.order
