@@ -8,7 +8,6 @@ its import registers it.
 import importlib
 import pkgutil
 
-from lgjax.learngene import registry
 from lgjax.learngene.directory import load_learngene, save_learngene
 from lgjax.learngene.registry import METHODS, Method
 
