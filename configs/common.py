@@ -105,7 +105,7 @@ def base(preset: str, *, kind: str, batch_size: int, epochs: float, lr: float,
   config.input_threads = 0 if small else 16  # grain threads reading and augmenting
   config.optimizer = ml_collections.ConfigDict(dict(
       lr=lr, warmup_epochs=float(warmup_epochs), warmup_steps=config_dict.placeholder(int), min_lr=0.0, weight_decay=0.05, b1=0.9, b2=0.999,
-      clip_norm=0.0 if small else 1.0))
+      clip_norm=0.0 if small else 1.0, frozen=()))
   config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0 if small else 0.1, alpha=0.0,
                                                temperature=1.0))
   config.teacher = ml_collections.ConfigDict(dict(dir=''))
@@ -133,6 +133,7 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'optimizer.weight_decay': 'AdamW weight decay',
     'optimizer.b1': 'Adam beta1, in [0, 1)', 'optimizer.b2': 'Adam beta2, in [0, 1)',
     'optimizer.clip_norm': 'global gradient-norm clip (0: none)',
+    'optimizer.frozen': 'regexes of trainable params that are not updated, e.g. (\'^templates/\',)',
     'loss.label_smoothing': 'label smoothing of the cross-entropy',
     'loss.alpha': 'distillation weight: (1 - alpha) * CE + alpha * KL(teacher || student) * T^2',
     'loss.temperature': 'distillation temperature T',

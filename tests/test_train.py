@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from conftest import IMAGE_SHAPE, ROOT, TINY, run_config, run_expand
 from configs import teacher as teacher_config
 from lgjax import checkpoint, data
+from lgjax import tree as tree_lib
 from lgjax.learngene import METHODS, load_learngene, save_learngene
 from lgjax.learngene import sws, tleg
 from lgjax.models import ViT, blocks
@@ -668,3 +669,28 @@ def test_an_export_is_whole_or_absent(tmp_path):
   loop.export(kind, str(tmp_path), params)
   assert sorted(os.listdir(tmp_path)) == [loop.EXPORT_DIR]
   np.testing.assert_array_equal(checkpoint.restore_tree(str(tmp_path / loop.EXPORT_DIR / 'p'))['w'], params['w'])
+
+
+def test_frozen_params_stay_put_through_a_resume(tmp_path):
+  frozen = ('^Transformer/encoderblock_0/', '^embedding/')
+  config = run_config('teacher', total_steps=2, checkpoint_every=1, **{'optimizer.frozen': frozen})
+  train_and_evaluate(config, str(tmp_path))
+  config.total_steps = 3
+  train_and_evaluate(config, str(tmp_path))  # resumes: the optimizer state of a frozen tree restores
+  resolved = loop.resolve(config)
+  initial = kinds.make_kind(resolved, data.image_shape(resolved.dataset)).init(
+      jax.random.split(jax.random.key(config.seed))[0])
+  final, _ = restore_export(tmp_path)
+  moved = {n: bool(np.any(np.asarray(a) != np.asarray(b)))
+           for (n, a), (_, b) in zip(tree_lib.flatten_with_names(final), tree_lib.flatten_with_names(initial))}
+  assert not any(v for n, v in moved.items() if n.startswith(('Transformer/encoderblock_0/', 'embedding/')))
+  assert all(v for n, v in moved.items() if n.startswith(('Transformer/encoderblock_1/', 'head/')))
+
+
+@pytest.mark.parametrize('frozen, message', [
+    (('^templates/',), r"optimizer.frozen: '\^templates/' matches no trainable param; names look like"),
+    (('(',), r"optimizer.frozen: '\(' is not a regex"),
+])
+def test_frozen_patterns_must_match(tmp_path, frozen, message):
+  with pytest.raises(ValueError, match=message):
+    train_and_evaluate(run_config('teacher', **{'optimizer.frozen': frozen}), str(tmp_path))

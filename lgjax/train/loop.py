@@ -226,6 +226,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   trainable = kind.init(init_rng)
+  optim.check_frozen(tuple(config.optimizer.get('frozen', ())), trainable)
   state = jax.jit(functools.partial(step.init_state, optimizer=optimizer),
                   out_shardings=backend.replicated)(trainable, seed_rng=train_rng)
 

@@ -1,7 +1,9 @@
-"""Optimizer: AdamW with warmup + cosine, decoupled weight decay on kernels only."""
+"""Optimizer: AdamW with warmup + cosine, decoupled weight decay on kernels only; params
+matching an `optimizer.frozen` regex are not updated (and keep no Adam moments)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import optax
@@ -25,9 +27,33 @@ def decay_mask(params: Any) -> Any:
   return tree_lib.map_with_names(lambda name, _: name.endswith('kernel'), params)
 
 
+def frozen_labels(frozen: Any, params: Any) -> Any:
+  """'frozen' for the params whose '/'-name matches a regex of `frozen`, 'train' for the rest."""
+  patterns = [re.compile(p) for p in frozen]
+  return tree_lib.map_with_names(
+      lambda name, _: 'frozen' if any(p.search(name) for p in patterns) else 'train', params)
+
+
+def check_frozen(frozen: Any, params: Any) -> None:
+  """Every optimizer.frozen regex compiles and matches some param (a typo would freeze nothing)."""
+  names = [n for n, _ in tree_lib.flatten_with_names(params)]
+  for pattern in frozen:
+    try:
+      regex = re.compile(pattern)
+    except re.error as e:
+      raise ValueError(f'optimizer.frozen: {pattern!r} is not a regex ({e}).') from None
+    if not any(regex.search(n) for n in names):
+      raise ValueError(f'optimizer.frozen: {pattern!r} matches no trainable param; names look like '
+                       f'{names[:3]}.')
+
+
 def make_optimizer(opt: Any, batch_size: int, total_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping (opt.clip_norm, 0 = off), then AdamW."""
+  """Global-norm clipping (opt.clip_norm, 0 = off), then AdamW; opt.frozen params get no update."""
   parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm else []
   parts.append(optax.adamw(learning_rate(opt, batch_size, total_steps), b1=opt.b1, b2=opt.b2,
                            weight_decay=opt.weight_decay, mask=decay_mask))
-  return optax.chain(*parts)
+  frozen = tuple(opt.get('frozen', ()))
+  if not frozen:
+    return optax.chain(*parts)
+  return optax.multi_transform({'train': optax.chain(*parts), 'frozen': optax.set_to_zero()},
+                               lambda params: frozen_labels(frozen, params))
