@@ -599,6 +599,7 @@ def _files(root):
           for d, _, files in os.walk(root) for f in files}
 
 
+@pytest.mark.slow  # fault injection: the slow tier
 def test_a_finished_run_reruns_without_writing_anything(tmp_path):
   config = run_config('teacher', total_steps=2, checkpoint_every=1)
   first = train_and_evaluate(config, str(tmp_path))
@@ -608,6 +609,7 @@ def test_a_finished_run_reruns_without_writing_anything(tmp_path):
   assert again['eval_accuracy'] == first['eval_accuracy'] and again['step'] == 2
 
 
+@pytest.mark.slow  # fault injection: the slow tier
 def test_a_full_disk_stops_with_one_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
   from lgjax.train import checkpoints
   real = checkpoints.shutil.disk_usage
