@@ -94,7 +94,10 @@ def stage_depths_for(learngene: PyTree, depth: int, stage_depths: Sequence[int] 
   """`stage_depths` when given (they must sum to `depth`), else `split_depth` over the learngene's stages."""
   if not stage_depths:
     return split_depth(depth, len(learngene['stages']))
-  stage_depths = check_stage_depths(stage_depths, len(learngene['stages']))
+  return _check_sum(check_stage_depths(stage_depths, len(learngene['stages'])), depth)
+
+
+def _check_sum(stage_depths: tuple[int, ...], depth: int) -> tuple[int, ...]:
   if sum(stage_depths) != depth:
     raise ValueError(f'stage_depths {list(stage_depths)} sum to {sum(stage_depths)}, expected depth={depth}.')
   return stage_depths
@@ -109,9 +112,7 @@ def _init(rng: jax.Array, target: registry.Target, *, image_shape: Sequence[int]
 
 def _check_options(target: registry.Target, *, stage_depths: Sequence[int] | None = None) -> None:
   if stage_depths:
-    depths = check_stage_depths(stage_depths, len(stage_depths))
-    if sum(depths) != target['depth']:
-      raise ValueError(f'stage_depths {list(depths)} sum to {sum(depths)}, expected depth={target["depth"]}.')
+    _check_sum(check_stage_depths(stage_depths, len(stage_depths)), target['depth'])
 
 
 METHOD = registry.register(registry.Method(

@@ -99,12 +99,12 @@ def _init(rng: jax.Array, target: registry.Target, *, image_shape: Sequence[int]
           fit_from: str | None = None) -> PyTree:
   """The paper's init, or (fit_from: any ViT that load_params reads) the least-squares
   fit to that ViT's blocks, so a learngene can start from a trained model."""
-  learngene = init_learngene(rng, dict(target), image_shape=image_shape)
+  init = lambda rng: init_learngene(rng, dict(target), image_shape=image_shape)
   if not fit_from:
-    return learngene
+    return init(rng)
   from lgjax import checkpoint
   fitted = fit(checkpoint.load_params(fit_from)[0])
-  tree_lib.check_shapes(fitted, learngene, f'The TLEG fit of fit_from={fit_from!r}')
+  tree_lib.check_shapes(fitted, jax.eval_shape(init, rng), f'The TLEG fit of fit_from={fit_from!r}')
   return fitted
 
 

@@ -70,11 +70,7 @@ def _aux(config: Any, model_cfg: dict, image_shape) -> Kind:
   return Kind('aux', lambda rng: method.init(rng, model_cfg, image_shape=image_shape, **options),
               lambda lg: method.expand(lg, model_cfg, rng=None, **options),
               lambda d, lg: save_learngene(d, lg, method=method.name, model_config=model_cfg,
-                                                      options=jsonable(options)))
-
-
-def jsonable(options: dict) -> dict:
-  return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+                                                      options=options))  # JSON writes tuples as lists
 
 
 def descendant_learngene(config: Any, method: registry.Method, options: dict) -> PyTree:
