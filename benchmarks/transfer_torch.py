@@ -17,9 +17,7 @@ Needs the `bench` extra (PyTorch).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 
 import numpy as np
 import torch

@@ -4,7 +4,6 @@ import os
 import re
 
 import jax
-import numpy as np
 import pytest
 
 from conftest import ROOT, random_like
@@ -80,3 +79,23 @@ def test_the_readme_expand_commands_run(tmp_path):
     line = line.replace('/tmp/lgjax_desc', str(tmp_path / 'desc'))
     result = subprocess.run([sys.executable, *line.split()[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (line, result.stderr[-2000:])
+
+
+@pytest.mark.slow  # subprocesses
+def test_the_readme_wave_commands_run_on_tiny_settings(tmp_path):
+  """The README's three WAVE runs (templates -> scalers -> descendant), 2 steps each."""
+  import subprocess
+  import sys
+  fake_demo(str(tmp_path / 'demo'))
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    block = re.search(r'^```bash\n(# 1\. templates.*?)^```$', f.read(), re.M | re.S).group(1)
+  commands = [c.split() for c in block.replace('\\\n', ' ').splitlines() if c.strip() and not c.startswith('#')]
+  assert [c[2] for c in commands] == ['--config=configs/wave_aux.py:mnist5k', '--config=configs/wave_scalers.py:mnist5k',
+                                      '--config=configs/descendant.py:mnist5k']
+  tiny = ['--config.total_steps=2', '--config.batch_size=16', '--config.eval_every=2']
+  for command in commands:
+    command = [a.replace(DEMO, str(tmp_path / 'demo')).replace('/tmp/', f'{tmp_path}/') for a in command[1:]]
+    result = subprocess.run([sys.executable, *command, *tiny], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (command, result.stderr[-2000:])
+  params, config = checkpoint.load_params(str(tmp_path / 'desc_w32d4' / 'export'))
+  assert (config['width'], config['depth']) == (32, 4)

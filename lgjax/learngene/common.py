@@ -86,3 +86,11 @@ def check_positive_int(value: Any, field: str) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f'{field} must be an integer >= 1, got {value!r}.')
   return int(value)
+
+
+def fresh_head(rng: jax.Array, target: dict) -> PyTree:
+  """A new classifier for `target` (its num_classes, from its width), as the ViT inits one."""
+  shape = (target['width'], target['num_classes'])
+  kernel = (jnp.zeros(shape, jnp.float32) if target.get('head_zeroinit') else
+            inits.get(target.get('param_init', inits.DEFAULT)).head_kernel(rng, shape, jnp.float32))
+  return {'kernel': kernel, 'bias': jnp.zeros(shape[-1:], jnp.float32)}

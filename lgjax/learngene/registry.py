@@ -41,6 +41,9 @@ class Method:
     name if the options cannot build `target`; run before any file is read.
   implied_depth(**options) -> int | None: the depth the options fix (SWS's
     stage_depths), for callers that leave the depth unset.
+  frozen(**options) -> regexes of learngene params that the auxiliary run
+    keeps as they start (WAVE's templates while its scalers train), added to
+    optimizer.frozen.
   """
   name: str
   expand: Callable[..., PyTree]
@@ -50,6 +53,7 @@ class Method:
   options: tuple[str, ...] = ()
   check_options: Callable[..., None] | None = None
   implied_depth: Callable[..., int | None] = lambda **options: None
+  frozen: Callable[..., tuple[str, ...]] = lambda **options: ()
 
   def pick_options(self, fields: Mapping[str, Any] | None) -> dict[str, Any]:
     """This method's options out of a config section (e.g. config.init): the

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgjax import tree as tree_lib
-from lgjax.learngene import registry
-from lgjax.models import ViT, blocks, config_from_params, inits
+from lgjax.learngene import common, registry
+from lgjax.models import ViT, blocks, config_from_params
 
 PyTree = Any
 _FLAT_OUT = ('query', 'key', 'value')  # kernel (width, heads, head_dim), bias (heads, head_dim)
@@ -130,10 +130,7 @@ def expand(learngene: PyTree, target: registry.Target, *, rng: jax.Array | None 
   if fresh_head:
     if rng is None:
       raise ValueError('The target has other classes than the source: pass rng for its fresh head.')
-    scheme = inits.get(target.get('param_init', inits.DEFAULT))
-    kernel = shapes['head']['kernel']
-    params['head'] = {'kernel': scheme.head_kernel(rng, kernel.shape, jnp.float32),
-                      'bias': jnp.zeros(shapes['head']['bias'].shape, jnp.float32)}
+    params['head'] = common.fresh_head(rng, target)
   return blocks.to_scanned(params) if scan else params
 
 

@@ -44,6 +44,7 @@ class Kind:
   example_loss: Callable | None = None         # teacher -> step.ExampleLoss; None: classification
   predict: Callable | None = None              # (trainable, images) -> {name: logits}; None: the ViT's
   report: Callable | None = None               # (workdir, final metrics) -> None, after training
+  frozen: tuple[str, ...] = ()                 # regexes of trainable params kept as they start
 
 
 def model_config(config: Any) -> dict:
@@ -70,7 +71,8 @@ def _aux(config: Any, model_cfg: dict, image_shape) -> Kind:
   return Kind('aux', lambda rng: method.init(rng, model_cfg, image_shape=image_shape, **options),
               lambda lg: method.expand(lg, model_cfg, rng=None, **options),
               lambda d, lg: save_learngene(d, lg, method=method.name, model_config=model_cfg,
-                                                      options=options))  # JSON writes tuples as lists
+                                           options=options),  # JSON writes tuples as lists
+              frozen=tuple(method.frozen(**options)))
 
 
 def descendant_learngene(config: Any, method: registry.Method, options: dict) -> PyTree:

@@ -221,12 +221,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   model_cfg = kinds.model_config(config)
   model = ViT(**{**model_cfg, 'dtype': config.compute_dtype})
   schedule = optim.learning_rate(config.optimizer, config.batch_size, config.total_steps)
-  optimizer = optim.make_optimizer(config.optimizer, config.batch_size, config.total_steps)
+  frozen = tuple(config.optimizer.get('frozen', ())) + kind.frozen
+  optimizer = optim.make_optimizer(config.optimizer, config.batch_size, config.total_steps, frozen)
   changes = config_changes(config, workdir)
 
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   trainable = kind.init(init_rng)
-  optim.check_frozen(tuple(config.optimizer.get('frozen', ())), trainable)
+  optim.check_frozen(frozen, trainable)
   state = jax.jit(functools.partial(step.init_state, optimizer=optimizer),
                   out_shardings=backend.replicated)(trainable, seed_rng=train_rng)
 

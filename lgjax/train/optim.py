@@ -47,12 +47,13 @@ def check_frozen(frozen: Any, params: Any) -> None:
                        f'{names[:3]}.')
 
 
-def make_optimizer(opt: Any, batch_size: int, total_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping (opt.clip_norm, 0 = off), then AdamW; opt.frozen params get no update."""
+def make_optimizer(opt: Any, batch_size: int, total_steps: int,
+                   frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """Global-norm clipping (opt.clip_norm, 0 = off), then AdamW; params matching a `frozen`
+  regex (optimizer.frozen and the kind's own) get no update."""
   parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm else []
   parts.append(optax.adamw(learning_rate(opt, batch_size, total_steps), b1=opt.b1, b2=opt.b2,
                            weight_decay=opt.weight_decay, mask=decay_mask))
-  frozen = tuple(opt.get('frozen', ()))
   if not frozen:
     return optax.chain(*parts)
   return optax.multi_transform({'train': optax.chain(*parts), 'frozen': optax.set_to_zero()},
