@@ -152,6 +152,10 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'learngene.method': 'aux: the method whose learngene trains (lgjax.learngene.registry.trained())',
     'learngene.stage_depths': 'aux, sws: blocks per stage of the auxiliary model',
     'learngene.fit_from': 'aux, tleg: start from the least-squares fit to this ViT (any load_params path)',
+    'learngene.template_width': 'aux, wave: width of the weight templates (divides model.width)',
+    'learngene.num_templates': 'aux, wave: number of weight templates per param',
+    'learngene.templates_from': 'aux, wave: a WAVE learngene directory whose templates stay frozen while '
+                                "this model's scalers train",
     'init.method': 'descendant: scratch | a learngene method (lgjax.learngene.METHODS)',
     'init.learngene_dir': 'descendant: the learngene directory (an aux run\'s export/)',
     'init.source': 'descendant: a trained ViT (any load_params path), for methods that take one as it is',
