@@ -21,7 +21,7 @@ from configs import teacher as teacher_config
 from lgjax import checkpoint, data
 from lgjax import tree as tree_lib
 from lgjax.learngene import METHODS, load_learngene, save_learngene
-from lgjax.learngene import sws, tleg
+from lgjax.learngene import registry, sws, tleg
 from lgjax.models import ViT, blocks
 from lgjax.train import kinds, loop, optim, parallel, reporting, train_and_evaluate
 from lgjax.train import step as step_lib
@@ -336,7 +336,7 @@ def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
     ('sws_aux', {'learngene.stage_depths': (1, 2), 'teacher.dir': '/some/teacher'},
      r'learngene.stage_depths \[1, 2\] sum to 3, expected depth=2'),
     ('sws_aux', {'learngene.method': 'condense', 'teacher.dir': '/some/teacher'},
-     r"learngene.method='condense' trains no learngene; expected one of \['sws', 'tleg'\]"),
+     re.escape(f"learngene.method='condense' trains no learngene; expected one of {registry.trained()}")),
     ('pool_distill', {'pool.supervise': 'first', 'teacher.dir': '/some/teacher'},
      r"pool.supervise must be one of \('every', 'last'\), got 'first'"),
     ('stitched', {'stitch.rule': 'all', 'pool.dir': '/some/pool'}, r"stitch.rule must be one of \('snnet', 'pool'\)"),

@@ -170,6 +170,7 @@ def test_templates_from_keeps_the_templates_and_selects_scalers(tmp_path, learng
     WAVE.init(jax.random.key(9), target, image_shape=IMAGE_SHAPE, templates_from=tleg_dir)
 
 
+@pytest.mark.slow  # a subprocess
 def test_expand_cli_builds_any_size(tmp_path, learngene):
   save_learngene(str(tmp_path / 'lg'), learngene, method='wave', model_config=AUX)
   out = tmp_path / 'out'
@@ -182,6 +183,7 @@ def test_expand_cli_builds_any_size(tmp_path, learngene):
   jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(want))
 
 
+@pytest.mark.slow  # three training runs
 def test_three_stages_train(tmp_path, teacher_dir):
   """Templates through the aux model; scalers for another size with the templates frozen;
   a descendant from them. The templates come out of stage 2 bit for bit as they went in."""
