@@ -1,3 +1,5 @@
+import dataclasses
+import json
 import re
 
 import jax
@@ -6,8 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE_SHAPE, TINY, random_like
+from lgjax import checkpoint
 from lgjax import tree as tree_lib
-from lgjax.models import ViT, blocks, check_config, model_config, param_shapes
+from lgjax.models import ViT, ViTConfig, blocks, check_config, model_config, param_shapes
 
 BLOCK_NAMES = {
     'LayerNorm_0/scale', 'LayerNorm_0/bias', 'LayerNorm_1/scale', 'LayerNorm_1/bias',
@@ -106,8 +109,35 @@ def test_drop_path_and_dropout_only_in_training():
 def test_model_config_rebuilds():
   model = ViT(**{**TINY, 'patch_size': (4, 4)})
   config = model_config(model)
-  assert config['patch_size'] == [4, 4] and config['width'] == TINY['width']
-  assert ViT(**config) == ViT(**{**config, 'patch_size': [4, 4]})
+  assert config['patch_size'] == (4, 4) and config.to_json()['patch_size'] == [4, 4]
+  assert config['width'] == TINY['width']
+  assert ViT(**config) == model
+
+
+def test_vit_config_is_frozen_validated_and_resolves_defaults(tmp_path):
+  config = ViTConfig.of({**TINY, 'mlp_dim': None})
+  assert config.mlp_dim == 4 * TINY['width'] and config['depth'] == TINY['depth']
+  assert config.pool_type == ViT.pool_type and len(config) == len(dict(config))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    config.width = 64
+  with pytest.raises(ValueError, match='num_heads must be a positive divisor of width=32, got 5'):
+    config.replace(num_heads=5)
+  with pytest.raises(ValueError, match=r"Unknown ViT field\(s\) \['widht'\]"):
+    ViTConfig.of({**TINY, 'widht': 3})
+  # The same ViT, however it is written; another one is not equal.
+  assert config == {**TINY, 'mlp_dim': None} and config == {**TINY, 'mlp_dim': 4 * TINY['width']}
+  assert config != TINY and config != {**TINY, 'mlp_dim': None, 'depth': 5}  # TINY's mlp_dim is 2 x width
+  # JSON round trip, through a checkpoint as through json itself.
+  assert ViTConfig.of(json.loads(json.dumps(config.to_json()))) == config
+  checkpoint.save_params(str(tmp_path / 'p'), param_shapes_as_zeros(config), config)
+  _, loaded = checkpoint.load_params(str(tmp_path / 'p'))
+  assert isinstance(loaded, ViTConfig) and loaded == config
+  with open(tmp_path / 'p' / 'model_config.json') as f:
+    assert json.load(f) == config.to_json()
+
+
+def param_shapes_as_zeros(config):
+  return jax.tree.map(lambda s: np.zeros(s.shape, np.float32), param_shapes(config, IMAGE_SHAPE))
 
 
 @pytest.mark.parametrize('field,value,message', [

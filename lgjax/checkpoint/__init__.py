@@ -28,7 +28,7 @@ import safetensors.numpy
 
 from lgjax import tree as tree_lib
 from lgjax.checkpoint import convert
-from lgjax.models import ViT, blocks, check_config, config_from_params, param_shapes, stitched
+from lgjax.models import ViT, ViTConfig, blocks, check_config, config_from_params, param_shapes, stitched
 
 PyTree = Any
 PARAMS, MODEL_CONFIG = 'params', 'model_config.json'
@@ -153,7 +153,7 @@ def save_params(path: str, params: PyTree, model_config: dict, format: str = 'or
     write_json(os.path.join(path, MODEL_CONFIG), dict(model_config))
 
 
-def load_params(path: str, **overrides: Any) -> tuple[PyTree, dict]:
+def load_params(path: str, **overrides: Any) -> tuple[PyTree, ViTConfig]:
   """(params, model_config) such that ViT(**model_config).apply({'params': params}, x) runs.
 
   `path`: an lgjax params directory, a big_vision `.npz` or a timm
@@ -165,6 +165,7 @@ def load_params(path: str, **overrides: Any) -> tuple[PyTree, dict]:
   """
   try:
     params, model_config = _read_params(path, overrides)
+    model_config = ViTConfig.of(model_config)
     check_params(params, model_config, f'params in {path!r}')
   except (ValueError, TypeError, KeyError, IndexError) as e:  # say which file, whatever went wrong
     message = str(e) if path in str(e) else f'{path}: {e}'

@@ -35,7 +35,7 @@ import numpy as np
 
 from lgjax import tree as tree_lib
 from lgjax.learngene import common, registry
-from lgjax.models import ViT, blocks, flops, with_block_outputs
+from lgjax.models import ViT, ViTConfig, blocks, flops, with_block_outputs
 from lgjax.models.stitched import STEM_KEYS, Stem, StitchedViT
 
 PyTree = Any
@@ -158,7 +158,7 @@ def spec_flops(configs: Sequence[dict], spec: Spec, image_shape: Sequence[int]) 
   front, j, end, k = spec
   fc, ec = configs[front], configs[end]
   tokens = flops.num_tokens(fc, image_shape)
-  mlp = lambda c: c.get('mlp_dim') or 4 * c['width']
+  mlp = lambda c: ViTConfig.of(c).mlp_dim
   total = flops.stem_flops(fc, image_shape) + j * flops.block_flops(tokens, fc['width'], mlp(fc))
   total += (ec['depth'] - k) * flops.block_flops(tokens, ec['width'], mlp(ec)) + flops.head_flops(ec)
   if needs_stitch(spec):
@@ -213,7 +213,7 @@ def _expand(pool: PyTree, target: Any, *, rng: jax.Array | None = None) -> PyTre
   is). Sizes between instances are stitched models: `assemble` a spec."""
   check(pool)
   want = {'width': target['width'], 'num_heads': target['num_heads'],
-          'mlp_dim': target.get('mlp_dim') or 4 * target['width'], 'depth': target['depth']}
+          'mlp_dim': ViTConfig.of(target).mlp_dim, 'depth': target['depth']}
   sizes = [_instance_dims(p) for p in pool['instances']]
   for params, dims in zip(pool['instances'], sizes):
     if dims == want:

@@ -51,7 +51,7 @@ import numpy as np
 
 from lgjax import tree as tree_lib
 from lgjax.learngene import common, registry
-from lgjax.models import ViT, blocks
+from lgjax.models import ViT, ViTConfig, blocks
 
 PyTree = Any
 KEYS = ('templates', 'scalers')
@@ -63,7 +63,7 @@ def template_config(target: registry.Target, template_width: int) -> dict:
   mlp_dim divided by the same ratio (head_dim kept)."""
   template_width = common.check_positive_int(template_width, 'template_width')
   width, heads = target['width'], target['num_heads']
-  mlp = target.get('mlp_dim') or 4 * width
+  mlp = ViTConfig.of(target).mlp_dim
   ratio, rest = divmod(width, template_width)
   if rest or not ratio:
     raise ValueError(f'template_width={template_width} must divide the model width {width}.')

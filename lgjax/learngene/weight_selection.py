@@ -36,7 +36,7 @@ import numpy as np
 
 from lgjax import tree as tree_lib
 from lgjax.learngene import common, registry
-from lgjax.models import ViT, blocks, config_from_params
+from lgjax.models import ViT, ViTConfig, blocks, config_from_params
 
 PyTree = Any
 _FLAT_OUT = ('query', 'key', 'value')  # kernel (width, heads, head_dim), bias (heads, head_dim)
@@ -94,7 +94,7 @@ def check(learngene: PyTree, target: registry.Target | None = None) -> None:
     if target[field] > source[field]:
       raise ValueError(f'Weight Selection only shrinks: target {field}={target[field]} > the source\'s '
                        f'{source[field]}.')
-  mlp = target.get('mlp_dim') or 4 * target['width']
+  mlp = ViTConfig.of(target).mlp_dim
   if mlp > source['mlp_dim']:
     raise ValueError(f'Weight Selection only shrinks: target mlp_dim={mlp} > the source\'s {source["mlp_dim"]}.')
   patch = lambda p: tuple(p) if isinstance(p, (list, tuple)) else (p, p)

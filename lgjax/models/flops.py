@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from lgjax.models.vit import ViTConfig
+
 
 def _pair(patch_size) -> tuple[int, int]:
   return (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
@@ -36,6 +38,6 @@ def head_flops(config: dict) -> int:
 
 def forward_flops(config: dict, image_shape: Sequence[int]) -> int:
   """FLOPs of one image through ViT(**config)."""
-  mlp = config.get('mlp_dim') or 4 * config['width']
+  mlp = ViTConfig.of(config).mlp_dim
   blocks = config['depth'] * block_flops(num_tokens(config, image_shape), config['width'], mlp)
   return stem_flops(config, image_shape) + blocks + head_flops(config)

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lgjax.models import blocks, inits
-from lgjax.models.vit import Encoder1DBlock, embed, norm_and_pool
+from lgjax.models.vit import Encoder1DBlock, ViTConfig, embed, norm_and_pool
 
 
 class BlockRange(nn.Module):
@@ -29,7 +29,7 @@ class BlockRange(nn.Module):
   def __call__(self, x):
     c = self.config
     for i in range(self.start, self.stop):
-      x = Encoder1DBlock(num_heads=c['num_heads'], mlp_dim=c.get('mlp_dim') or 4 * c['width'],
+      x = Encoder1DBlock(num_heads=c['num_heads'], mlp_dim=ViTConfig.of(c).mlp_dim,
                          gelu_approximate=c.get('gelu_approximate', True),
                          layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6),
                          dtype=jnp.dtype(c.get('dtype', 'float32')), name=blocks.block_name(i))(x, 0.0, True)

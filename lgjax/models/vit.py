@@ -20,6 +20,7 @@ between the two layouts. Names match big_vision so checkpoints load there.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 from typing import Any, Sequence
 
@@ -311,15 +312,81 @@ def with_block_outputs(model: ViT, params: Any, images, **apply_kwargs) -> tuple
   return logits, {key: [inter[n][key][0] for n in names] for key in ('out', 'attn')}
 
 
-def model_config(model: ViT) -> dict[str, Any]:
-  """The ViT's fields as a JSON-friendly dict, so `ViT(**config)` rebuilds it."""
-  out = {}
-  for f in dataclasses.fields(ViT):
-    if f.name in ('parent', 'name'):
-      continue
-    v = getattr(model, f.name)
-    out[f.name] = list(v) if isinstance(v, tuple) else v
-  return out
+_RUNTIME = ('parent', 'name', 'dtype')  # ViT fields that are not the architecture
+
+
+class _ConfigMapping(collections.abc.Mapping):
+  """What ViTConfig adds to its fields: validation, resolved defaults, and dict behaviour."""
+
+  def __post_init__(self):
+    check_config(dict(self._fields()))
+    if self.mlp_dim is None:  # the one place the 4 x width default is written out
+      object.__setattr__(self, 'mlp_dim', 4 * self.width)
+    if isinstance(self.patch_size, (list, tuple)):
+      object.__setattr__(self, 'patch_size', tuple(int(p) for p in self.patch_size))
+
+  def _fields(self):
+    return ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
+
+  def __getitem__(self, key: str) -> Any:
+    if key not in self.__dataclass_fields__:
+      raise KeyError(key)
+    return getattr(self, key)
+
+  def __iter__(self):
+    return iter(self.__dataclass_fields__)
+
+  def __len__(self) -> int:
+    return len(self.__dataclass_fields__)
+
+  @classmethod
+  def of(cls, config: 'collections.abc.Mapping[str, Any] | ViT') -> 'ViTConfig':
+    """A ViTConfig from a mapping of ViT fields (a dict, JSON, an ml_collections
+    section, another ViTConfig) or a ViT; unknown fields are refused by name."""
+    if isinstance(config, cls):
+      return config
+    if isinstance(config, ViT):
+      config = {f.name: getattr(config, f.name) for f in dataclasses.fields(ViT) if f.name not in _RUNTIME}
+    config = dict(config)
+    check_config(config)
+    return cls(**{k: v for k, v in config.items() if k != 'dtype'})
+
+  def __eq__(self, other: Any) -> bool:
+    """Equal to any mapping that describes the same ViT (unset fields at their defaults)."""
+    if not isinstance(other, collections.abc.Mapping):
+      return NotImplemented
+    try:
+      return self.to_json() == ViTConfig.of(other).to_json()
+    except (ValueError, TypeError):
+      return False
+
+  __hash__ = None
+
+  def replace(self, **changes: Any) -> 'ViTConfig':
+    return dataclasses.replace(self, **changes)
+
+  def to_json(self) -> dict[str, Any]:
+    """Plain JSON types: what model_config.json and learngene.json hold."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in self._fields()}
+
+
+ViTConfig = dataclasses.make_dataclass(
+    'ViTConfig', [(f.name, f.type, dataclasses.field(default=f.default))
+                  for f in dataclasses.fields(ViT) if f.name not in _RUNTIME],
+    bases=(_ConfigMapping,), frozen=True, eq=False, namespace={'__module__': __name__})
+ViTConfig.__doc__ = """A ViT's architecture, frozen and validated: the fields of `ViT` (less the
+compute dtype) with their defaults, mlp_dim resolved to 4 x width when unset.
+
+It is a Mapping, so it reads and writes the same JSON as the plain dicts it
+replaces: `ViT(**cfg)`, `cfg['width']`, `dict(cfg)`; it equals any mapping of
+the same ViT (`cfg == {'width': 64, ...}`, unset fields at their defaults);
+`ViTConfig.of(mapping)` builds one, `cfg.replace(depth=8)` changes one and
+`cfg.to_json()` gives plain JSON types."""
+
+
+def model_config(model: ViT) -> ViTConfig:
+  """The ViT's architecture, so that `ViT(**config)` rebuilds it."""
+  return ViTConfig.of(model)
 
 
 def param_shapes(config: dict[str, Any], image_shape: Sequence[int]) -> Any:
@@ -329,7 +396,7 @@ def param_shapes(config: dict[str, Any], image_shape: Sequence[int]) -> Any:
   return jax.eval_shape(lambda: model.init(jax.random.key(0), image))['params']
 
 
-def config_from_params(params: Any, **overrides: Any) -> dict[str, Any]:
+def config_from_params(params: Any, **overrides: Any) -> ViTConfig:
   """ViT fields read off a param tree's names and shapes; `overrides` win.
 
   Shapes fix patch_size, width, depth, num_heads, mlp_dim, num_classes, the
@@ -352,5 +419,4 @@ def config_from_params(params: Any, **overrides: Any) -> dict[str, Any]:
       posemb='learn' if 'pos_embedding' in shared else 'sincos2d',
       scan=blocks.is_scanned(params))
   config.update(overrides)
-  check_config(config)
-  return config
+  return ViTConfig.of(config)

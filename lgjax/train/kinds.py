@@ -27,7 +27,7 @@ from lgjax.learngene import load_learngene, save_learngene
 from lgjax import tree as tree_lib
 from lgjax.learngene import pool as pool_lib
 from lgjax.learngene import registry
-from lgjax.models import ViT, check_config
+from lgjax.models import ViT, ViTConfig
 from lgjax.train import pool_training
 
 KINDS = ('model', 'aux', 'descendant', 'pool_distill', 'stitched')
@@ -47,11 +47,9 @@ class Kind:
   frozen: tuple[str, ...] = ()                 # regexes of trainable params kept as they start
 
 
-def model_config(config: Any) -> dict:
-  """The ViT fields of `config.model` as a plain dict (what checkpoints store)."""
-  cfg = config.model.to_dict()
-  check_config(cfg)
-  return cfg
+def model_config(config: Any) -> ViTConfig:
+  """The ViT of `config.model` (what checkpoints store)."""
+  return ViTConfig.of(config.model.to_dict())
 
 
 def _vit_init(model_cfg: dict, image_shape: Sequence[int]) -> Callable[[jax.Array], PyTree]:
