@@ -417,18 +417,30 @@ def plot(plan: Plan, curves, path: str) -> None:
   plt.close(fig)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_args(description: str) -> tuple[argparse.Namespace, str, str]:
+  """The studies' command line: (args, work directory of this plan, compilation cache)."""
+  p = argparse.ArgumentParser(description=description)
   p.add_argument('--out', default='benchmarks/results')
   p.add_argument('--work', default='/tmp/lgjax_claims')
   p.add_argument('--workers', type=int, default=2, help='processes running fine-tunes side by side')
   p.add_argument('--quick', action='store_true', help='a reduced study: minutes')
   args = p.parse_args()
-  plan = QUICK if args.quick else FULL
-  work = os.path.join(args.work, 'quick' if args.quick else 'full')
   cache = os.path.join(args.work, 'jax_cache')
   _init_worker(cache)
   os.makedirs(args.out, exist_ok=True)
+  return args, os.path.join(args.work, 'quick' if args.quick else 'full'), cache
+
+
+def write_report(out: str, name: str, lines: list[str]) -> None:
+  text = '\n'.join(lines)
+  with open(os.path.join(out, name + '.md'), 'w') as f:
+    f.write(text + '\n')
+  print(text)
+
+
+def main():
+  args, work, cache = study_args(__doc__.splitlines()[0])
+  plan = QUICK if args.quick else FULL
   start = time.perf_counter()
   for stage in ('teacher', 'rest'):
     run_all({k: v for u in plan.upstream_seeds for k, v in upstream_jobs(work, plan, u, stage).items()},
@@ -439,11 +451,8 @@ def main():
   results = run_all({t: tune_job(work, plan, t) for t in todo}, args.workers, cache)
   minutes = (time.perf_counter() - start) / 60
   stored, fl = costs(work, plan)
-  text = '\n'.join(report(plan, results, stored, fl, minutes))
   name = 'claims_quick' if args.quick else 'claims'
-  with open(os.path.join(args.out, name + '.md'), 'w') as f:
-    f.write(text + '\n')
-  print(text)
+  write_report(args.out, name, report(plan, results, stored, fl, minutes))
   plot(plan, results, os.path.join(args.out, name + '.png'))
 
 

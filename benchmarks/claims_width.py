@@ -24,7 +24,6 @@ fine-tune seed f are matched (u = f). Runs are shared with claims.py when
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -256,17 +255,8 @@ def plot(plan: Plan, curves: dict, path: str) -> None:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--out', default='benchmarks/results')
-  p.add_argument('--work', default='/tmp/lgjax_claims')
-  p.add_argument('--workers', type=int, default=2)
-  p.add_argument('--quick', action='store_true', help='a reduced study: minutes')
-  args = p.parse_args()
+  args, work, cache = claims.study_args(__doc__.splitlines()[0])
   plan = QUICK if args.quick else FULL
-  work = os.path.join(args.work, 'quick' if args.quick else 'full')
-  cache = os.path.join(args.work, 'jax_cache')
-  claims._init_worker(cache)
-  os.makedirs(args.out, exist_ok=True)
   start = time.perf_counter()
   for stage in ('teacher', 'rest', 'scalers'):
     claims.run_all({k: v for u in plan.seeds for k, v in upstream_jobs(work, plan, u, stage).items()},
@@ -274,11 +264,8 @@ def main():
   curves = claims.run_all({t: tune_job(work, plan, *t) for t in tunes(plan)}, args.workers, cache)
   minutes = (time.perf_counter() - start) / 60
   stored, fl = costs(work, plan)
-  text = '\n'.join(report(plan, curves, stored, fl, minutes))
   name = 'claims_width_quick' if args.quick else 'claims_width'
-  with open(os.path.join(args.out, name + '.md'), 'w') as f:
-    f.write(text + '\n')
-  print(text)
+  claims.write_report(args.out, name, report(plan, curves, stored, fl, minutes))
   plot(plan, curves, os.path.join(args.out, name + '.png'))
 
 
