@@ -248,8 +248,11 @@ def plot(plan: Plan, curves: dict, path: str) -> None:
                       label=arm, color=f'C{i}')
       ax.set(title=f'width {w}: accuracy at step {step}', xlabel='descendant depth', xticks=plan.depths)
       ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel('eval accuracy, digits 5-9')
-  axes[0][0].legend(fontsize=7)
+  for row in axes:
+    row[0].set_ylabel('eval accuracy, digits 5-9')
+  handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+  fig.legend([handles[a] for a in ARMS if a in handles], [a for a in ARMS if a in handles],
+             loc='outside lower center', ncols=len(handles))
   fig.savefig(path, dpi=90)
   plt.close(fig)
 

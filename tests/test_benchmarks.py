@@ -1,0 +1,31 @@
+"""The studies run end to end on a micro plan (slow tier): their wiring, not their numbers."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from lgjax.learngene import load_learngene
+
+
+@pytest.mark.slow  # a dozen tiny training runs
+def test_width_study_runs_end_to_end(tmp_path):
+  from benchmarks import claims, claims_width as cw
+  plan = cw.Plan(upstream_steps=2, finetune_steps=25, scaler_steps=2, widths=(32,), depths=(2,), seeds=(0,))
+  work = str(tmp_path)
+  for stage in ('teacher', 'rest', 'scalers'):
+    claims.run_all(cw.upstream_jobs(work, plan, 0, stage), 1, None)
+  curves = claims.run_all({t: cw.tune_job(work, plan, *t) for t in cw.tunes(plan)}, 1, None)
+  assert sorted(t[0] for t in curves) == sorted(a for a in cw.ARMS if a != 'tleg')  # TLEG: width 64 only
+  assert all(0.0 <= c[25] <= 1.0 for c in curves.values())
+  stored, fl = cw.costs(work, plan)
+  lines = cw.report(plan, curves, stored, fl, minutes=0.0)
+  assert any(line.startswith('| 32 | 2 | wave | ') for line in lines)
+  assert fl['wave'] > fl['tleg'] > fl['weight_selection'] == 0.0  # templates + scalers > an aux run alone
+  cw.plot(plan, curves, str(tmp_path / 'plot.png'))
+  assert os.path.getsize(tmp_path / 'plot.png') > 0
+  # WAVE's stage-2 export holds the stage-1 templates as they were.
+  first = load_learngene(os.path.join(work, 'upstream', 'u0', 'wave', 'export'))[0]['templates']
+  second = load_learngene(os.path.join(work, 'upstream', 'u0', 'wave_w32_d2', 'export'))[0]['templates']
+  jax.tree.map(np.testing.assert_array_equal, first, second)
