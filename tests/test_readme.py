@@ -94,7 +94,8 @@ def test_the_readme_wave_commands_run_on_tiny_settings(tmp_path):
                                       '--config=configs/descendant.py:mnist5k']
   tiny = ['--config.total_steps=2', '--config.batch_size=16', '--config.eval_every=2']
   for command in commands:
-    command = [a.replace(DEMO, str(tmp_path / 'demo')).replace('/tmp/', f'{tmp_path}/') for a in command[1:]]
+    command = [a.replace(DEMO, '@demo').replace('/tmp/', f'{tmp_path}/').replace('@demo', str(tmp_path / 'demo'))
+               for a in command[1:]]
     result = subprocess.run([sys.executable, *command, *tiny], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (command, result.stderr[-2000:])
   params, config = checkpoint.load_params(str(tmp_path / 'desc_w32d4' / 'export'))
