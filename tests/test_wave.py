@@ -113,7 +113,7 @@ def test_init_starts_as_a_plain_vit():
 def test_gradient_reaches_templates_and_scalers(learngene):
   def loss(lg):
     return jnp.sum(ViT(**AUX).apply({'params': WAVE.expand(lg, AUX)}, jnp.ones((1, *IMAGE_SHAPE))) ** 2)
-  grads = jax.grad(loss)(learngene)
+  grads = jax.jit(jax.grad(loss))(learngene)
   for part in ('templates', 'scalers'):
     norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[part]['block' if part == 'templates' else 'blocks'])]
     assert min(norms) > 0, part
