@@ -49,8 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lgjax import checkpoint
 from lgjax import tree as tree_lib
-from lgjax.learngene import common, registry
+from lgjax.learngene import common, directory, registry
 from lgjax.models import ViT, ViTConfig, blocks
 
 PyTree = Any
@@ -96,7 +97,6 @@ def _template_params(learngene: PyTree) -> PyTree:
 
 def _target_shapes(learngene: PyTree, target: registry.Target) -> tuple[PyTree, PyTree]:
   """(shared, block) shape trees of a ViT of `target`, for the templates' input."""
-  from lgjax import checkpoint
   image = checkpoint.image_shape_of(_template_params(learngene), {})
   config = {**dict(target), 'scan': False}
   shapes = jax.eval_shape(lambda: ViT(**config).init(jax.random.key(0), jnp.zeros((1, *image))))['params']
@@ -111,7 +111,7 @@ def _factors(template: Sequence[int], target: Sequence[int], name: str) -> tuple
   return tuple(b // a for a, b in zip(template, target))
 
 
-def fresh_head(learngene: PyTree, target: registry.Target) -> bool:
+def _new_head(learngene: PyTree, target: registry.Target) -> bool:
   """The target has another class count than the templates: its head starts fresh."""
   template_head = learngene['templates']['shared'].get('head')
   want = target.get('num_classes')
@@ -124,7 +124,7 @@ def scaler_shapes(learngene: PyTree, target: registry.Target) -> PyTree:
   shared_t, block_t = learngene['templates']['shared'], learngene['templates']['block']
   shared_s, block_s = _target_shapes(learngene, target)
   num = jax.tree.leaves(block_t)[0].shape[0]
-  drop_head = fresh_head(learngene, target)
+  drop_head = _new_head(learngene, target)
   flat_shared = dict(tree_lib.flatten_with_names(shared_t))
 
   def shared(name, leaf):
@@ -170,7 +170,7 @@ def expand(learngene: PyTree, target: registry.Target, *, rng: jax.Array | None 
   flat_t = dict(tree_lib.flatten_with_names(templates['shared']))
   shared = tree_lib.map_with_names(lambda name, s: kron_sum(s, flat_t[name]), scalers['shared'])
   stacked = jax.tree.map(jax.vmap(kron_sum, in_axes=(0, None)), scalers['blocks'], templates['block'])
-  if fresh_head(learngene, target):
+  if _new_head(learngene, target):
     if rng is None:
       raise ValueError('The target has other classes than the templates: pass rng for its fresh head.')
     shared['head'] = common.fresh_head(rng, target)
@@ -250,7 +250,6 @@ def _init(rng: jax.Array, target: registry.Target, *, image_shape: Sequence[int]
                      'and learngene.num_templates in an aux run), or templates_from: a WAVE learngene '
                      'directory whose templates to keep while scalers train.')
   if templates_from:
-    from lgjax.learngene import directory
     learngene, meta = directory.load_learngene(templates_from)
     if meta['method'] != METHOD.name:
       raise ValueError(f'templates_from={templates_from!r} holds a {meta["method"]!r} learngene, '

@@ -28,8 +28,9 @@ class BlockRange(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.config
+    mlp_dim = ViTConfig.of(c).mlp_dim
     for i in range(self.start, self.stop):
-      x = Encoder1DBlock(num_heads=c['num_heads'], mlp_dim=ViTConfig.of(c).mlp_dim,
+      x = Encoder1DBlock(num_heads=c['num_heads'], mlp_dim=mlp_dim,
                          gelu_approximate=c.get('gelu_approximate', True),
                          layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6),
                          dtype=jnp.dtype(c.get('dtype', 'float32')), name=blocks.block_name(i))(x, 0.0, True)
