@@ -85,9 +85,9 @@ def test_scalers_for_another_size_are_selected(learngene):
 @pytest.mark.parametrize('width, heads, depth', [(8, 1, 1), (16, 2, 3), (24, 3, 2), (32, 4, 6), (64, 8, 2)])
 def test_any_width_and_depth_within_the_rules_builds_a_vit(learngene, width, heads, depth):
   target = {**AUX, 'width': width, 'num_heads': heads, 'mlp_dim': 2 * width, 'depth': depth}
-  params = WAVE.expand(learngene, target)
+  params = jax.jit(lambda lg: WAVE.expand(lg, target))(learngene)
   tree_lib.check_shapes(params, param_shapes(target, IMAGE_SHAPE), 'expanded')
-  logits = ViT(**target).apply({'params': params}, jnp.ones((2, *IMAGE_SHAPE)))
+  logits = jax.jit(ViT(**target).apply)({'params': params}, jnp.ones((2, *IMAGE_SHAPE)))
   assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
 
 

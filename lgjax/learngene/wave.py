@@ -261,10 +261,15 @@ def _init(rng: jax.Array, target: registry.Target, *, image_shape: Sequence[int]
         raise ValueError(f'{field}={value}, but templates_from={templates_from!r} has {field}={have[field]}.')
     check(learngene, target)
     return {'templates': learngene['templates'], 'scalers': scalers_for(learngene, target)}
-  k_templates, k_scalers = jax.random.split(rng)
-  templates = init_templates(k_templates, template_config(target, template_width), image_shape, num_templates)
-  return {'templates': templates,
-          'scalers': init_scalers(k_scalers, scaler_shapes({'templates': templates}, target))}
+  template = template_config(target, template_width)
+
+  def init(rng):  # jitted: one compile instead of N eager ViT inits
+    k_templates, k_scalers = jax.random.split(rng)
+    templates = init_templates(k_templates, template, image_shape, num_templates)
+    return {'templates': templates,
+            'scalers': init_scalers(k_scalers, scaler_shapes({'templates': templates}, target))}
+
+  return jax.jit(init)(rng)
 
 
 METHOD = registry.register(registry.Method(
