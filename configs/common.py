@@ -17,6 +17,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from lgjax.models import inits
+from lgjax.train import parallel
 
 PRESETS = ('mnist5k', 'cifar100', 'imagenet2012')
 EXAMPLES = {'mnist5k': 2000, 'cifar100': 50_000, 'imagenet2012': 1_281_167}  # train split (per role for mnist5k)
@@ -101,6 +102,7 @@ def base(preset: str, *, kind: str, batch_size: int, epochs: float, lr: float,
   config.keep_checkpoints = 2
   config.grad_accum_steps = 1
   config.parallelism = 'jit'
+  config.sharding = ml_collections.ConfigDict(dict(fsdp=1, min_size=parallel.MIN_SHARD_SIZE))
   config.compute_dtype = 'float32' if small else 'bfloat16'
   config.input_threads = 0 if small else 16  # grain threads reading and augmenting
   config.optimizer = ml_collections.ConfigDict(dict(
@@ -124,6 +126,9 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'keep_checkpoints': 'checkpoints kept',
     'grad_accum_steps': 'micro-batches per step: the same update in less memory',
     'parallelism': 'jit (a mesh over all devices, batch sharded) | pmap',
+    'sharding.fsdp': 'devices each param, optimizer moment and teacher weight is split over (FSDP); '
+                     '1: replicated (data parallel), -1: all devices',
+    'sharding.min_size': 'leaves with fewer elements stay replicated under FSDP (biases, norms)',
     'compute_dtype': 'float32 | bfloat16 | float16 activations; params stay float32',
     'input_threads': 'grain threads reading and augmenting (0: in the main thread)',
     'optimizer.lr': 'peak AdamW learning rate per 512 examples (lr * batch / 512)',

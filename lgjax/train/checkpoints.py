@@ -7,7 +7,7 @@ resume, a committed step that still fails to restore is reported, moved
 aside to `damaged-STEP`, and the next older one is used. A step whose params
 differ in names or shapes from the run's (a changed model) is not damage:
 restore raises StructureMismatch and touches nothing. Each step carries a
-CRC-32 per array; a step whose restored arrays do not match is damaged.
+checksum per array; a step whose restored arrays do not match is damaged.
 A full disk ends the run with one OSError(ENOSPC) that names the directory and
 the newest complete step, instead of Orbax's tracebacks from every writer thread.
 """
@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging as py_logging
+import math
 import os
 import shutil
-import zlib
 from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -156,7 +157,7 @@ class Checkpointer:
           items['checksums'] = ocp.args.JsonRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         if has_sums:
-          bad = sorted(k for k, v in checksums(restored['state']).items() if restored['checksums'].get(k) != v)
+          bad = _checksum_mismatches(restored['checksums'], restored['state'])
           if bad:
             raise ValueError(f'checksum mismatch in {bad[:4]}' + (f' and {len(bad) - 4} more' if len(bad) > 4 else ''))
       except Exception as e:  # a damaged step: say so, set it aside, fall back to an older one
@@ -182,13 +183,45 @@ class Checkpointer:
           raise
 
 
-def checksums(state: PyTree) -> dict[str, int]:
-  """CRC-32 of every array's bytes, by '/'-name: written with each step, compared on restore,
-  so that flipped bytes make a step damaged instead of a silently wrong model."""
-  host = jax.device_get(state)  # one transfer for the whole state, not one per array
-  return {name: zlib.crc32(np.ascontiguousarray(x).tobytes()) for name, x in tree_lib.flatten_with_names(host)}
+CHECKSUM = 'weighted-sum32'  # the algorithm, recorded with the sums
 
 
-def abstract(state: PyTree, sharding: jax.sharding.Sharding) -> PyTree:
-  """ShapeDtypeStructs of `state` placed with `sharding`: the restore target."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+@jax.jit
+def _sums(state: PyTree) -> PyTree:
+  """Per array: sum over elements of bits(x_i) · (2i + 1) mod 2^32, i the flat index.
+  Exact integer arithmetic, so the value does not depend on how the array is sharded,
+  and computed where the shards are: no host needs the whole state. An odd weight
+  makes any change of one element (a flipped bit) change the sum."""
+  def one(x):
+    if x.dtype == np.bool_:
+      bits = x.astype(np.uint32)
+    else:
+      bits = jax.lax.bitcast_convert_type(x, np.dtype(f'uint{8 * x.dtype.itemsize}')).astype(np.uint32)
+    index = jnp.zeros(x.shape, jnp.uint32)
+    for axis in range(x.ndim):
+      index += jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * np.uint32(math.prod(x.shape[axis + 1:]))
+    return jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)
+  return jax.tree.map(one, state)
+
+
+def checksums(state: PyTree) -> dict[str, Any]:
+  """A 32-bit checksum of every array by '/'-name, written with each step and compared on
+  restore, so that flipped bytes make a step damaged instead of a silently wrong model.
+  Works on sharded state that no one process holds whole (multi-host FSDP)."""
+  sums = jax.tree.map(lambda x: int(np.asarray(x.addressable_data(0))), _sums(state))
+  return {'algorithm': CHECKSUM, 'arrays': dict(tree_lib.flatten_with_names(sums))}
+
+
+def _checksum_mismatches(saved: dict, state: PyTree) -> list[str]:
+  """Names whose checksum differs from `saved`'s; none for sums of another algorithm
+  (older lgjax wrote CRC-32s): Orbax's own checks still guard those steps."""
+  if saved.get('algorithm') != CHECKSUM:
+    return []
+  now = checksums(state)['arrays']
+  return sorted(k for k, v in now.items() if saved['arrays'].get(k) != v)
+
+
+def abstract(state: PyTree, shardings: PyTree) -> PyTree:
+  """ShapeDtypeStructs of `state` placed with the tree `shardings`: the restore target.
+  Orbax reads each array into its sharding, whatever mesh wrote it."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)

@@ -42,6 +42,7 @@ def check_config(config: Any) -> None:
     raise ValueError(f'total_epochs must be > 0 (or set total_steps), got {config.get("total_epochs")!r}.')
   if config.parallelism not in parallel.BACKENDS:
     raise ValueError(f'parallelism must be one of {parallel.BACKENDS}, got {config.parallelism!r}.')
+  parallel.check_sharding(config.get('sharding') or {}, config.parallelism)
   if config.compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f'compute_dtype must be one of {COMPUTE_DTYPES}, got {config.compute_dtype!r}.')
   parallel.check_batch_size(config.batch_size, config.grad_accum_steps)
@@ -214,7 +215,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   check_config(config)
   config = resolve(config)
   os.makedirs(workdir, exist_ok=True)
-  backend = parallel.make_backend(config.parallelism)
+  backend = parallel.make_backend(config.parallelism, config.get('sharding'))
   teacher, teacher_params = load_teacher(config, config.compute_dtype)
   image_shape = data.image_shape(config.dataset)
   kind = kinds.make_kind(config, image_shape)
@@ -228,8 +229,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   trainable = kind.init(init_rng)
   optim.check_frozen(frozen, trainable)
-  state = jax.jit(functools.partial(step.init_state, optimizer=optimizer),
-                  out_shardings=backend.replicated)(trainable, seed_rng=train_rng)
+  init_state = functools.partial(step.init_state, optimizer=optimizer)
+  shardings = backend.shardings(jax.eval_shape(init_state, trainable, seed_rng=train_rng))
+  state = jax.jit(init_state, out_shardings=shardings)(trainable, seed_rng=train_rng)
 
   local_batch = config.batch_size // jax.process_count()
   new_iterator = lambda: iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed,
@@ -237,7 +239,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   iterator = new_iterator()
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
-    restored = ckpt.restore_latest(checkpoints.abstract(state, backend.replicated), iterator)
+    restored = ckpt.restore_latest(checkpoints.abstract(state, shardings), iterator)
   except checkpoints.StructureMismatch as e:
     ckpt.close()
     raise ValueError(
