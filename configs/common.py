@@ -22,19 +22,33 @@ from lgjax.train import parallel
 PRESETS = ('mnist5k', 'cifar100', 'imagenet2012')
 EXAMPLES = {'mnist5k': 2000, 'cifar100': 50_000, 'imagenet2012': 1_281_167}  # train split (per role for mnist5k)
 
-# DeiT model sizes (width, heads, mlp); patch 16 at 224x224.
-DEIT = {'Ti': (192, 3, 768), 'S': (384, 6, 1536), 'B': (768, 12, 3072)}
+# Model sizes: (width, heads, mlp, depth, patch). DeiT's Ti/S/B and ViT's L/16 and H/14,
+# the ancestry models: 'imagenet2012,L' picks one for a recipe that takes a size.
+SIZES = {'Ti': (192, 3, 768, 12, 16), 'S': (384, 6, 1536, 12, 16), 'B': (768, 12, 3072, 12, 16),
+         'L': (1024, 16, 4096, 24, 16), 'H': (1280, 16, 5120, 32, 14)}
 
 
 RUNLOCAL = 'runlocal'
 
 
-def check_preset(arg: str) -> str:
-  """The preset of `arg`: 'PRESET', or 'PRESET,runlocal' for a tiny, seconds-long run."""
-  preset, _, option = arg.partition(',')
-  if preset not in PRESETS or option not in ('', RUNLOCAL):
-    raise ValueError(f'config arg must be one of {PRESETS}, optionally with ",{RUNLOCAL}", got {arg!r}.')
+def check_preset(arg: str, sized: bool = False) -> str:
+  """The preset of `arg`: 'PRESET', 'PRESET,SIZE' (a recipe that is `sized`, on the
+  tfds presets), and either with ',runlocal' for a tiny, seconds-long run."""
+  preset, *options = arg.split(',')
+  if options and options[-1] == RUNLOCAL:
+    options.pop()
+  sizes = sized and preset != 'mnist5k' and options and options[0] in SIZES
+  if preset not in PRESETS or len(options) > bool(sizes):
+    form = (f'PRESET[,SIZE][,{RUNLOCAL}] (SIZE one of {tuple(SIZES)}, not for mnist5k)' if sized
+            else f'PRESET[,{RUNLOCAL}]')
+    raise ValueError(f'config arg must be {form} with PRESET one of {PRESETS}, got {arg!r}.')
   return preset
+
+
+def size(arg: str, default: str) -> str:
+  """The SIZE of 'PRESET,SIZE', else `default`."""
+  options = arg.split(',')[1:]
+  return options[0] if options and options[0] in SIZES else default
 
 
 def is_runlocal(arg: str) -> bool:
@@ -70,14 +84,16 @@ def dataset(preset: str, role: str) -> ml_collections.ConfigDict:
       num_classes=1000, augment='inception', data_dir='', train_fraction=1.0))
 
 
-def model(preset: str, depth: int, size: str = 'S', num_classes: int | None = None,
+def model(preset: str, depth: int | None, size: str = 'S', num_classes: int | None = None,
           drop_path: float = 0.0) -> ml_collections.ConfigDict:
   """ViT fields; tiny for mnist5k (width 64, patch 7, cls token, exact GELU: the
-  transfer protocol of benchmarks/transfer.py), DeiT-`size` otherwise."""
+  transfer protocol of benchmarks/transfer.py), `size` of SIZES otherwise. depth None:
+  the size's own (12 for DeiT, 24 for L, 32 for H)."""
   if preset == 'mnist5k':
     width, heads, mlp, patch, pool, exact_gelu = 64, 4, 256, 7, 'tok', True
   else:
-    (width, heads, mlp), patch, pool, exact_gelu = DEIT[size], 16, 'gap', False
+    (width, heads, mlp, size_depth, patch), pool, exact_gelu = SIZES[size], 'gap', False
+    depth = depth or size_depth
   return ml_collections.ConfigDict(dict(
       num_classes=num_classes or config_dict.placeholder(int), patch_size=patch,
       width=width, depth=depth, mlp_dim=mlp, num_heads=heads, posemb='learn', pool_type=pool,

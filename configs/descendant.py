@@ -22,7 +22,7 @@ from configs import common
 
 
 def get_config(arg: str = 'mnist5k'):
-  preset = common.check_preset(arg)
+  preset = common.check_preset(arg, sized=True)
   if preset == 'mnist5k':
     config = common.base(preset, kind='descendant', batch_size=64,
                          epochs=9.6, lr=8e-3)
@@ -31,7 +31,7 @@ def get_config(arg: str = 'mnist5k'):
   else:
     config = common.base(preset, kind='descendant', batch_size=1024,
                          epochs=40, lr=5e-4)
-    config.model = common.model(preset, depth=12, size='S', drop_path=0.1)
+    config.model = common.model(preset, depth=12, size=common.size(arg, 'S'), drop_path=0.1)
   config.dataset = common.dataset(preset, 'downstream')
   config.init = ml_collections.ConfigDict(dict(
       method='tleg', learngene_dir='', stage_depths=(), placement='below', source='',

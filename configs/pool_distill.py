@@ -30,7 +30,7 @@ def get_config(arg: str = 'mnist5k'):
                          epochs=100, lr=5e-4,
                          warmup_epochs=5)
     config.model = common.model(preset, depth=6, size='S')
-    widths = [common.DEIT[s] for s in ('Ti', 'S', 'B')]
+    widths = [common.SIZES[s][:3] for s in ('Ti', 'S', 'B')]
     depth = 6
   if common.is_runlocal(arg):
     widths, depth = [(16, 2, 32), (32, 2, 64)], 2

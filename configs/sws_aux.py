@@ -13,7 +13,7 @@ from lgjax.learngene import sws
 
 
 def get_config(arg: str = 'mnist5k'):
-  preset = common.check_preset(arg)
+  preset = common.check_preset(arg, sized=True)
   if preset == 'mnist5k':
     config = common.base(preset, kind='aux', batch_size=128,
                          epochs=51.2, lr=4e-3)
@@ -24,7 +24,7 @@ def get_config(arg: str = 'mnist5k'):
                          epochs=150, lr=5e-4,
                          warmup_epochs=5)
     stage_depths = sws.AUX_STAGE_DEPTHS
-    config.model = common.model(preset, depth=sum(stage_depths), size='S', drop_path=0.1)
+    config.model = common.model(preset, depth=sum(stage_depths), size=common.size(arg, 'S'), drop_path=0.1)
   if common.is_runlocal(arg):  # depth 2
     stage_depths = (1, 1)
   config.learngene = dict(method='sws', stage_depths=tuple(stage_depths))

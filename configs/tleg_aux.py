@@ -14,7 +14,7 @@ from configs import common
 
 
 def get_config(arg: str = 'mnist5k'):
-  preset = common.check_preset(arg)
+  preset = common.check_preset(arg, sized=True)
   if preset == 'mnist5k':
     config = common.base(preset, kind='aux', batch_size=128,
                          epochs=51.2, lr=4e-3)
@@ -23,7 +23,7 @@ def get_config(arg: str = 'mnist5k'):
     config = common.base(preset, kind='aux', batch_size=1024,
                          epochs=150, lr=5e-4,
                          warmup_epochs=5)
-    config.model = common.model(preset, depth=12, size='S', drop_path=0.1)
+    config.model = common.model(preset, depth=12, size=common.size(arg, 'S'), drop_path=0.1)
   config.dataset = common.dataset(preset, 'source')
   config.loss.alpha = 1.0  # pure soft distillation, as the paper
   config.loss.label_smoothing = 0.0

@@ -18,13 +18,13 @@ from configs import common
 
 
 def get_config(arg: str = 'mnist5k'):
-  preset = common.check_preset(arg)
+  preset = common.check_preset(arg, sized=True)
   if preset == 'mnist5k':
     config = common.base(preset, kind='aux', batch_size=128, epochs=6.4, lr=4e-2)
     config.model = common.model(preset, depth=6)
   else:
     config = common.base(preset, kind='aux', batch_size=1024, epochs=1, lr=5e-3)
-    config.model = common.model(preset, depth=12, size='S')
+    config.model = common.model(preset, depth=12, size=common.size(arg, 'S'))
   config.dataset = common.dataset(preset, 'source')
   config.loss.alpha = 1.0
   config.loss.label_smoothing = 0.0

@@ -3,7 +3,8 @@ import importlib
 import pytest
 
 from configs import common
-from lgjax.models import check_config
+from lgjax import tree as tree_lib
+from lgjax.models import check_config, param_shapes
 from lgjax.train import kinds, loop
 
 RECIPES = ('teacher', 'tleg_aux', 'sws_aux', 'descendant')
@@ -58,10 +59,40 @@ def test_durations_resolve_from_epochs_at_run_time():
 
 
 def test_unknown_preset():
-  for arg in ('mnist', 'mnist5k,tiny'):
-    with pytest.raises(ValueError, match=r"config arg must be one of \('mnist5k', 'cifar100', 'imagenet2012'\), "
-                       rf'optionally with ",runlocal", got {arg!r}'):
-      importlib.import_module('configs.teacher').get_config(arg)
+  for recipe, arg, form in [('teacher', 'mnist', r'PRESET\[,SIZE\]\[,runlocal\] \(SIZE one of '
+                                                 r"\('Ti', 'S', 'B', 'L', 'H'\), not for mnist5k\)"),
+                            ('teacher', 'mnist5k,tiny', r'PRESET\[,SIZE\]'),
+                            ('teacher', 'mnist5k,L', r'PRESET\[,SIZE\]'),
+                            ('teacher', 'imagenet2012,XL', r'PRESET\[,SIZE\]'),
+                            ('teacher', 'imagenet2012,runlocal,L', r'PRESET\[,SIZE\]'),
+                            ('pool_distill', 'imagenet2012,L', r'PRESET\[,runlocal\]')]:
+    with pytest.raises(ValueError, match=rf"config arg must be {form}.* with PRESET one of \('mnist5k', "
+                       rf"'cifar100', 'imagenet2012'\), got {arg!r}"):
+      importlib.import_module(f'configs.{recipe}').get_config(arg)
+
+
+def vit_params(width, heads, mlp, depth, patch, classes=1000, image=224):
+  """Parameters of a gap-pooled ViT (no cls token), counted by hand."""
+  del heads  # q, k, v and out are width x width whatever the heads
+  block = 4 * (width * width + width) + 2 * width * mlp + mlp + width + 2 * 2 * width
+  embed = patch * patch * 3 * width + width + (image // patch) ** 2 * width
+  return embed + depth * block + 2 * width + width * classes + classes
+
+
+@pytest.mark.parametrize('size, millions', [('B', 86.57), ('L', 304.33), ('H', 632.05)])  # timm's, with a cls token
+def test_sizes_are_the_papers_models(size, millions):
+  config = importlib.import_module('configs.teacher').get_config(f'imagenet2012,{size}')
+  width, heads, mlp, depth, patch = common.SIZES[size]
+  assert (config.model.width, config.model.num_heads, config.model.mlp_dim, config.model.depth,
+          config.model.patch_size) == (width, heads, mlp, depth, patch)
+  config.model.num_classes = 1000
+  count = tree_lib.num_params(param_shapes(config.model.to_dict(), (224, 224, 3)))
+  assert count == vit_params(width, heads, mlp, depth, patch)
+  assert round((count + 2 * width) / 1e6, 2) == millions  # + cls token and its position
+  descendant = importlib.import_module('configs.descendant').get_config(f'cifar100,{size}')
+  assert (descendant.model.width, descendant.model.depth) == (width, 12)  # a size sets the width, not the depth
+  small = importlib.import_module('configs.tleg_aux').get_config(f'imagenet2012,{size},runlocal')
+  assert (small.model.width, small.total_steps) == (32, 4)
 
 
 def test_sequence_fields_are_settable_from_the_command_line():

@@ -89,7 +89,7 @@ def test_checksums_are_a_weighted_sum_of_bits_whatever_the_sharding():
 
 @pytest.mark.parametrize('overrides', [
     # hybrid: a 4 x 2 ('data', 'fsdp') mesh; scan gathers one layer at a time
-    {'sharding.fsdp': 2, 'model.scan': True, 'grad_accum_steps': 2, 'model.drop_path': 0.1},
+    {'sharding.fsdp': 2, 'model.scan': True, 'grad_accum_steps': 2},
     pytest.param({'sharding.fsdp': 8}, marks=pytest.mark.slow),  # all 8 devices (also the aux test's)
 ])
 def test_a_sharded_run_is_the_replicated_run(tmp_path, overrides):
@@ -101,6 +101,7 @@ def test_a_sharded_run_is_the_replicated_run(tmp_path, overrides):
   params_close(export(tmp_path / 'sharded'), export(tmp_path / 'replicated'))
 
 
+@pytest.mark.slow  # a teacher and two aux runs: the slow tier
 def test_an_aux_learngene_and_its_teacher_shard(tmp_path, teacher_dir):
   overrides = {'teacher.dir': teacher_dir, 'total_steps': 3}
   train_and_evaluate(run_config('tleg_aux', **overrides), str(tmp_path / 'replicated'))
