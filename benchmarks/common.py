@@ -71,18 +71,19 @@ def random_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) 
 
 
 def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | None = None,
-                grad_accum_steps: int = 1, devices=None) -> Callable[[], jax.Array]:
+                grad_accum_steps: int = 1, devices=None, backend=None) -> Callable[[], jax.Array]:
   """() -> loss: one lgjax train step on `batch` (cross-entropy, AdamW, no
   clipping or smoothing, as the PyTorch reference), state donated and kept.
 
-  The train loop's jit backend over `devices` (default: all): state replicated,
-  batch split along its rows. On a CPU, JAX_NUM_CPU_DEVICES makes each core a device."""
+  `backend`: the train loop's (default its jit backend over `devices`, default all:
+  state replicated, batch split along its rows). On a CPU, JAX_NUM_CPU_DEVICES makes
+  each core a device. `.compiled()` gives the compiled step (memory, HLO)."""
   opt = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
                                        b1=0.9, b2=0.999, clip_norm=0.0))
   loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, alpha=0.0, temperature=1.0))
   batch_size = len(batch['label'])
   optimizer = optim.make_optimizer(opt, batch_size, 1000)
-  backend = parallel.JitBackend(devices)
+  backend = backend or parallel.JitBackend(devices)
   fn = backend.wrap_train(functools.partial(
       step.make_train_step, example_loss=step.classification_loss(ViT(**model_cfg), loss),
       to_params=to_params or (lambda p: p), optimizer=optimizer,
@@ -95,5 +96,6 @@ def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | N
     holder['state'], metrics = fn(holder['state'], batch, None)
     return metrics['loss']
 
-  one.compiled_text = lambda: fn.lower(holder['state'], batch, None).compile().as_text()  # for profiles
+  one.compiled = lambda: fn.lower(holder['state'], batch, None).compile()
+  one.state = lambda: holder['state']
   return one

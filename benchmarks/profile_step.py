@@ -91,7 +91,7 @@ def main():
         jax.block_until_ready(one())
     times = op_times(trace_dir, args.steps)
 
-  shapes, dots = parse_hlo(one.compiled_text())
+  shapes, dots = parse_hlo(one.compiled().as_text())
   gflop = 3 * flops.forward_flops(cfg, batch['image'].shape[1:]) * args.batch / 1e9
   by_kind = collections.Counter()
   for op, ms in times.items():

@@ -29,3 +29,22 @@ def test_width_study_runs_end_to_end(tmp_path):
   first = load_learngene(os.path.join(work, 'upstream', 'u0', 'wave', 'export'))[0]['templates']
   second = load_learngene(os.path.join(work, 'upstream', 'u0', 'wave_w32_d2', 'export'))[0]['templates']
   jax.tree.map(np.testing.assert_array_equal, first, second)
+
+
+@pytest.mark.slow  # a subprocess compiling two train steps
+def test_sharding_benchmark_reports_memory_per_device():
+  import subprocess
+  import sys
+  from conftest import ROOT
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.sharding', '--width', '64', '--heads', '2', '--depth', '2', '--batch', '8',
+       '--image', '16', '--patch', '8', '--fsdp', '1,4', '--min-size', '0', '--repeats', '1'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+          for line in result.stdout.splitlines() if line.startswith('| replicated') or line.startswith('| fsdp')}
+  assert set(rows) == {'replicated', 'fsdp 4'}
+  replicated, sharded = float(rows['replicated'][0]), float(rows['fsdp 4'][0])  # MiB, to 0.1
+  assert sharded == pytest.approx(replicated / 4, abs=0.1)  # --min-size 0: every leaf but step and rng split
+  assert float(rows['fsdp 4'][1]) < float(rows['replicated'][1])  # XLA's arguments per device

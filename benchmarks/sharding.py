@@ -1,0 +1,79 @@
+"""Replicated vs sharded (FSDP) train state: per-device memory and step time.
+
+Each row is the train loop's jit backend for one `sharding.fsdp` (1: every device
+holds the whole params and Adam moments; k: each holds 1/k of every large leaf),
+the same model, batch and step. Memory per device is XLA's own account of the
+compiled step (arguments: state and batch; temporaries: activations, gradients,
+gathered weights) and the state's bytes on device 0; a row fits the budget when
+arguments + temporaries do. Steps are timed in turns (benchmarks.common).
+
+  JAX_NUM_CPU_DEVICES=8 python -m benchmarks.sharding   # CPU devices stand in for accelerators
+  python -m benchmarks.sharding --width 1024 --heads 16 --depth 24 --budget-gb 4   # ViT-L layers
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+
+from benchmarks.common import interleaved_times, random_batch, step_runner
+from lgjax.models import ViT, param_shapes
+from lgjax.train import parallel
+
+GB = 1 << 30
+
+
+def device0_bytes(tree) -> int:
+  device = jax.devices()[0]
+  return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == device)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--width', type=int, default=768)
+  p.add_argument('--heads', type=int, default=12)
+  p.add_argument('--depth', type=int, default=6)
+  p.add_argument('--batch', type=int, default=16)
+  p.add_argument('--image', type=int, default=32)
+  p.add_argument('--patch', type=int, default=8)
+  p.add_argument('--fsdp', default='1,-1', help='comma-separated sharding.fsdp values (-1: all devices)')
+  p.add_argument('--budget-gb', type=float, default=0.5, help='memory per device the model must fit in')
+  p.add_argument('--min-size', type=int, default=parallel.MIN_SHARD_SIZE, help='sharding.min_size')
+  p.add_argument('--scan', action='store_true', help='scan over layers (weights gathered one layer at a time)')
+  p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
+  p.add_argument('--repeats', type=int, default=3)
+  args = p.parse_args()
+  cfg = dict(num_classes=1000, patch_size=args.patch, width=args.width, depth=args.depth, num_heads=args.heads,
+             mlp_dim=4 * args.width, dtype=args.dtype, scan=args.scan)
+  shape = (args.image, args.image, 3)
+  batch = random_batch(args.batch, shape, 1000)
+  init = jax.jit(lambda rng: ViT(**cfg).init(rng, batch['image'][:1])['params'])
+  params = init(jax.random.key(0))
+  count = sum(x.size for x in jax.tree.leaves(param_shapes({**cfg, 'dtype': 'float32'}, shape)))
+
+  runs, memory = {}, {}
+  for fsdp in (int(f) for f in args.fsdp.split(',')):
+    backend = parallel.make_backend('jit', {'fsdp': fsdp, 'min_size': args.min_size})
+    name = 'replicated' if fsdp == 1 else f'fsdp {parallel.fsdp_size(fsdp)}'
+    runs[name] = step_runner(cfg, params, batch, backend=backend)
+    stats = runs[name].compiled().memory_analysis()
+    memory[name] = (device0_bytes(runs[name].state()), stats.argument_size_in_bytes, stats.temp_size_in_bytes)
+  times = interleaved_times(runs, args.repeats)
+
+  print(f'ViT width {args.width} depth {args.depth} ({count / 1e6:.1f}M params), {args.image}x{args.image} '
+        f'patch {args.patch}, batch {args.batch}, {args.dtype}{", scan" if args.scan else ""}, '
+        f'{jax.device_count()} x {jax.devices()[0].device_kind}; budget {args.budget_gb:g} GiB per device')
+  print(f'| {"state":<10} | {"state/dev MiB":>13} | {"args/dev MiB":>12} | {"temp/dev MiB":>12} | {"fits":>4} '
+        f'| {"step s":>7} | {"vs replicated":>13} |')
+  print(f'|{"-" * 12}|{"-" * 15}|{"-" * 14}|{"-" * 14}|{"-" * 6}|{"-" * 9}|{"-" * 15}|')
+  first = next(iter(times.values()))
+  for name, t in times.items():
+    state, arguments, temp = memory[name]
+    fits = 'yes' if arguments + temp <= args.budget_gb * GB else 'no'
+    print(f'| {name:<10} | {state / 2**20:13.1f} | {arguments / 2**20:12.1f} | {temp / 2**20:12.1f} | {fits:>4} '
+          f'| {t:7.3f} | {t / first:13.2f} |')
+
+
+if __name__ == '__main__':
+  main()
