@@ -41,21 +41,41 @@ def test_train_fraction_and_eval_padding():
 
 
 def test_train_stream_is_deterministic_and_resumable():
-  def take(n, state=None):
-    it = iter(data.train_loader(dataset(), batch_size=8, seed=3))
-    if state is not None:
-      it.set_state(state)
-    return [next(it) for _ in range(n)], it.get_state()
+  def take(n, **kw):
+    it = iter(data.train_loader(dataset(), batch_size=8, seed=3, **kw))
+    batches = [next(it) for _ in range(n)]
+    it.close()
+    return batches
 
-  first, state = take(3)
-  again, _ = take(3)
-  for a, b in zip(first, again):
+  first = take(3)
+  for a, b in zip(first, take(3)):
     np.testing.assert_array_equal(a['image'], b['image'])
-  resumed, _ = take(1, state)
-  straight, _ = take(4)
-  np.testing.assert_array_equal(resumed[0]['label'], straight[3]['label'])
-  epoch = np.concatenate([b['label'] for b in take(250)[0]])  # 2000 examples: one epoch
+  straight = take(5)
+  resumed = take(2, start=3)  # a run resumed at step 3 reads batches 3, 4
+  for a, b in zip(resumed, straight[3:]):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  epoch = np.concatenate([b['label'] for b in take(250)])  # 2000 examples: one epoch
   assert np.bincount(epoch).tolist() == [400] * 5
+
+
+def test_worker_processes_read_the_same_stream():
+  """Augmented batches from 2 grain worker processes (and from 2 threads) are the
+  in-process stream, from the start and from a resumed position."""
+  augmented = dataset()
+  augmented.augment = 'inception'
+
+  def take(start, **kw):
+    it = iter(data.train_loader(augmented, batch_size=8, seed=3, start=start, **kw))
+    batches = [next(it) for _ in range(5)]
+    it.close()
+    return batches
+
+  for start in (0, 3):
+    want = take(start)
+    for kw in ({'num_workers': 2}, {'num_threads': 2}):
+      for a, b in zip(take(start, **kw), want):
+        np.testing.assert_array_equal(a['image'], b['image'])
+        np.testing.assert_array_equal(a['label'], b['label'])
 
 
 def test_shapes_is_balanced_deterministic_and_drawn_where_expected():

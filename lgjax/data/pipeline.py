@@ -2,8 +2,8 @@
 
 Training reads a grain dataset: indices shuffled per epoch from a seed and
 cut into global batches, each process reading only its rows, so one process
-and many see the same global batches; its iterator state is what Orbax
-checkpoints, so a resumed run sees exactly the batches an uninterrupted run would. Evaluation walks the
+and many see the same global batches; a run resumed at step s starts the
+stream at batch s, so it sees exactly the batches an uninterrupted run would. Evaluation walks the
 split once, in order, strided over processes, padded to whole batches with a
 `mask` so every example counts exactly once.
 """
@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import grain
 import jax
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from lgjax.data import mnist5k, shapes
@@ -143,14 +144,18 @@ class Preprocess:
             'label': np.int32(example['label'])}
 
 
-def train_loader(dataset: Any, *, batch_size: int, seed: int, num_threads: int = 0) -> grain.IterDataset:
-  """Endless batches: this process's rows of each global batch of `batch_size`.
+def train_loader(dataset: Any, *, batch_size: int, seed: int, start: int = 0, num_threads: int = 0,
+                 num_workers: int = 0) -> grain.IterDataset:
+  """Endless batches from global batch `start` on: this process's rows of each.
 
   The global stream is the same for any number of processes (indices shuffled
   per epoch from `seed`, cut into global batches); process p reads only rows
   [p·b, (p+1)·b) of each. Example k of the stream is augmented with a
-  generator seeded by (seed, k). Iterate with `iter(...)`; the iterator's
-  state is what Orbax checkpoints.
+  generator seeded by (seed, k). Batch i is a pure function of (seed, i), so a
+  run resumed at step s reads from `start=s` the batches an uninterrupted run
+  would, whatever the number of processes, threads or workers before and after.
+  `num_threads` read and augment in this process; `num_workers` > 0 do it in
+  that many grain worker processes (batch i from worker i mod n, read back in order).
   """
   source = train_source(dataset)
   processes, me = jax.process_count(), jax.process_index()
@@ -166,8 +171,13 @@ def train_loader(dataset: Any, *, batch_size: int, seed: int, num_threads: int =
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-  ds = ds.batch(batch_size, drop_remainder=True).map_with_index(read)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 if num_threads else 0))
+  ds = ds.batch(batch_size, drop_remainder=True).map_with_index(read)[start:]
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 if num_threads else 0))
+  if num_workers:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller has none
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
+  return ds
 
 
 def eval_batches(dataset: Any, *, local_batch_size: int) -> Iterator[dict[str, np.ndarray]]:

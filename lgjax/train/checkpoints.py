@@ -1,4 +1,8 @@
-"""Training checkpoints: Orbax CheckpointManager over (train state, data iterator).
+"""Training checkpoints: Orbax CheckpointManager over the train state.
+
+The data stream needs no state of its own: batch i is a pure function of (seed, i),
+and a run resumed at step s reads from batch s (lgjax.data.train_loader). So a
+checkpoint restores with any number of processes, devices or input workers.
 
 Every process calls save (Orbax coordinates multi-host writes). A step is
 only visible once Orbax has committed it, so a process killed mid-write
@@ -22,7 +26,6 @@ import os
 import shutil
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,7 +82,6 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data': grain.checkpoint.CheckpointHandler(),
                        'checksums': ocp.JsonCheckpointHandler()})
     self.disk_full = False
     _quiet_orbax_disk_full()
@@ -119,25 +121,23 @@ class Checkpointer:
             shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
       raise self._no_space_error() from None
 
-  def save(self, step: int, state: PyTree, data_iterator: Any) -> None:
-    """Starts an (async) save of `state`, its checksums and the iterator position at `step`."""
+  def save(self, step: int, state: PyTree) -> None:
+    """Starts an (async) save of `state` and its checksums at `step`."""
     with self._writing():
       self.manager.wait_until_finished()  # a late failure of the previous save surfaces here
       self._check_room(state)
       self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-          checksums=ocp.args.JsonSave(checksums(state))), force=True)
+          state=ocp.args.StandardSave(state), checksums=ocp.args.JsonSave(checksums(state))), force=True)
 
   def wait(self) -> None:
     with self._writing():
       self.manager.wait_until_finished()
 
-  def restore_latest(self, abstract_state: PyTree, data_iterator: Any) -> tuple[PyTree, int] | None:
+  def restore_latest(self, abstract_state: PyTree) -> tuple[PyTree, int] | None:
     """(state, step) from the newest intact checkpoint, or None for a fresh run.
 
-    `abstract_state` gives shapes, dtypes and shardings; `data_iterator` is
-    moved to the saved position in place (after a failed restore it may be
-    anywhere: with None, start a new one). `self.damaged` lists the steps set aside.
+    `abstract_state` gives shapes, dtypes and shardings. `self.damaged` lists
+    the steps set aside.
     """
     self.manager.reload()
     self.damaged = []
@@ -150,8 +150,7 @@ class Checkpointer:
       if saved != want:  # a changed model is not damage: touch nothing
         raise StructureMismatch(step, sorted(k for k in saved.keys() | want.keys() if saved.get(k) != want.get(k)))
       try:
-        items = dict(state=ocp.args.StandardRestore(abstract_state),
-                     data=grain.checkpoint.CheckpointRestore(data_iterator))
+        items = dict(state=ocp.args.StandardRestore(abstract_state))
         has_sums = os.path.isdir(os.path.join(self.directory, str(step), 'checksums'))
         if has_sums:  # older checkpoints have none
           items['checksums'] = ocp.args.JsonRestore()

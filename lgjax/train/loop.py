@@ -73,6 +73,8 @@ def _check_numbers(config: Any) -> None:
       ('seed', config.seed, isinstance(config.seed, int) and config.seed >= 0, 'an integer >= 0'),
       ('input_threads', config.input_threads,
        isinstance(config.input_threads, int) and config.input_threads >= 0, 'an integer >= 0'),
+      ('input_workers', config.get('input_workers', 0),
+       isinstance(config.get('input_workers', 0), int) and config.get('input_workers', 0) >= 0, 'an integer >= 0'),
       ('optimizer.lr', o.lr, o.lr >= 0, '>= 0'),
       ('optimizer.min_lr', o.min_lr, 0 <= o.min_lr, '>= 0'),
       ('optimizer.warmup_steps', o.get('warmup_steps'),
@@ -234,12 +236,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   state = jax.jit(init_state, out_shardings=shardings)(trainable, seed_rng=train_rng)
 
   local_batch = config.batch_size // jax.process_count()
-  new_iterator = lambda: iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed,
-                                                num_threads=config.input_threads))
-  iterator = new_iterator()
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
-    restored = ckpt.restore_latest(checkpoints.abstract(state, shardings), iterator)
+    restored = ckpt.restore_latest(checkpoints.abstract(state, shardings))
   except checkpoints.StructureMismatch as e:
     ckpt.close()
     raise ValueError(
@@ -247,8 +246,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         f'started: {changes or "none recorded"}. Use a new --workdir (or move {ckpt.directory} '
         f'away) to start this model; nothing was changed in {workdir}.') from None
   start = 0
-  if restored is None and ckpt.damaged:  # a failed restore may have moved the iterator: start it anew
-    iterator = new_iterator()
+  if restored is None and ckpt.damaged:
     _say(f'Every checkpoint in {ckpt.directory} was damaged (steps {ckpt.damaged}, set aside as '
          f'damaged-STEP); starting from step 0 as a fresh run would.')
   if restored is not None:
@@ -274,6 +272,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   reporter = reporting.Reporter(workdir, total_steps=config.total_steps, start_step=start,
                                 batch_size=config.batch_size, enabled=False if finished else None)
   final: dict[str, float] = {}
+  iterator = iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed, start=start,
+                                    num_threads=config.input_threads, num_workers=config.get('input_workers', 0)))
   try:
     with preemption_guard() as preempted:
       for step_num in range(start + 1, config.total_steps + 1):
@@ -290,7 +290,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
           final.update(evaluate(config, backend, eval_step, dstate))
           reporter.write(step_num, {k: v for k, v in final.items() if k.startswith('eval')})
         if save:
-          ckpt.save(step_num, backend.canonical(dstate), iterator)
+          ckpt.save(step_num, backend.canonical(dstate))
         if stop:
           _say(f'Preempted at step {step_num}: checkpoint saved, exiting.')
           ckpt.wait()
@@ -303,6 +303,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   finally:
     ckpt.close()
     reporter.close()
+    iterator.close()  # stops grain's worker processes, if any
   if jax.process_index() == 0 and not (finished and os.path.exists(os.path.join(workdir, reporting.PLOT_FILE))):
     reporting.plot_curves(workdir)
     if kind.report:
