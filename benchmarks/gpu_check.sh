@@ -2,14 +2,22 @@
 # Accelerator check, about 5 minutes on one GPU:
 #   1. JAX with CUDA: the installed one if it sees a GPU, else the CUDA build from the registry;
 #   2. the model and expansion tests (ViT, blocks, TLEG, SWS) on the GPU;
-#   3. train-step throughput and MFU in bf16 of DeiT-S (width 384) and ViT-B (width 768), depth 12,
-#      224x224, patch 16, cuDNN attention, plain ViT and TLEG aux, against a bf16 matmul peak
-#      measured in the same run.
-# Writes gpu_tests.log and gpu_throughput.md to $OUT (default benchmarks/results).
+#   3. train-step throughput and MFU in bf16 of DeiT-S (width 384, batch 1024) and ViT-B (width 768,
+#      batch 256), depth 12, 224x224, patch 16, cuDNN attention, plain ViT and TLEG aux, against a
+#      bf16 matmul peak measured in the same run;
+#   4. replicated vs sharded (FSDP) state, per-device memory and step time, on 8 CPU devices of the
+#      host (one GPU has nothing to shard over), run beside step 2;
+#   5. input images/s of the host's cores on the ImageNet-style pipeline (generated JPEGs).
+# Writes gpu_tests.log, gpu_throughput.md, gpu_sharding.md and gpu_input.md to $OUT (default benchmarks/results).
 # On a machine without a registry, carry lgjax's light dependencies as wheels in .whl/.
 source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_device.txt"
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/gpu_device.txt"
+
+# ViT-L layers (width 1024, 16 heads, depth 8 of 24: 101M params) on the host's CPU, beside the tests.
+JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=8 timeout 200 $PY -m benchmarks.sharding --width 1024 --heads 16 --depth 8 \
+  --budget-gb 1.5 --fsdp 1,2,-1 > "$OUT/gpu_sharding.md" 2>&1 &
+sharding_pid=$!
 
 # Full f32 matmuls on the GPU: the tests compare against numpy at 1e-4..1e-6. The model and
 # expansion math only (52 tests, 129 s on an H200: the GPU compiles each test afresh); checkpoints and
@@ -21,9 +29,14 @@ tests_rc=${PIPESTATUS[0]}
 
 # DeiT-S and ViT-B, cuDNN's fused attention (benchmarks/results/gpu_h200.md has XLA's for comparison).
 rc=0
-for model in "--width 384 --heads 6" "--width 768 --heads 12"; do
-  timeout 120 $PY -m benchmarks.train_throughput $model --depth 12 --image 224 --patch 16 --batch 256 \
+for model in "--width 384 --heads 6 --batch 1024" "--width 768 --heads 12 --batch 256"; do
+  timeout 120 $PY -m benchmarks.train_throughput $model --depth 12 --image 224 --patch 16 \
     --dtype bfloat16 --attention-impl cudnn --repeats 5 2>&1 | tee -a "$OUT/gpu_throughput.md"
   rc=$(( rc || PIPESTATUS[0] ))
 done
+wait $sharding_pid; rc=$(( rc || $? ))
+cat "$OUT/gpu_sharding.md"
+JAX_PLATFORMS=cpu timeout 90 $PY -m benchmarks.input_pipeline --examples 1536 --batch 128 --batches 20 \
+  --workers 0,8,14 --threads 0 2>&1 | tee "$OUT/gpu_input.md"
+rc=$(( rc || PIPESTATUS[0] ))
 exit $(( tests_rc || rc ))

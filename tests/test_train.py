@@ -230,7 +230,7 @@ def test_a_corrupt_checkpoint_is_damaged_not_restored(tmp_path, capsys, caplog, 
       f.write(bytes([byte[0] ^ 0x10]))
   else:
     sums = json.loads((step_dir / 'checksums' / 'metadata').read_text())
-    sums['params/head/kernel'] ^= 1
+    sums['arrays']['params/head/kernel'] ^= 1
     (step_dir / 'checksums' / 'metadata').write_text(json.dumps(sums))
   config.total_steps = 5
   train_and_evaluate(config, str(tmp_path))
