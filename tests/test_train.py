@@ -506,6 +506,26 @@ def test_jit_backend_averages_gradients_once_per_step():
   assert _collectives_in_loops(hlo) == []
 
 
+@pytest.mark.parametrize('scan', [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_fsdp_gathers_weights_where_each_layer_runs_and_never_the_batch(scan):
+  """Sharded 8 ways, the step all-gathers weights, one layer's inside the scan loop's body,
+  and keeps the batch split: no all-gather returns an array with the 48 examples' axis."""
+  cfg = {**TINY, 'depth': 4, 'scan': scan}
+  loss = step_lib.classification_loss(ViT(**cfg), ml_collections.ConfigDict(
+      dict(label_smoothing=0.0, alpha=0.0, temperature=1.0)))
+  batch = _random_batch(48)
+  params = ViT(**cfg).init(jax.random.key(0), batch['image'][:1])['params']
+  fn, state, placed = _train_step(loss, params, batch, backend=parallel.FsdpBackend(8, min_size=0))
+  hlo = fn.lower(state, placed, None).compile().as_text()
+  gathers = [line for line in hlo.splitlines() if re.search(r' all-gather(-start)?\(', line)]
+  assert gathers and not [g for g in gathers if re.search(r'= \S+\[48[,\]]', g)]
+  in_loops = [g for g in _collectives_in_loops(hlo) if 'all-gather' in g]
+  if scan:  # each iteration gathers its own layer: [1, ...] slices of the stacked weights
+    assert in_loops and all(re.search(r'= f32\[1,', g) for g in in_loops), in_loops[:3]
+  (one, _), (sharded, _) = _one_step(loss, params, batch), fn(state, placed, None)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), sharded.params, one.params)
+
+
 def test_micro_batches_sum_gradients_through_to_params():
   """A TLEG learngene trained through expand: 4 micro-batches give the whole batch's
   step, and the gradient norm is that of jax.grad of the plain composed loss."""

@@ -16,11 +16,19 @@ Parameter tree (unscanned layout, depth L):
 With `scan=True` the blocks are one `Transformer/encoderblock/...` subtree
 whose leaves carry a leading layer axis; `lgjax.models.blocks` converts
 between the two layouts. Names match big_vision so checkpoints load there.
+
+Sharded (FSDP) training traces the model inside `gathered_weights(sharding)`:
+every module reads its params through that sharding constraint, so XLA gathers
+each block's weights where the block runs (inside the scan body when scanned,
+one layer at a time) and keeps the activations split over the batch.
+Outside it the constraint is the identity.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import contextlib
+import contextvars
 import dataclasses
 from typing import Any, Sequence
 
@@ -35,6 +43,31 @@ POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
 FINAL_NORMS = ('tokens', 'pooled')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')  # jax.nn.dot_product_attention's `implementation`
+
+
+_WEIGHT_SHARDING = contextvars.ContextVar('lgjax_weight_sharding', default=None)
+
+
+@contextlib.contextmanager
+def gathered_weights(sharding: jax.sharding.Sharding):
+  """Within it, modules use their params as `sharding` (e.g. replicated over the mesh):
+  the all-gather of FSDP, placed by XLA where each module runs. Enter it inside a
+  jitted function, around the model's apply, so that tracing sees it."""
+  token = _WEIGHT_SHARDING.set(sharding)
+  try:
+    yield
+  finally:
+    _WEIGHT_SHARDING.reset(token)
+
+
+def _as_used(variables: Any) -> Any:
+  sharding = _WEIGHT_SHARDING.get()
+  return variables if sharding is None else jax.lax.with_sharding_constraint(variables, sharding)
+
+
+def gathered(module_class: type[nn.Module], parent: nn.Module) -> type[nn.Module]:
+  """`module_class`, reading its params as gathered_weights says (same param names)."""
+  return nn.map_variables(module_class, 'params', _as_used, init=parent.is_initializing())
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -195,14 +228,14 @@ class Encoder(nn.Module):
               attention_impl=self.attention_impl, dtype=self.dtype)
     if self.scan:
       scanned = nn.scan(
-          _ScanBlock, variable_axes={'params': 0, 'intermediates': 0},
+          gathered(_ScanBlock, self), variable_axes={'params': 0, 'intermediates': 0},
           split_rngs={'params': True, 'dropout': True},
           in_axes=(0, nn.broadcast), length=self.depth)
       x, _ = scanned(name=blocks.SCANNED, **kw)(x, jnp.asarray(rates, jnp.float32), deterministic)
     else:
       for i in range(self.depth):
-        x = Encoder1DBlock(name=blocks.block_name(i), **kw)(x, float(rates[i]), deterministic)
-    norm = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')
+        x = gathered(Encoder1DBlock, self)(name=blocks.block_name(i), **kw)(x, float(rates[i]), deterministic)
+    norm = gathered(nn.LayerNorm, self)(epsilon=self.layer_norm_epsilon, name='encoder_norm')
     return norm_and_pool(x, norm, self.pool_type, self.final_norm)
 
 
@@ -215,18 +248,18 @@ def embed(module: nn.Module, image, config) -> jax.Array:
   ps = config.patch_size
   patch = tuple(ps) if isinstance(ps, Sequence) else (ps,) * 2
   fan_in = patch[0] * patch[1] * image.shape[-1]
-  x = nn.Conv(config.width, patch, strides=patch, padding='VALID', name='embedding',
+  x = gathered(nn.Conv, module)(config.width, patch, strides=patch, padding='VALID', name='embedding',
               kernel_init=scheme.patch_kernel, bias_init=scheme.patch_bias(fan_in),
               dtype=dtype, parent=module)(jnp.asarray(image, dtype))
   n, h, w, c = x.shape
   x = x.reshape(n, h * w, c)
   if config.posemb == 'learn':
-    pos = module.param('pos_embedding', scheme.pos_embedding, (1, h * w, c), jnp.float32)
+    pos = _as_used(module.param('pos_embedding', scheme.pos_embedding, (1, h * w, c), jnp.float32))
   else:
     pos = posemb_sincos_2d(h, w, c)
   x = x + pos.astype(dtype)
   if config.pool_type == 'tok':
-    cls = module.param('cls', scheme.cls, (1, 1, c), jnp.float32)
+    cls = _as_used(module.param('cls', scheme.cls, (1, 1, c), jnp.float32))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (n, 1, c)), x], axis=1)
   return x
 
@@ -296,7 +329,7 @@ class ViT(nn.Module):
                 attention_impl=self.attention_impl, dtype=dtype, name='Transformer')(x, not train)
     if self.num_classes:
       head_init = nn.initializers.zeros if self.head_zeroinit else inits.get(self.param_init).head_kernel
-      x = nn.Dense(self.num_classes, name='head', kernel_init=head_init)(x)
+      x = gathered(nn.Dense, self)(self.num_classes, name='head', kernel_init=head_init)(x)
     return x.astype(jnp.float32)
 
 

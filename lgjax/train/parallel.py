@@ -10,8 +10,10 @@
           axes, and params, optimizer state and teacher are sharded over
           'fsdp' (each leaf on its largest axis that k divides; a scanned
           stack never on its layer axis, so scan gathers one layer at a time).
-          The step is plain jit: XLA gathers each weight where it is used and
-          reduce-scatters its gradient (big_vision's fsdp rule).
+          The step is plain jit, the model traced in vit.gathered_weights: each
+          module's weights are all-gathered where it runs (one layer per scan
+          iteration), activations stay split over the batch, and gradients are
+          reduce-scattered back to the shards.
   'pmap'  jax.pmap over local devices, gradients averaged with pmean.
 
 Between steps the state lives in the backend's own placement; `canonical`
@@ -30,7 +32,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lgjax import tree as tree_lib
-from lgjax.models import blocks
+from lgjax.models import blocks, vit
 
 BACKENDS = ('jit', 'pmap')
 AXIS = 'data'
@@ -148,9 +150,18 @@ class FsdpBackend(JitBackend):
     step = make_step(axis_name=None)
 
     def sharded_step(state, batch, teacher_params):  # the new state stays where the old one was
-      state, metrics = step(state, batch, teacher_params)
+      with vit.gathered_weights(self.replicated):
+        state, metrics = step(state, batch, teacher_params)
       return jax.lax.with_sharding_constraint(state, self.shardings(state)), metrics
     return jax.jit(sharded_step, donate_argnums=(0,))
+
+  def wrap_eval(self, make_step: Callable[..., Callable]) -> Callable:
+    step = make_step(axis_name=None)
+
+    def sharded_eval(state, batch):
+      with vit.gathered_weights(self.replicated):
+        return step(state, batch)
+    return jax.jit(sharded_eval)
 
 
 class PmapBackend:
