@@ -3,7 +3,8 @@ r"""A plain ViT: the teacher / ancestry on the source data, or a scratch baselin
   python train.py --config=configs/teacher.py:mnist5k --workdir=/tmp/teacher
 
 mnist5k: depth-6 width-64 ViT on digits 0-4. cifar100 / imagenet2012: DeiT-B
-('imagenet2012,L': ViT-L/16, ',H': ViT-H/14, the larger ancestry models) with DeiT's recipe (300 epochs, batch 1024, lr 5e-4·batch/512, 5 warmup
+('imagenet2012,L': ViT-L/16, ',H': ViT-H/14, the larger ancestry models)
+with DeiT's recipe (300 epochs, batch 1024, lr 5e-4·batch/512, 5 warmup
 epochs, weight decay 0.05, label smoothing 0.1, drop path 0.1).
 """
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lgjax.models import blocks, inits
-from lgjax.models.vit import Encoder1DBlock, ViTConfig, embed, norm_and_pool
+from lgjax.models.vit import Encoder1DBlock, ViTConfig, embed, gathered, norm_and_pool
 
 
 class BlockRange(nn.Module):
@@ -30,10 +30,10 @@ class BlockRange(nn.Module):
     c = self.config
     mlp_dim = ViTConfig.of(c).mlp_dim
     for i in range(self.start, self.stop):
-      x = Encoder1DBlock(num_heads=c['num_heads'], mlp_dim=mlp_dim,
-                         gelu_approximate=c.get('gelu_approximate', True),
-                         layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6),
-                         dtype=jnp.dtype(c.get('dtype', 'float32')), name=blocks.block_name(i))(x, 0.0, True)
+      block = gathered(Encoder1DBlock, self)
+      x = block(num_heads=c['num_heads'], mlp_dim=mlp_dim, gelu_approximate=c.get('gelu_approximate', True),
+                layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6),
+                dtype=jnp.dtype(c.get('dtype', 'float32')), name=blocks.block_name(i))(x, 0.0, True)
     return x
 
 
@@ -82,10 +82,10 @@ class StitchedViT(nn.Module):
     x = embed(self, image, _fields(self.front))
     x = BlockRange(self.front, 0, self.j, name='front')(x)
     if self.stitch:
-      x = nn.Dense(self.end['width'], name='stitch')(x)
+      x = gathered(nn.Dense, self)(self.end['width'], name='stitch')(x)
     x = BlockRange(self.end, self.k, self.end['depth'], name='end')(x)
-    norm = nn.LayerNorm(epsilon=self.end.get('layer_norm_epsilon', 1e-6), name='encoder_norm')
+    norm = gathered(nn.LayerNorm, self)(epsilon=self.end.get('layer_norm_epsilon', 1e-6), name='encoder_norm')
     x = norm_and_pool(x, norm, self.end.get('pool_type', 'gap'), self.end.get('final_norm', 'tokens'))
     if self.end.get('num_classes'):
-      x = nn.Dense(self.end['num_classes'], name='head')(x)
+      x = gathered(nn.Dense, self)(self.end['num_classes'], name='head')(x)
     return x.astype(jnp.float32)
