@@ -77,6 +77,7 @@ def test_expand_cli_end_to_end(tmp_path):
                              ViT(**{**TINY, 'depth': 5}).apply({'params': tleg.expand(lg, 5)}, x), rtol=1e-6)
 
 
+@pytest.mark.slow  # several expand.py subprocesses: the slow tier
 def test_expand_cli_sws_scan_and_errors(tmp_path):
   lg_dir, out = str(tmp_path / 'sws'), str(tmp_path / 'desc')
   lg = sws.init_learngene(jax.random.key(0), TINY, 3, image_shape=IMAGE_SHAPE)

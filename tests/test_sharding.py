@@ -87,10 +87,11 @@ def test_checksums_are_a_weighted_sum_of_bits_whatever_the_sharding():
   assert checkpoints._checksum_mismatches({'params/w': 1}, flipped) == []  # older CRC-32 sums: not compared
 
 
+@pytest.mark.slow  # two runs each; the fast tier compares one step (test_train's FSDP HLO test)
 @pytest.mark.parametrize('overrides', [
     # hybrid: a 4 x 2 ('data', 'fsdp') mesh; scan gathers one layer at a time
     {'sharding.fsdp': 2, 'model.scan': True, 'grad_accum_steps': 2},
-    pytest.param({'sharding.fsdp': 8}, marks=pytest.mark.slow),  # all 8 devices (also the aux test's)
+    {'sharding.fsdp': 8},  # all 8 devices
 ])
 def test_a_sharded_run_is_the_replicated_run(tmp_path, overrides):
   base = dict(total_steps=3, **{k: v for k, v in overrides.items() if k != 'sharding.fsdp'})
