@@ -48,7 +48,7 @@ def test_fsdp_spec_rule(name, shape, size, min_size, spec):
   assert parallel.fsdp_spec(name, shape, size, min_size) == spec
 
 
-@pytest.mark.parametrize('scan', [False, True])
+@pytest.mark.parametrize('scan', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_per_device_state_bytes_drop_by_the_shard_count(scan):
   model = ViT(**{**dict(num_classes=8, patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64), 'scan': scan})
   params = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, *IMAGE_SHAPE)))['params'])(jax.random.key(0))

@@ -156,6 +156,7 @@ def losses_of(workdir, **overrides):
   return losses(workdir)
 
 
+@pytest.mark.slow  # two runs; the fast tier resumes in test_resume_skips_a_damaged_checkpoint
 def test_resume_is_bitwise_identical(tmp_path, monkeypatch):
   overrides = dict(total_steps=6, checkpoint_every=2, **{'model.drop_path': 0.1})
   train_and_evaluate(run_config('teacher', **overrides), str(tmp_path / 'straight'))
