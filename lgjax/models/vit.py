@@ -248,9 +248,10 @@ def embed(module: nn.Module, image, config) -> jax.Array:
   ps = config.patch_size
   patch = tuple(ps) if isinstance(ps, Sequence) else (ps,) * 2
   fan_in = patch[0] * patch[1] * image.shape[-1]
-  x = gathered(nn.Conv, module)(config.width, patch, strides=patch, padding='VALID', name='embedding',
-              kernel_init=scheme.patch_kernel, bias_init=scheme.patch_bias(fan_in),
-              dtype=dtype, parent=module)(jnp.asarray(image, dtype))
+  conv = gathered(nn.Conv, module)
+  x = conv(config.width, patch, strides=patch, padding='VALID', name='embedding',
+           kernel_init=scheme.patch_kernel, bias_init=scheme.patch_bias(fan_in),
+           dtype=dtype, parent=module)(jnp.asarray(image, dtype))
   n, h, w, c = x.shape
   x = x.reshape(n, h * w, c)
   if config.posemb == 'learn':
