@@ -142,6 +142,37 @@ def test_resume_into_another_mesh(tmp_path, monkeypatch, capsys):
     params_close(export(tmp_path / name), export(tmp_path / 'straight'))
 
 
+@pytest.mark.slow  # a second process
+def test_resume_on_another_device_count(tmp_path, monkeypatch):
+  """Saved sharded 8 ways on 8 devices, resumed in a process that has 2 (sharded 2 ways)."""
+  import json
+  import subprocess
+  import sys
+  from conftest import ROOT
+  common = dict(total_steps=4, checkpoint_every=2, **{'sharding.min_size': 0, 'sharding.fsdp': -1})
+  train_and_evaluate(run_config('teacher', **common), str(tmp_path / 'straight'))
+
+  @contextlib.contextmanager
+  def stop_at_2():
+    yield lambda step: step == 2
+
+  with monkeypatch.context() as m:
+    m.setattr(loop, 'preemption_guard', stop_at_2)
+    train_and_evaluate(run_config('teacher', **common), str(tmp_path / 'moved'))
+  script = ('import json, sys; sys.path.insert(0, "tests"); from conftest import run_config; '
+            'from lgjax.train import train_and_evaluate; import jax; '
+            f'train_and_evaluate(run_config("teacher", **{common!r}), {str(tmp_path / "moved")!r}); '
+            'print(json.dumps(jax.device_count()))')
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0'}
+  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.strip().splitlines()[-1]) == 2
+  assert 'Resuming from checkpoint step 2' in result.stdout
+  np.testing.assert_allclose(losses(tmp_path / 'moved'), losses(tmp_path / 'straight'), rtol=1e-5)
+  params_close(export(tmp_path / 'moved'), export(tmp_path / 'straight'))
+
+
 @pytest.mark.parametrize('overrides, message', [
     ({'sharding.fsdp': 3}, r'sharding.fsdp must be -1 \(all devices\) or an integer in \[1, 8\] that divides '
                            r'the 8 devices, got 3'),
