@@ -66,7 +66,10 @@ def _as_used(variables: Any) -> Any:
 
 
 def gathered(module_class: type[nn.Module], parent: nn.Module) -> type[nn.Module]:
-  """`module_class`, reading its params as gathered_weights says (same param names)."""
+  """`module_class`, reading its params as gathered_weights says (same param names);
+  `module_class` itself outside gathered_weights (no lifting cost in eager code)."""
+  if _WEIGHT_SHARDING.get() is None:
+    return module_class
   return nn.map_variables(module_class, 'params', _as_used, init=parent.is_initializing())
 
 
