@@ -31,6 +31,17 @@ if ROOT not in __import__('sys').path:
   __import__('sys').path.insert(0, ROOT)
 
 
+def preempted_at(step: int):
+  """A stand-in for lgjax.train.loop.preemption_guard that stops the run after `step`, as a
+  SIGTERM would (monkeypatch it in: the run saves a checkpoint and returns)."""
+  import contextlib
+
+  @contextlib.contextmanager
+  def guard():
+    yield lambda s: s == step
+  return guard
+
+
 def run_expand(*args):
   """Runs expand.py with `args` in a fresh process; returns the CompletedProcess."""
   import subprocess

@@ -1,6 +1,5 @@
 """FSDP (sharding.fsdp): where leaves live, that a sharded run is the replicated run,
 checkpoints that restore into another mesh, and per-array checksums of sharded state."""
-import contextlib
 import os
 
 import jax
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import IMAGE_SHAPE, run_config
+from conftest import IMAGE_SHAPE, preempted_at, run_config
 from lgjax import checkpoint
 from lgjax.models import ViT
 from lgjax.train import checkpoints, loop, optim, parallel, reporting, train_and_evaluate
@@ -118,10 +117,6 @@ def test_resume_into_another_mesh(tmp_path, monkeypatch, capsys):
   common = dict(total_steps=4, checkpoint_every=2, **{'sharding.min_size': 0, 'model.drop_path': 0.1})
   train_and_evaluate(run_config('teacher', **common, **{'sharding.fsdp': 8}), str(tmp_path / 'straight'))
 
-  @contextlib.contextmanager
-  def stop_at_2():
-    yield lambda step: step == 2
-
   placed = []
   restore = checkpoints.Checkpointer.restore_latest
   monkeypatch.setattr(checkpoints.Checkpointer, 'restore_latest',
@@ -129,7 +124,7 @@ def test_resume_into_another_mesh(tmp_path, monkeypatch, capsys):
   for name, new in [('fsdp2', {'sharding.fsdp': 2}), ('replicated', {'sharding.fsdp': 1}),
                     ('pmap', {'sharding.fsdp': 1, 'parallelism': 'pmap'})]:
     with monkeypatch.context() as m:
-      m.setattr(loop, 'preemption_guard', stop_at_2)
+      m.setattr(loop, 'preemption_guard', preempted_at(2))
       assert train_and_evaluate(run_config('teacher', **common, **{'sharding.fsdp': 8}),
                                 str(tmp_path / name))['preempted']
     train_and_evaluate(run_config('teacher', **common, **new), str(tmp_path / name))
@@ -152,12 +147,8 @@ def test_resume_on_another_device_count(tmp_path, monkeypatch):
   common = dict(total_steps=4, checkpoint_every=2, **{'sharding.min_size': 0, 'sharding.fsdp': -1})
   train_and_evaluate(run_config('teacher', **common), str(tmp_path / 'straight'))
 
-  @contextlib.contextmanager
-  def stop_at_2():
-    yield lambda step: step == 2
-
   with monkeypatch.context() as m:
-    m.setattr(loop, 'preemption_guard', stop_at_2)
+    m.setattr(loop, 'preemption_guard', preempted_at(2))
     train_and_evaluate(run_config('teacher', **common), str(tmp_path / 'moved'))
   script = ('import json, sys; sys.path.insert(0, "tests"); from conftest import run_config; '
             'from lgjax.train import train_and_evaluate; import jax; '

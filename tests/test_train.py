@@ -1,4 +1,3 @@
-import contextlib
 import functools
 import json
 import os
@@ -16,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import IMAGE_SHAPE, ROOT, TINY, run_config, run_expand
+from conftest import IMAGE_SHAPE, ROOT, TINY, preempted_at, run_config, run_expand
 from configs import teacher as teacher_config
 from lgjax import checkpoint, data
 from lgjax import tree as tree_lib
@@ -161,12 +160,8 @@ def test_resume_is_bitwise_identical(tmp_path, monkeypatch):
   overrides = dict(total_steps=6, checkpoint_every=2, **{'model.drop_path': 0.1})
   train_and_evaluate(run_config('teacher', **overrides), str(tmp_path / 'straight'))
 
-  @contextlib.contextmanager
-  def stop_at_3():
-    yield lambda step: step == 3
-
   with monkeypatch.context() as m:
-    m.setattr(loop, 'preemption_guard', stop_at_3)
+    m.setattr(loop, 'preemption_guard', preempted_at(3))
     first = train_and_evaluate(run_config('teacher', **overrides), str(tmp_path / 'resumed'))
   assert first['preempted'] and first['step'] == 3
   assert not os.path.exists(tmp_path / 'resumed' / loop.EXPORT_DIR)
