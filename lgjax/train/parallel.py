@@ -13,7 +13,7 @@
           The step is plain jit, the model traced in vit.gathered_weights: each
           module's weights are all-gathered where it runs (one layer per scan
           iteration), activations stay split over the batch, and gradients are
-          reduce-scattered back to the shards.
+          reduced back to the shards.
   'pmap'  jax.pmap over local devices, gradients averaged with pmean.
 
 Between steps the state lives in the backend's own placement; `canonical`
