@@ -1,7 +1,7 @@
 """Input images/s per host: lgjax's train pipeline on an ImageNet-style array_record set.
 
 The set is generated here (no download): `--examples` JPEGs of ImageNet's typical
-size (500x375, quality 90, smooth random content), one array_record file, read
+size (500x375, or --source-size; quality 90, smooth random content), one array_record file, read
 through grain's ArrayRecordDataSource and decoded with PIL per access, as a tfds
 array_record source is. The pipeline is lgjax.data.train_loader itself: global
 shuffle, this process's rows, Inception crop + flip to 224, in the main process,
@@ -82,19 +82,24 @@ def main():
   p.add_argument('--workers', default='0,2', help='comma-separated input_workers values')
   p.add_argument('--threads', default='0,2', help='comma-separated input_threads values')
   p.add_argument('--need', type=float, default=8000.0, help='images/s one accelerator consumes')
+  p.add_argument('--source-size', default='500x375',
+                 help="stored JPEGs' WxH: ImageNet's typical 500x375, or e.g. 341x256 for records resized to a "
+                      'shorter side of 256 when written')
   p.add_argument('--dir', default='', help='where to write the set (default: a temporary directory)')
   args = p.parse_args()
   directory = args.dir or tempfile.mkdtemp(prefix='lgjax_input_')
-  path = os.path.join(directory, 'train.array_record')
+  os.makedirs(directory, exist_ok=True)
+  size = tuple(int(v) for v in args.source_size.split('x'))
+  path = os.path.join(directory, f'train_{args.source_size}.array_record')
   if not os.path.exists(path):
-    write_set(path, args.examples)
+    write_set(path, args.examples, size)
   source = JpegSource(path)
   dataset = ml_collections.ConfigDict(dict(name='generated', train_split='train', image_size=224,
                                            augment='inception', train_fraction=1.0))
   pipeline.data_source = lambda *_: source  # the set stands in for a prepared tfds split
 
   cores = len(os.sched_getaffinity(0))
-  print(f'{len(source)} JPEGs 500x375 -> Inception crop 224, batch {args.batch}, {cores} cores; '
+  print(f'{len(source)} JPEGs {args.source_size} -> Inception crop 224, batch {args.batch}, {cores} cores; '
         f'one accelerator needs {args.need:.0f} images/s')
   print(f'| {"workers":>7} | {"threads":>7} | {"images/s":>8} | {"accelerators fed":>16} |')
   print(f'|{"-" * 9}|{"-" * 9}|{"-" * 10}|{"-" * 18}|')

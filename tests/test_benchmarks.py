@@ -48,3 +48,19 @@ def test_sharding_benchmark_reports_memory_per_device():
   replicated, sharded = float(rows['replicated'][0]), float(rows['fsdp 4'][0])  # MiB, to 0.1
   assert sharded == pytest.approx(replicated / 4, abs=0.1)  # --min-size 0: every leaf but step and rng split
   assert float(rows['fsdp 4'][1]) < float(rows['replicated'][1])  # XLA's arguments per device
+
+
+@pytest.mark.slow  # worker processes
+def test_input_benchmark_reads_the_generated_set_in_workers(tmp_path):
+  import subprocess
+  import sys
+  from conftest import ROOT
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.input_pipeline', '--examples', '24', '--batch', '8', '--batches', '2',
+       '--workers', '0,2', '--threads', '0', '--source-size', '64x48', '--dir', str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split('|')[1:-1] for line in result.stdout.splitlines() if line.startswith('|')]
+  rates = {int(r[0]): float(r[2]) for r in rows if r[0].strip().isdigit()}  # workers -> images/s
+  assert set(rates) == {0, 2} and all(rate > 0 for rate in rates.values())
+  assert os.path.exists(tmp_path / 'train_64x48.array_record')
