@@ -31,6 +31,26 @@ if ROOT not in __import__('sys').path:
   __import__('sys').path.insert(0, ROOT)
 
 
+def losses(workdir):
+  """The training loss of every logged step of the run in `workdir`, in step order."""
+  from lgjax.train import reporting
+  by_step = reporting.read_metrics(str(workdir))
+  return np.array([by_step[s]['loss'] for s in sorted(by_step) if 'loss' in by_step[s]])
+
+
+def restore_export(workdir):
+  """(params, model config) of the run's export/."""
+  from lgjax import checkpoint
+  from lgjax.train import loop
+  return checkpoint.load_params(os.path.join(str(workdir), loop.EXPORT_DIR))
+
+
+def params_close(got, want):
+  """The same params up to the order gradients were summed in (devices, shards): Adam's
+  first steps (~ lr · sign(g)) can move a param whose gradient is ~0 the other way."""
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got, want)
+
+
 def preempted_at(step: int):
   """A stand-in for lgjax.train.loop.preemption_guard that stops the run after `step`, as a
   SIGTERM would (monkeypatch it in: the run saves a checkpoint and returns)."""

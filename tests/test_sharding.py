@@ -8,26 +8,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import IMAGE_SHAPE, preempted_at, run_config
-from lgjax import checkpoint
+from conftest import IMAGE_SHAPE, losses, params_close, preempted_at, restore_export, run_config
 from lgjax.models import ViT
-from lgjax.train import checkpoints, loop, optim, parallel, reporting, train_and_evaluate
+from lgjax.train import checkpoints, loop, optim, parallel, train_and_evaluate
 from lgjax.train import step as step_lib
-
-
-def losses(workdir):
-  by_step = reporting.read_metrics(str(workdir))
-  return np.array([by_step[s]['loss'] for s in sorted(by_step) if 'loss' in by_step[s]])
-
-
-def params_close(got, want):
-  """Gradients summed in another order: Adam's first steps (~ lr · sign(g)) can move a
-  param whose gradient is ~0 the other way, by up to ~lr = 1e-4 here."""
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got, want)
-
-
-def export(workdir):
-  return checkpoint.load_params(os.path.join(str(workdir), loop.EXPORT_DIR))[0]
 
 
 @pytest.mark.parametrize('name, shape, size, min_size, spec', [
@@ -98,7 +82,7 @@ def test_a_sharded_run_is_the_replicated_run(tmp_path, overrides):
   train_and_evaluate(run_config('teacher', **base, **{'sharding.fsdp': overrides['sharding.fsdp'],
                                                       'sharding.min_size': 0}), str(tmp_path / 'sharded'))
   np.testing.assert_allclose(losses(tmp_path / 'sharded'), losses(tmp_path / 'replicated'), rtol=1e-5)
-  params_close(export(tmp_path / 'sharded'), export(tmp_path / 'replicated'))
+  params_close(restore_export(tmp_path / 'sharded')[0], restore_export(tmp_path / 'replicated')[0])
 
 
 @pytest.mark.slow  # a teacher and two aux runs: the slow tier
@@ -134,7 +118,7 @@ def test_resume_into_another_mesh(tmp_path, monkeypatch, capsys):
     assert kernel.sharding.spec == (P('fsdp') if name == 'fsdp2' else P())
     assert len(kernel.sharding.device_set) == 8
     np.testing.assert_allclose(losses(tmp_path / name), losses(tmp_path / 'straight'), rtol=1e-5)
-    params_close(export(tmp_path / name), export(tmp_path / 'straight'))
+    params_close(restore_export(tmp_path / name)[0], restore_export(tmp_path / 'straight')[0])
 
 
 @pytest.mark.slow  # a second process
@@ -161,7 +145,7 @@ def test_resume_on_another_device_count(tmp_path, monkeypatch):
   assert json.loads(result.stdout.strip().splitlines()[-1]) == 2
   assert 'Resuming from checkpoint step 2' in result.stdout
   np.testing.assert_allclose(losses(tmp_path / 'moved'), losses(tmp_path / 'straight'), rtol=1e-5)
-  params_close(export(tmp_path / 'moved'), export(tmp_path / 'straight'))
+  params_close(restore_export(tmp_path / 'moved')[0], restore_export(tmp_path / 'straight')[0])
 
 
 @pytest.mark.parametrize('overrides, message', [

@@ -15,7 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import IMAGE_SHAPE, ROOT, TINY, preempted_at, run_config, run_expand
+from conftest import (IMAGE_SHAPE, ROOT, TINY, losses, params_close, preempted_at, restore_export, run_config,
+                      run_expand)
 from configs import teacher as teacher_config
 from lgjax import checkpoint, data
 from lgjax import tree as tree_lib
@@ -24,15 +25,6 @@ from lgjax.learngene import registry, sws, tleg
 from lgjax.models import ViT, blocks
 from lgjax.train import kinds, loop, optim, parallel, reporting, train_and_evaluate
 from lgjax.train import step as step_lib
-
-
-def losses(workdir):
-  by_step = reporting.read_metrics(str(workdir))
-  return np.array([by_step[s]['loss'] for s in sorted(by_step) if 'loss' in by_step[s]])
-
-
-def restore_export(workdir):
-  return checkpoint.load_params(os.path.join(str(workdir), loop.EXPORT_DIR))
 
 
 def test_model_trains_on_embedded_data(tmp_path):
@@ -374,8 +366,7 @@ def test_two_processes_match_one(tmp_path, sharding):
   assert single.returncode == 0, single.stderr[-3000:]
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
   assert len(losses(tmp_path / 'two')) == 3
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               restore_export(tmp_path / 'two')[0], restore_export(tmp_path / 'one')[0])
+  params_close(restore_export(tmp_path / 'two')[0], restore_export(tmp_path / 'one')[0])
 
 
 @pytest.mark.slow  # end to end: the slow tier
@@ -519,7 +510,7 @@ def test_fsdp_gathers_weights_where_each_layer_runs_and_never_the_batch(scan):
   if scan:  # each iteration gathers its own layer: [1, ...] slices of the stacked weights
     assert in_loops and all(re.search(r'= f32\[1,', g) for g in in_loops), in_loops[:3]
   (one, _), (sharded, _) = _one_step(loss, params, batch), fn(state, placed, None)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), sharded.params, one.params)
+  params_close(sharded.params, one.params)
 
 
 def test_micro_batches_sum_gradients_through_to_params():
