@@ -18,7 +18,8 @@ import argparse
 import jax
 
 from benchmarks.common import interleaved_times, random_batch, step_runner
-from lgjax.models import ViT, param_shapes
+from lgjax import tree as tree_lib
+from lgjax.models import ViT
 from lgjax.train import parallel
 
 GB = 1 << 30
@@ -50,7 +51,7 @@ def main():
   batch = random_batch(args.batch, shape, 1000)
   init = jax.jit(lambda rng: ViT(**cfg).init(rng, batch['image'][:1])['params'])
   params = init(jax.random.key(0))
-  count = sum(x.size for x in jax.tree.leaves(param_shapes({**cfg, 'dtype': 'float32'}, shape)))
+  count = tree_lib.num_params(params)
 
   runs, memory = {}, {}
   for fsdp in (int(f) for f in args.fsdp.split(',')):

@@ -146,22 +146,25 @@ class FsdpBackend(JitBackend):
     return tree_lib.map_with_names(
         lambda name, x: NamedSharding(self.mesh, fsdp_spec(name, x.shape, self.size, self.min_size)), tree)
 
-  def wrap_train(self, make_step: Callable[..., Callable]) -> Callable:
+  def _gathering(self, make_step: Callable[..., Callable]) -> Callable:
+    """The step, its model traced inside vit.gathered_weights (weights gathered where used)."""
     step = make_step(axis_name=None)
 
-    def sharded_step(state, batch, teacher_params):  # the new state stays where the old one was
+    def run(*args):
       with vit.gathered_weights(self.replicated):
-        state, metrics = step(state, batch, teacher_params)
+        return step(*args)
+    return run
+
+  def wrap_train(self, make_step: Callable[..., Callable]) -> Callable:
+    step = self._gathering(make_step)
+
+    def sharded_step(state, batch, teacher_params):  # the new state stays where the old one was
+      state, metrics = step(state, batch, teacher_params)
       return jax.lax.with_sharding_constraint(state, self.shardings(state)), metrics
     return jax.jit(sharded_step, donate_argnums=(0,))
 
   def wrap_eval(self, make_step: Callable[..., Callable]) -> Callable:
-    step = make_step(axis_name=None)
-
-    def sharded_eval(state, batch):
-      with vit.gathered_weights(self.replicated):
-        return step(state, batch)
-    return jax.jit(sharded_eval)
+    return jax.jit(self._gathering(make_step))
 
 
 class PmapBackend:
