@@ -34,6 +34,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lgjax import tree as tree_lib
+from lgjax.train import parallel
 
 PyTree = Any
 
@@ -207,7 +208,7 @@ def checksums(state: PyTree) -> dict[str, Any]:
   """A 32-bit checksum of every array by '/'-name, written with each step and compared on
   restore, so that flipped bytes make a step damaged instead of a silently wrong model.
   Works on sharded state that no one process holds whole (multi-host FSDP)."""
-  sums = jax.tree.map(lambda x: int(np.asarray(x.addressable_data(0))), _sums(state))
+  sums = jax.tree.map(lambda x: int(parallel.to_host(x)), _sums(state))
   return {'algorithm': CHECKSUM, 'arrays': dict(tree_lib.flatten_with_names(sums))}
 
 
