@@ -51,6 +51,25 @@ def test_per_device_state_bytes_drop_by_the_shard_count(scan):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(placed), jax.device_get(state))
 
 
+def test_the_state_is_created_in_its_shards():
+  """loop.state_init draws each shard on its device: the compiled init's output and
+  temporaries per device are a fraction of the state, and its values are the replicated init's."""
+  model = ViT(num_classes=8, patch_size=4, width=64, depth=2, num_heads=4, mlp_dim=128)
+  init = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, *IMAGE_SHAPE)))['params'])
+  tx = optim.make_optimizer(run_config('teacher').optimizer, 16, 10)
+  rngs = jax.random.key(0), jax.random.key(1)
+  states = {}
+  for fsdp in (1, 8):
+    create, shardings = loop.state_init(init, tx, parallel.make_backend('jit', {'fsdp': fsdp, 'min_size': 0}), *rngs)
+    states[fsdp] = create(*rngs)
+    assert jax.tree.map(lambda x: x.sharding, states[fsdp]) == shardings
+  total = sum(x.nbytes for x in jax.tree.leaves(states[1]))
+  memory = create.lower(*rngs).compile().memory_analysis()  # fsdp 8
+  assert memory.output_size_in_bytes + memory.temp_size_in_bytes < total / 4
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(states[8]), jax.device_get(states[1]))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(states[1].params), jax.device_get(init(rngs[0])))
+
+
 def test_checksums_are_a_weighted_sum_of_bits_whatever_the_sharding():
   rng = np.random.default_rng(0)
   tree = {'w': rng.standard_normal((8, 6)).astype(np.float32), 'b': rng.standard_normal(16).astype(jnp.bfloat16),

@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -210,6 +210,17 @@ def _save_config(config: Any, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def state_init(init: Callable, optimizer: Any, backend: Any, init_rng: jax.Array,
+               seed_rng: jax.Array) -> tuple[Callable, Any]:
+  """A jitted (init_rng, seed_rng) -> TrainState that builds `init`'s trainable tree and its
+  optimizer state directly in the backend's shardings, and those shardings. Under FSDP each
+  device draws and keeps only its shards (random bits are partitionable), so no device ever
+  holds the whole state, and no unsharded copy outlives the start of a run."""
+  make = lambda rng, seed: step.init_state(init(rng), optimizer, seed)
+  shardings = backend.shardings(jax.eval_shape(make, init_rng, seed_rng))
+  return jax.jit(make, out_shardings=shardings), shardings
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains `config.kind` for config.total_steps, resuming from workdir, and exports
   the result to workdir/export/. Returns the final metrics."""
@@ -228,11 +239,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   changes = config_changes(config, workdir)
 
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  trainable = kind.init(init_rng)
-  optim.check_frozen(frozen, trainable)
-  init_state = functools.partial(step.init_state, optimizer=optimizer)
-  shardings = backend.shardings(jax.eval_shape(init_state, trainable, seed_rng=train_rng))
-  state = jax.jit(init_state, out_shardings=shardings)(trainable, seed_rng=train_rng)
+  optim.check_frozen(frozen, jax.eval_shape(kind.init, init_rng))
+  create, shardings = state_init(kind.init, optimizer, backend, init_rng, train_rng)
+  state = create(init_rng, train_rng)
 
   local_batch = config.batch_size // jax.process_count()
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
