@@ -104,11 +104,14 @@ def test_a_sharded_run_is_the_replicated_run(tmp_path, overrides):
   params_close(restore_export(tmp_path / 'sharded')[0], restore_export(tmp_path / 'replicated')[0])
 
 
-@pytest.mark.slow  # a teacher and two aux runs: the slow tier
-def test_an_aux_learngene_and_its_teacher_shard(tmp_path, teacher_dir):
+@pytest.mark.slow  # a teacher and two runs each: the slow tier
+@pytest.mark.parametrize('recipe', ['tleg_aux', 'pool_distill'])
+def test_a_learngene_and_its_teacher_shard(tmp_path, teacher_dir, recipe):
+  """The trained learngene (an aux's, or the pool's instances and width maps) and the
+  teacher sharded 8 ways: the replicated run's losses."""
   overrides = {'teacher.dir': teacher_dir, 'total_steps': 3}
-  train_and_evaluate(run_config('tleg_aux', **overrides), str(tmp_path / 'replicated'))
-  train_and_evaluate(run_config('tleg_aux', **overrides, **{'sharding.fsdp': -1, 'sharding.min_size': 0}),
+  train_and_evaluate(run_config(recipe, **overrides), str(tmp_path / 'replicated'))
+  train_and_evaluate(run_config(recipe, **overrides, **{'sharding.fsdp': -1, 'sharding.min_size': 0}),
                      str(tmp_path / 'sharded'))
   np.testing.assert_allclose(losses(tmp_path / 'sharded'), losses(tmp_path / 'replicated'), rtol=1e-5)
 

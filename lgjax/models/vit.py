@@ -60,7 +60,9 @@ def gathered_weights(sharding: jax.sharding.Sharding):
     _WEIGHT_SHARDING.reset(token)
 
 
-def _as_used(variables: Any) -> Any:
+def as_used(variables: Any) -> Any:
+  """`variables` as gathered_weights says a model uses them: for params read outside a
+  ViT module (e.g. the Learngene Pool's width maps); themselves outside it."""
   sharding = _WEIGHT_SHARDING.get()
   return variables if sharding is None else jax.lax.with_sharding_constraint(variables, sharding)
 
@@ -70,7 +72,7 @@ def gathered(module_class: type[nn.Module], parent: nn.Module) -> type[nn.Module
   `module_class` itself outside gathered_weights (no lifting cost in eager code)."""
   if _WEIGHT_SHARDING.get() is None:
     return module_class
-  return nn.map_variables(module_class, 'params', _as_used, init=parent.is_initializing())
+  return nn.map_variables(module_class, 'params', as_used, init=parent.is_initializing())
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -258,12 +260,12 @@ def embed(module: nn.Module, image, config) -> jax.Array:
   n, h, w, c = x.shape
   x = x.reshape(n, h * w, c)
   if config.posemb == 'learn':
-    pos = _as_used(module.param('pos_embedding', scheme.pos_embedding, (1, h * w, c), jnp.float32))
+    pos = as_used(module.param('pos_embedding', scheme.pos_embedding, (1, h * w, c), jnp.float32))
   else:
     pos = posemb_sincos_2d(h, w, c)
   x = x + pos.astype(dtype)
   if config.pool_type == 'tok':
-    cls = _as_used(module.param('cls', scheme.cls, (1, 1, c), jnp.float32))
+    cls = as_used(module.param('cls', scheme.cls, (1, 1, c), jnp.float32))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (n, 1, c)), x], axis=1)
   return x
 

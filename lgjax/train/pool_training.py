@@ -29,7 +29,7 @@ from lgjax import checkpoint, data
 from lgjax.learngene import load_learngene, save_learngene
 from lgjax import tree as tree_lib
 from lgjax.learngene import pool as pool_lib
-from lgjax.models import ViT, with_block_outputs
+from lgjax.models import ViT, vit, with_block_outputs
 from lgjax.train import losses
 
 PyTree = Any
@@ -107,6 +107,7 @@ def distill_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
       total, first = 0.0, None
       for model, inst, wmap in zip(students, params['instances'], params['maps']):
         logits, hidden, attn = _forward(model, inst, image)
+        wmap = vit.as_used(wmap)
         project = lambda h: jax.lax.stop_gradient(h) @ wmap['kernel'] + wmap['bias']
         mse = sum(jnp.mean((project(t_hidden[m]) - hidden[l]) ** 2) + jnp.mean((project(t_attn[m]) - attn[l]) ** 2)
                   for l, m in pairs) / len(pairs)
