@@ -1,3 +1,4 @@
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -34,10 +35,22 @@ def test_train_fraction_and_eval_padding():
   batches = list(data.eval_batches(dataset(), local_batch_size=16))
   assert len(batches) == 32 and sum(b['mask'].sum() for b in batches) == 500
   assert batches[-1]['mask'].tolist() == [1.0] * 4 + [0.0] * 12
-  assert batches[0]['image'].min() >= -1 and batches[0]['image'].max() <= 1
+  assert batches[0]['image'].dtype == np.uint8  # pixels as stored: the step scales them on the device
+  np.testing.assert_array_equal(batches[0]['image'], mnist5k.load('test', 'downstream')[0][:16])
   small.train_fraction = 0.0
   with pytest.raises(ValueError, match=r'dataset.train_fraction must be in \(0, 1\], got 0.0'):
     pipeline.train_source(small)
+
+
+def test_to_float_scales_pixels_to_the_unit_range_and_keeps_floats():
+  pixels = np.arange(256, dtype=np.uint8).reshape(2, 128)
+  for scale in (data.to_float, jax.jit(data.to_float)):  # the steps call it jitted
+    got = np.asarray(scale(pixels)).ravel()
+    assert got.dtype == np.float32 and got[0] == -1 and got[-1] == 1
+    np.testing.assert_allclose(got, np.arange(256) / 127.5 - 1, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(got, -got[::-1])
+  scaled = np.array([-0.5, 0.25], np.float32)
+  np.testing.assert_array_equal(data.to_float(scaled), scaled)
 
 
 def test_train_stream_is_deterministic_and_resumable():

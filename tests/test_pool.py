@@ -155,7 +155,7 @@ def test_lstsq_stitch_batch_spans_the_classes():
   config = run_config('stitched', batch_size=32)
   images = np.asarray(pool_training.stitch_batch(config))
   source = data.data_source(config.dataset, config.dataset.train_split)
-  all_images = source.images.astype(np.float32) / 127.5 - 1.0
+  all_images = np.asarray(data.to_float(source.images))
   rows = [int(np.flatnonzero((all_images == x).all(axis=(1, 2, 3)))[0]) for x in images]
   assert len(set(rows)) == 32
   assert len(set(source.labels[rows])) == 5  # every source class, where the first 32 rows hold one
@@ -201,7 +201,7 @@ def test_cross_specs_keep_their_instances_accuracy_at_step_0(tmp_path):
                                         pool_training.stitch_batch(stitched), stitched.dataset)
   source = data.data_source(stitched.dataset, 'train')  # sorted by class: its first rows are all zeros
   prep = data.pipeline.Preprocess(stitched.dataset.image_size, 'none', train=False)
-  first_rows = jnp.stack([prep(source[i], None)['image'] for i in range(128)])
+  first_rows = data.to_float(np.stack([prep(source[i], None)['image'] for i in range(128)]))
   one_class = pool_training.stitched_accuracy(tree, meta['instance_configs'], [(0, 1, 1, 1), (1, 1, 0, 1)],
                                               first_rows, stitched.dataset)
   alone = min(acc['0.2-0.2'], acc['1.2-1.2'])

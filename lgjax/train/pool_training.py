@@ -137,7 +137,7 @@ def stitch_batch(config: Any) -> jax.Array:
   prep = data.pipeline.Preprocess(config.dataset.image_size, config.dataset.augment, train=False)
   rng = np.random.default_rng(config.seed)
   picked = rng.choice(len(source), size=min(config.batch_size, len(source)), replace=False)
-  return jnp.asarray(np.stack([prep(source[int(i)], rng)['image'] for i in np.sort(picked)]))
+  return data.to_float(np.stack([prep(source[int(i)], rng)['image'] for i in np.sort(picked)]))
 
 
 def stitched_accuracy(pool: PyTree, configs: Sequence[dict], specs: Sequence[Sequence[int]],
@@ -149,7 +149,7 @@ def stitched_accuracy(pool: PyTree, configs: Sequence[dict], specs: Sequence[Seq
   for spec in specs:
     module, params = pool_lib.assemble(pool, configs, spec, pool_lib.init_stitch(pool, configs, spec, stitch_images))
     apply = jax.jit(module.apply)
-    correct = sum(float(np.sum((np.argmax(apply({'params': params}, b['image']), -1) == b['label']) * b['mask']))
+    correct = sum(float(np.sum((np.argmax(apply({'params': params}, data.to_float(b['image'])), -1) == b['label']) * b['mask']))
                   for b in batches)
     out[pool_lib.spec_name(pool_lib.check_spec(configs, spec))] = correct / sum(float(b['mask'].sum()) for b in batches)
   return out

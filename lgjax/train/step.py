@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lgjax.data import to_float
 from lgjax.train import losses
 
 PyTree = Any
@@ -76,7 +77,8 @@ def all_finite(tree: PyTree) -> jax.Array:
 def make_train_step(*, example_loss: ExampleLoss, to_params: Callable,
                     optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     grad_accum_steps: int = 1, axis_name: str | None = None) -> Callable:
-  """(state, batch, teacher_params) -> (state, metrics). batch: image, label, index.
+  """(state, batch, teacher_params) -> (state, metrics). batch: image (uint8 pixels, or
+  float images already scaled: data.to_float), label, index.
 
   With `axis_name` (the pmap backend, or the jit backend's shard_map) gradients
   and metrics are averaged over that axis once per step, after the micro-batches.
@@ -88,10 +90,11 @@ def make_train_step(*, example_loss: ExampleLoss, to_params: Callable,
     def one(image, label, index):
       return example_loss(params, teacher_params, image, label, jax.random.fold_in(step_rng, index), step_rng)
 
+    images = to_float(batch['image'])
     if hasattr(example_loss, 'batched'):
-      per_example, logits = example_loss.batched(params, teacher_params, batch['image'], batch['label'])
+      per_example, logits = example_loss.batched(params, teacher_params, images, batch['label'])
     else:
-      per_example, logits = jax.vmap(one)(batch['image'], batch['label'], batch['index'])
+      per_example, logits = jax.vmap(one)(images, batch['label'], batch['index'])
     correct = jnp.argmax(logits, -1) == batch['label']
     return per_example.mean(), correct.mean()
 
@@ -143,7 +146,7 @@ def make_eval_step(*, predict: Callable, axis_name: str | None = None) -> Callab
   def eval_step(state: TrainState, batch: dict):
     mask = batch['mask']
     sums = {'count': jnp.sum(mask)}
-    for name, logits in predict(state.params, batch['image']).items():
+    for name, logits in predict(state.params, to_float(batch['image'])).items():
       sums['correct' + name] = jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask)
       sums['loss' + name] = jnp.sum(losses.cross_entropy(logits, batch['label']) * mask)
     return sums if axis_name is None else jax.lax.psum(sums, axis_name)
