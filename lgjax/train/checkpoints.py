@@ -163,7 +163,7 @@ class Checkpointer:
       except Exception as e:  # a damaged step: say so, set it aside, fall back to an older one
         aside = os.path.join(self.directory, f'damaged-{step}')
         logging.warning('Checkpoint step %d in %s cannot be restored (%s: %s); moved to %s, '
-                        'trying an older one.', step, self.directory, type(e).__name__, str(e)[:300], aside)
+                        'trying an older one.', step, self.directory, type(e).__name__, str(e)[:2000], aside)
         self.damaged.append(step)
         if jax.process_index() == 0:
           os.replace(os.path.join(self.directory, str(step)), aside)
