@@ -148,8 +148,8 @@ def stitched_accuracy(pool: PyTree, configs: Sequence[dict], specs: Sequence[Seq
   out = {}
   for spec in specs:
     module, params = pool_lib.assemble(pool, configs, spec, pool_lib.init_stitch(pool, configs, spec, stitch_images))
-    apply = jax.jit(module.apply)
-    correct = sum(float(np.sum((np.argmax(apply({'params': params}, data.to_float(b['image'])), -1) == b['label']) * b['mask']))
+    apply = jax.jit(lambda p, images: module.apply({'params': p}, data.to_float(images)))
+    correct = sum(float(np.sum((np.argmax(apply(params, b['image']), -1) == b['label']) * b['mask']))
                   for b in batches)
     out[pool_lib.spec_name(pool_lib.check_spec(configs, spec))] = correct / sum(float(b['mask'].sum()) for b in batches)
   return out
