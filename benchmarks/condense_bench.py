@@ -64,7 +64,7 @@ def main():
     descendant_run(args.work, 'pseudo', method='scratch', depth=args.depth, steps=steps // 2)
     pseudo = checkpoint.load_params(os.path.join(args.work, 'pseudo', 'export'))
     images, _ = data.mnist5k.load('train', 'downstream')
-    sim = condense.layer_similarity(params, model_cfg, images[:512].astype(np.float32) / 127.5 - 1, other=pseudo)
+    sim = condense.layer_similarity(params, model_cfg, data.to_float(images[:512]), other=pseudo)
   else:
     sim = np.zeros((model_cfg['depth'], args.depth))
   layers = condense.select_layers(sim, args.k, args.rule)
