@@ -3,13 +3,14 @@
 The set is generated here (no download): `--examples` JPEGs of ImageNet's typical
 size (500x375, or --source-size; quality 90, smooth random content), one array_record file, read
 through grain's ArrayRecordDataSource and decoded with PIL per access, as a tfds
-array_record source is. The pipeline is lgjax.data.train_loader itself: global
-shuffle, this process's rows, Inception crop + flip to 224, in the main process,
+array_record source is. The pipelines are lgjax.data's own: train_loader (global
+shuffle, this process's rows, Inception crop + flip to 224) and, with --splits eval,
+eval_batches (the split once, center crop), in the main process,
 in `input_threads` threads, or in `input_workers` grain processes. Each row says
 how many images/s one host delivers and how many accelerators' steps that feeds
 at a given per-device step rate (--need, e.g. DeiT-S bf16 on an H200: 8,000 img/s).
 
-  python -m benchmarks.input_pipeline [--workers 0,2 --threads 0,2 --batch 128 --batches 8]
+  python -m benchmarks.input_pipeline [--workers 0,2 --threads 0,2 --batch 128 --batches 8 --splits train,eval]
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ class JpegSource:
     return {'image': image, 'label': struct.unpack('<I', record[:4])[0]}
 
 
-def images_per_second(dataset, batch: int, batches: int, **kw) -> float:
-  """Rate of `batches` batches after a first round of one batch per worker (which pays
-  for starting the workers and threads)."""
-  it = iter(pipeline.train_loader(dataset, batch_size=batch, seed=0, **kw))
+def images_per_second(loader, batch: int, batches: int, **kw) -> float:
+  """Rate of `batches` batches of `loader(batch, **kw)` after a first round of one batch
+  per worker (which pays for starting the workers and threads)."""
+  it = iter(loader(batch, **kw))
   for _ in range(max(1, kw.get('num_workers', 0))):
     next(it)
   start = time.perf_counter()
@@ -81,6 +82,8 @@ def main():
   p.add_argument('--batches', type=int, default=8, help='timed batches per row')
   p.add_argument('--workers', default='0,2', help='comma-separated input_workers values')
   p.add_argument('--threads', default='0,2', help='comma-separated input_threads values')
+  p.add_argument('--splits', default='train', help="comma-separated: 'train' (Inception crop + flip), 'eval' "
+                 '(center crop, the whole split once: --batches must fit in --examples)')
   p.add_argument('--need', type=float, default=8000.0, help='images/s one accelerator consumes')
   p.add_argument('--source-size', default='500x375',
                  help="stored JPEGs' WxH: ImageNet's typical 500x375, or e.g. 341x256 for records resized to a "
@@ -94,19 +97,22 @@ def main():
   if not os.path.exists(path):
     write_set(path, args.examples, size)
   source = JpegSource(path)
-  dataset = ml_collections.ConfigDict(dict(name='generated', train_split='train', image_size=224,
-                                           augment='inception', train_fraction=1.0))
-  pipeline.data_source = lambda *_: source  # the set stands in for a prepared tfds split
+  dataset = ml_collections.ConfigDict(dict(name='generated', train_split='train', eval_split='validation',
+                                           image_size=224, augment='inception', train_fraction=1.0))
+  pipeline.data_source = lambda *_: source  # the set stands in for prepared tfds splits
+  loaders = {'train': lambda b, **kw: pipeline.train_loader(dataset, batch_size=b, seed=0, **kw),
+             'eval': lambda b, **kw: pipeline.eval_batches(dataset, local_batch_size=b, **kw)}
 
   cores = len(os.sched_getaffinity(0))
   print(f'{len(source)} JPEGs {args.source_size} -> Inception crop 224, batch {args.batch}, {cores} cores; '
         f'one accelerator needs {args.need:.0f} images/s')
-  print(f'| {"workers":>7} | {"threads":>7} | {"images/s":>8} | {"accelerators fed":>16} |')
-  print(f'|{"-" * 9}|{"-" * 9}|{"-" * 10}|{"-" * 18}|')
-  for workers in (int(w) for w in args.workers.split(',')):
-    for threads in (int(t) for t in args.threads.split(',')):
-      rate = images_per_second(dataset, args.batch, args.batches, num_workers=workers, num_threads=threads)
-      print(f'| {workers:7d} | {threads:7d} | {rate:8.0f} | {rate / args.need:16.2f} |', flush=True)
+  print(f'| {"split":<5} | {"workers":>7} | {"threads":>7} | {"images/s":>8} | {"accelerators fed":>16} |')
+  print(f'|{"-" * 7}|{"-" * 9}|{"-" * 9}|{"-" * 10}|{"-" * 18}|')
+  for split in args.splits.split(','):
+    for workers in (int(w) for w in args.workers.split(',')):
+      for threads in (int(t) for t in args.threads.split(',')):
+        rate = images_per_second(loaders[split], args.batch, args.batches, num_workers=workers, num_threads=threads)
+        print(f'| {split:<5} | {workers:7d} | {threads:7d} | {rate:8.0f} | {rate / args.need:16.2f} |', flush=True)
 
 
 if __name__ == '__main__':

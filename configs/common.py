@@ -151,8 +151,9 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
                      '1: replicated (data parallel), -1: all devices',
     'sharding.min_size': 'leaves with fewer elements stay replicated under FSDP (biases, norms)',
     'compute_dtype': 'float32 | bfloat16 | float16 activations; params stay float32',
-    'input_threads': 'grain threads reading and augmenting (0: in the main thread)',
-    'input_workers': 'grain worker processes reading and augmenting (0: none; tfds presets: cores - 2)',
+    'input_threads': 'grain threads reading and preprocessing train and eval batches (0: in the main thread)',
+    'input_workers': 'grain worker processes reading and preprocessing train and eval batches '
+                     '(0: none; tfds presets: cores - 2)',
     'optimizer.lr': 'peak AdamW learning rate per 512 examples (lr * batch / 512)',
     'optimizer.warmup_epochs': 'linear warmup, then cosine decay',
     'optimizer.warmup_steps': 'warmup in steps; when set, wins over warmup_epochs',

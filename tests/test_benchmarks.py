@@ -57,11 +57,12 @@ def test_input_benchmark_reads_the_generated_set_in_workers(tmp_path):
   import sys
   from conftest import ROOT
   result = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.input_pipeline', '--examples', '24', '--batch', '8', '--batches', '2',
-       '--workers', '0,2', '--threads', '0', '--source-size', '64x48', '--dir', str(tmp_path)],
+      [sys.executable, '-m', 'benchmarks.input_pipeline', '--examples', '48', '--batch', '8', '--batches', '2',
+       '--workers', '0,2', '--threads', '0', '--source-size', '64x48', '--dir', str(tmp_path),
+       '--splits', 'train,eval'],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [line.split('|')[1:-1] for line in result.stdout.splitlines() if line.startswith('|')]
-  rates = {int(r[0]): float(r[2]) for r in rows if r[0].strip().isdigit()}  # workers -> images/s
-  assert set(rates) == {0, 2} and all(rate > 0 for rate in rates.values())
+  rates = {(r[0].strip(), int(r[1])): float(r[3]) for r in rows if r[1].strip().isdigit()}  # (split, workers) -> img/s
+  assert set(rates) == {(s, w) for s in ('train', 'eval') for w in (0, 2)} and all(r > 0 for r in rates.values())
   assert os.path.exists(tmp_path / 'train_64x48.array_record')

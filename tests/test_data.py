@@ -73,7 +73,7 @@ def test_train_stream_is_deterministic_and_resumable():
 
 def test_worker_processes_read_the_same_stream():
   """Augmented batches from 2 grain worker processes (and from 2 threads) are the
-  in-process stream, from the start and from a resumed position."""
+  in-process stream, from the start and from a resumed position; so is the eval split."""
   augmented = dataset()
   augmented.augment = 'inception'
 
@@ -89,6 +89,13 @@ def test_worker_processes_read_the_same_stream():
       for a, b in zip(take(start, **kw), want):
         np.testing.assert_array_equal(a['image'], b['image'])
         np.testing.assert_array_equal(a['label'], b['label'])
+  want = list(data.eval_batches(augmented, local_batch_size=64))  # 500 images: 8 batches, the last padded
+  for kw in ({'num_workers': 2}, {'num_threads': 2}):
+    got = list(data.eval_batches(augmented, local_batch_size=64, **kw))
+    assert len(got) == len(want) == 8
+    for a, b in zip(got, want):
+      for key in ('image', 'label', 'mask'):
+        np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_shapes_is_balanced_deterministic_and_drawn_where_expected():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import grain
 import jax
@@ -155,6 +155,17 @@ class Preprocess:
     return {'image': image, 'label': np.int32(example['label'])}
 
 
+def _parallel(ds: grain.MapDataset, num_threads: int, num_workers: int) -> grain.IterDataset:
+  """`ds` read in order by `num_threads` threads of this process, or by `num_workers`
+  grain worker processes (element i from worker i mod n, read back in order)."""
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 if num_threads else 0))
+  if num_workers:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller has none
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
+  return ds
+
+
 def train_loader(dataset: Any, *, batch_size: int, seed: int, start: int = 0, num_threads: int = 0,
                  num_workers: int = 0) -> grain.IterDataset:
   """Endless batches from global batch `start` on: this process's rows of each.
@@ -182,33 +193,33 @@ def train_loader(dataset: Any, *, batch_size: int, seed: int, start: int = 0, nu
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-  ds = ds.batch(batch_size, drop_remainder=True).map_with_index(read)[start:]
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 if num_threads else 0))
-  if num_workers:
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller has none
-      flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
-  return ds
+  return _parallel(ds.batch(batch_size, drop_remainder=True).map_with_index(read)[start:], num_threads, num_workers)
 
 
-def eval_batches(dataset: Any, *, local_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(dataset: Any, *, local_batch_size: int, num_threads: int = 0,
+                 num_workers: int = 0) -> grain.IterDataset:
   """The eval split once, strided over processes; every process yields the same
-  number of batches, padding marked by mask == 0."""
+  number of batches, padding marked by mask == 0. Read and preprocessed as
+  train_loader reads, in `num_threads` threads or `num_workers` processes (decoding
+  a 50,000-image validation split in one thread would stall the devices for minutes)."""
   source = data_source(dataset, dataset.eval_split)
   preprocess = Preprocess(dataset.image_size, dataset.augment, train=False)
   mine = np.arange(jax.process_index(), len(source), jax.process_count())
   per_process = math.ceil(len(source) / jax.process_count())
-  num_batches = math.ceil(per_process / local_batch_size)
   rng = np.random.default_rng(0)  # unused by eval preprocessing
-  for b in range(num_batches):
+
+  def read(b: int) -> dict[str, np.ndarray]:
     idx = mine[b * local_batch_size:(b + 1) * local_batch_size]
     examples = [preprocess(source[int(i)], rng) for i in idx]
     pad = local_batch_size - len(examples)
     template = examples[0] if examples else preprocess(source[0], rng)
     examples += [template] * pad
-    yield {'image': np.stack([e['image'] for e in examples]),
-           'label': np.stack([e['label'] for e in examples]),
-           'mask': np.array([1.0] * (local_batch_size - pad) + [0.0] * pad, np.float32)}
+    return {'image': np.stack([e['image'] for e in examples]),
+            'label': np.stack([e['label'] for e in examples]),
+            'mask': np.array([1.0] * (local_batch_size - pad) + [0.0] * pad, np.float32)}
+
+  return _parallel(grain.MapDataset.range(math.ceil(per_process / local_batch_size)).map(read),
+                   num_threads, num_workers)
 
 
 def image_shape(dataset: Any) -> tuple[int, int, int]:

@@ -165,8 +165,12 @@ def evaluate(config, backend, eval_step, state) -> dict[str, float]:
   """Accuracy and loss over the whole eval split (padding masked out):
   eval_accuracy / eval_loss, with a suffix for each extra prediction."""
   totals: dict[str, float] = {}
-  local_batch = config.batch_size // jax.process_count()
-  for batch in data.eval_batches(config.dataset, local_batch_size=local_batch):
+  # Each batch's sums are read back as it ends; the next batches are read and preprocessed
+  # meanwhile by the input threads or workers. (Summing on the devices instead, with eager
+  # adds between pmap eval steps, deadlocked XLA:CPU's psum rendezvous on 2 loaded cores.)
+  batches = data.eval_batches(config.dataset, local_batch_size=config.batch_size // jax.process_count(),
+                              num_threads=config.input_threads, num_workers=config.get('input_workers', 0))
+  for batch in batches:
     sums = backend.metrics(eval_step(state, backend.place_batch(batch)))
     totals = {k: totals.get(k, 0.0) + v for k, v in sums.items()}
   count = max(totals.pop('count'), 1.0)
