@@ -5,7 +5,9 @@ cut into global batches, each process reading only its rows, so one process
 and many see the same global batches; a run resumed at step s starts the
 stream at batch s, so it sees exactly the batches an uninterrupted run would. Evaluation walks the
 split once, in order, strided over processes, padded to whole batches with a
-`mask` so every example counts exactly once.
+`mask` so every example counts exactly once. Both read in the same threads or
+worker processes, and yield uint8 pixels that the steps scale on the device
+(to_float): a quarter of float32's bytes through shared memory and to the devices.
 """
 
 from __future__ import annotations
