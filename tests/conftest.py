@@ -85,6 +85,20 @@ def run_config(recipe: str, **overrides):
 
 
 @pytest.fixture(scope='module')
+def random_teacher_dir(tmp_path_factory):
+  """The teacher recipe's model (width 32, depth 2) with random params, saved as a run
+  exports it: for tests that need a teacher to read, not a trained one."""
+  from lgjax import checkpoint, data
+  from lgjax.models import param_shapes
+  from lgjax.train import kinds, loop
+  path = str(tmp_path_factory.mktemp('random_teacher') / 'export')
+  run = loop.resolve(run_config('teacher'))
+  config = kinds.model_config(run)
+  checkpoint.save_params(path, random_like(param_shapes(config, data.image_shape(run.dataset))), config)
+  return path
+
+
+@pytest.fixture(scope='module')
 def teacher_dir(tmp_path_factory):
   """A tiny teacher (width 32, depth 2) trained 3 steps on mnist5k source digits: its export dir."""
   from lgjax.train import train_and_evaluate

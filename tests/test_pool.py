@@ -131,10 +131,11 @@ def test_distillation_lowers_every_student_loss_then_stitched_training(tmp_path,
   assert module.apply({'params': params}, np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 5)
 
 
-def test_distillation_map_gradients(teacher_dir):
+def test_distillation_map_gradients(random_teacher_dir):
   """The hidden/attention MSE runs through the width maps: with α = 0 (CE only) the maps get
   no gradient; with α = 0.9 they do. (α weighs distillation in every kind.)"""
   from lgjax.train import kinds, loop
+  teacher_dir = random_teacher_dir
   grads = {}
   for alpha in (0.0, 0.9):
     config = run_config('pool_distill', **{'teacher.dir': teacher_dir, 'loss.alpha': alpha})

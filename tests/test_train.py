@@ -54,8 +54,8 @@ def _changed(a, b):
   return [float(np.abs(np.asarray(x) - np.asarray(y)).max()) > 0 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
 
 
-def test_tleg_aux_trains_the_learngene_and_expands(tmp_path, teacher_dir):
-  config = run_config('tleg_aux', **{'teacher.dir': teacher_dir})
+def test_tleg_aux_trains_the_learngene_and_expands(tmp_path, random_teacher_dir):
+  config = run_config('tleg_aux', **{'teacher.dir': random_teacher_dir})
   train_and_evaluate(config, str(tmp_path / 'aux'))
   learngene, meta = load_learngene(str(tmp_path / 'aux' / loop.EXPORT_DIR))
   assert meta['method'] == 'tleg' and meta['model_config']['depth'] == 2 and meta['options'] == {}
