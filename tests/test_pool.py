@@ -135,13 +135,12 @@ def test_distillation_map_gradients(random_teacher_dir):
   """The hidden/attention MSE runs through the width maps: with α = 0 (CE only) the maps get
   no gradient; with α = 0.9 they do. (α weighs distillation in every kind.)"""
   from lgjax.train import kinds, loop
-  teacher_dir = random_teacher_dir
   grads = {}
   for alpha in (0.0, 0.9):
-    config = run_config('pool_distill', **{'teacher.dir': teacher_dir, 'loss.alpha': alpha})
+    config = run_config('pool_distill', **{'teacher.dir': random_teacher_dir, 'loss.alpha': alpha})
     kind = kinds.make_kind(loop.resolve(config), (28, 28, 1))
     trainable = kind.init(jax.random.key(0))
-    teacher_params, teacher_cfg = checkpoint.load_params(teacher_dir)
+    teacher_params, teacher_cfg = checkpoint.load_params(random_teacher_dir)
     loss = kind.example_loss(ViT(**teacher_cfg))
     image = jnp.asarray(np.random.default_rng(0).standard_normal((28, 28, 1)), jnp.float32)
     grads[alpha] = jax.jit(jax.grad(lambda p: loss(p, teacher_params, image, 1, jax.random.key(0),

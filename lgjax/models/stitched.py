@@ -29,8 +29,8 @@ class BlockRange(nn.Module):
   def __call__(self, x):
     c = self.config
     mlp_dim = ViTConfig.of(c).mlp_dim
+    block = gathered(Encoder1DBlock, self)  # one lifted class for every layer
     for i in range(self.start, self.stop):
-      block = gathered(Encoder1DBlock, self)
       x = block(num_heads=c['num_heads'], mlp_dim=mlp_dim, gelu_approximate=c.get('gelu_approximate', True),
                 layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6),
                 dtype=jnp.dtype(c.get('dtype', 'float32')), name=blocks.block_name(i))(x, 0.0, True)

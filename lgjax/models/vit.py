@@ -238,8 +238,9 @@ class Encoder(nn.Module):
           in_axes=(0, nn.broadcast), length=self.depth)
       x, _ = scanned(name=blocks.SCANNED, **kw)(x, jnp.asarray(rates, jnp.float32), deterministic)
     else:
+      block = gathered(Encoder1DBlock, self)  # one lifted class for every layer
       for i in range(self.depth):
-        x = gathered(Encoder1DBlock, self)(name=blocks.block_name(i), **kw)(x, float(rates[i]), deterministic)
+        x = block(name=blocks.block_name(i), **kw)(x, float(rates[i]), deterministic)
     norm = gathered(nn.LayerNorm, self)(epsilon=self.layer_norm_epsilon, name='encoder_norm')
     return norm_and_pool(x, norm, self.pool_type, self.final_norm)
 
