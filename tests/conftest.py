@@ -1,15 +1,33 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported), tiny models."""
+"""Test setup: 8 fake CPU devices (set before jax is imported), tiny models, one XLA
+compilation cache per test run."""
 import os
+import shutil
+import tempfile
 
 # Fast compiles matter more than fast kernels for tiny test models.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TFDS_DATA_DIR', os.path.join(os.path.dirname(__file__), '_no_tfds_data'))
+# The tests compile the same tiny programs many times over (every run of a recipe, every
+# resume): one persistent cache for the run, made fresh here and read by the xdist workers
+# and the processes tests start, which inherit the environment. (An entry read while another
+# process writes it fails to decompress, and JAX compiles afresh with a warning. A max size
+# would lock the cache instead, but each write then lists the whole cache: 1.6x slower.)
+_OWN_CACHE = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE = tempfile.mkdtemp(prefix='lgjax-tests-xla-cache-')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 TINY = dict(num_classes=5, patch_size=4, width=32, depth=3, num_heads=4, mlp_dim=64)
 IMAGE_SHAPE = (16, 16, 1)
