@@ -42,12 +42,28 @@ def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, repeats
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def matmul(n: int = 2048, dtype: str = 'float32') -> tuple[Callable[[], jax.Array], float]:
-  """(fn, GFLOP): one large jitted n x n matmul, whose rate is the machine's practical
-  peak; time it in turns with the steps it is the peak for (interleaved_times)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(lambda x: x @ x)
-  return (lambda: f(a)), 2 * n ** 3 / 1e9
+def matmul(n: int = 2048, dtype: str = 'float32', count: int = 1) -> tuple[Callable[[], jax.Array], float]:
+  """(fn, GFLOP): `count` large n x n matmuls in one jitted GEMM (count·n rows), whose rate
+  is the machine's practical peak; time it in turns with the steps it is the peak for
+  (interleaved_times). On a GPU one 8192² GEMM takes ~1.5 ms, of which the call and the
+  wait would be a few percent: count 8 makes them noise."""
+  a = jax.random.normal(jax.random.key(0), (count * n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  return (lambda: f(a, a[:n])), 2 * count * n ** 3 / 1e9
+
+
+# Datasheet dense bfloat16 matmul TFLOP/s by device kind (the first name found in
+# device_kind wins): the fixed denominator of MFU, where the measured peak moves with
+# the chip's clocks and power (541-647 TFLOP/s on one H200 kind, gpu_h200.md).
+SPEC_BF16_TFLOPS = (('H100 PCIe', 756), ('H100', 989), ('H200', 989), ('A100', 312),
+                    ('TPU v4', 275), ('TPU v5 lite', 197), ('TPU v5', 459), ('TPU v6 lite', 918))
+
+
+def spec_peak(device_kind: str, dtype: str) -> float | None:
+  """GFLOP/s of the chip's datasheet for dense `dtype` matmuls; None for another chip or dtype."""
+  if jnp.dtype(dtype) != jnp.bfloat16:
+    return None
+  return next((1e3 * tflops for name, tflops in SPEC_BF16_TFLOPS if name in device_kind), None)
 
 
 def train_once(config, workdir: str) -> str:

@@ -3,8 +3,9 @@
 The aux model's params are computed from the learngene in every step
 (tleg.expand, the kind's to_params), so the ratio aux/plain is the cost of that
 computation (target ≥ 0.95 in images/s, i.e. ≤ 1.05x time). Both run in one
-process taking turns with a large matmul, whose rate is the peak. Model FLOPs
-are counted analytically (lgjax.models.flops, training = 3x forward), since
+process taking turns with a large matmul, whose rate is the peak ("of peak");
+"of spec" divides by the chip's datasheet bf16 figure instead (a fixed
+denominator: common.SPEC_BF16_TFLOPS). Model FLOPs are counted analytically (lgjax.models.flops, training = 3x forward), since
 XLA's cost analysis does not see the GEMMs that GPUs hand to cuBLAS.
 
   python -m benchmarks.train_throughput [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
@@ -18,7 +19,7 @@ import argparse
 
 import jax
 
-from benchmarks.common import interleaved_times, matmul, random_batch, step_runner
+from benchmarks.common import interleaved_times, matmul, random_batch, spec_peak, step_runner
 from lgjax.learngene import tleg
 from lgjax.models import flops
 
@@ -47,19 +48,24 @@ def main():
           'TLEG aux (params = expand(lg))': step_runner(
               cfg, lg, batch, lambda l: tleg.expand(l, args.depth), accum)}
 
-  runs['peak'], peak_gflop = matmul(8192 if jax.default_backend() == 'gpu' else 2048, args.dtype)
+  on_gpu = jax.default_backend() == 'gpu'
+  runs['peak'], peak_gflop = matmul(8192 if on_gpu else 2048, args.dtype, count=8 if on_gpu else 1)
   times = interleaved_times(runs, args.repeats)
   peak = peak_gflop / times.pop('peak')
   rows = [(name, args.batch / t, 3 * flops.forward_flops(cfg, shape) * args.batch / t / 1e9)
           for name, t in times.items()]
+  kind = jax.devices()[0].device_kind
+  spec = spec_peak(kind, args.dtype)
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
-        f'attention {args.attention_impl or "default"}, batch {args.batch} in {accum} micro-batch(es), {args.dtype}, {jax.device_count()} x {jax.devices()[0].device_kind}; '
-        f'{args.dtype} matmul peak {peak:.0f} GFLOP/s, timed in turns (MFU = "of peak")')
-  print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"vs plain":>8} |')
-  print(f'|{"-" * 34}|{"-" * 11}|{"-" * 10}|{"-" * 9}|{"-" * 10}|')
+        f'attention {args.attention_impl or "default"}, batch {args.batch} in {accum} micro-batch(es), {args.dtype}, '
+        f'{jax.device_count()} x {kind}; {args.dtype} matmul peak {peak:.0f} GFLOP/s, timed in turns '
+        f'(MFU = "of peak"' + (f'; "of spec": of the datasheet\'s {spec:.0f} GFLOP/s per chip)' if spec else ')'))
+  print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"of spec":>7} | {"vs plain":>8} |')
+  print(f'|{"-" * 34}|{"-" * 11}|{"-" * 10}|{"-" * 9}|{"-" * 9}|{"-" * 10}|')
   for name, ips, gflops in rows:
-    print(f'| {name:<32} | {ips:9.1f} | {gflops:8.1f} | {gflops / peak:7.1%} | {ips / rows[0][1]:8.3f} |')
+    of_spec = f'{gflops / jax.device_count() / spec:7.1%}' if spec else f'{"-":>7}'
+    print(f'| {name:<32} | {ips:9.1f} | {gflops:8.1f} | {gflops / peak:7.1%} | {of_spec} | {ips / rows[0][1]:8.3f} |')
 
 
 if __name__ == '__main__':
