@@ -41,6 +41,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = message.replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
     if 'Did you mean' in message:
       message = 'unknown config field ' + message.replace("' Did", "'. Did")
+    elif message.isidentifier():  # a field the recipe lacks, with no close name: name the whole flag
+      flag = next((a.split('=')[0] for a in argv if a.startswith('--config.') and a.split('=')[0].endswith('.' + message)),
+                  message)
+      message = f"unknown config field {flag.removeprefix('--config.')!r}"
     sys.exit(f'train.py: {message} (--helpshort lists the flags, --print_config a recipe\'s fields).')
 
 

@@ -11,6 +11,7 @@ FSDP no device ever holds the whole state. Steps are timed in turns (benchmarks.
 
   JAX_NUM_CPU_DEVICES=8 python -m benchmarks.sharding   # CPU devices stand in for accelerators
   python -m benchmarks.sharding --width 1024 --heads 16 --depth 24 --budget-gb 4   # ViT-L layers
+  python -m benchmarks.sharding --scan --remat-policy nothing_saveable   # activations recomputed
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ def main():
   p.add_argument('--budget-gb', type=float, default=0.5, help='memory per device the model must fit in')
   p.add_argument('--min-size', type=int, default=parallel.MIN_SHARD_SIZE, help='sharding.min_size')
   p.add_argument('--scan', action='store_true', help='scan over layers (weights gathered one layer at a time)')
+  p.add_argument('--remat-policy', default=None, help='ViT.remat_policy (e.g. nothing_saveable: with --scan, '
+                                                      'each block keeps only its input for the backward pass)')
   p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
   p.add_argument('--repeats', type=int, default=3)
   args = p.parse_args()
   cfg = dict(num_classes=1000, patch_size=args.patch, width=args.width, depth=args.depth, num_heads=args.heads,
-             mlp_dim=4 * args.width, dtype=args.dtype, scan=args.scan)
+             mlp_dim=4 * args.width, dtype=args.dtype, scan=args.scan, remat_policy=args.remat_policy)
   shape = (args.image, args.image, 3)
   batch = random_batch(args.batch, shape, 1000)
   init = jax.jit(lambda rng: ViT(**cfg).init(rng, batch['image'][:1])['params'])
@@ -69,7 +72,8 @@ def main():
   times = interleaved_times(runs, args.repeats)
 
   print(f'ViT width {args.width} depth {args.depth} ({count / 1e6:.1f}M params), {args.image}x{args.image} '
-        f'patch {args.patch}, batch {args.batch}, {args.dtype}{", scan" if args.scan else ""}, '
+        f'patch {args.patch}, batch {args.batch}, {args.dtype}{", scan" if args.scan else ""}'
+        f'{", remat " + args.remat_policy if args.remat_policy else ""}, '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}; budget {args.budget_gb:g} GiB per device')
   print(f'| {"state":<10} | {"state/dev MiB":>13} | {"init/dev MiB":>12} | {"args/dev MiB":>12} '
         f'| {"temp/dev MiB":>12} | {"fits":>4} | {"step s":>7} | {"vs replicated":>13} |')

@@ -100,7 +100,8 @@ def model(preset: str, depth: int | None, size: str = 'S', num_classes: int | No
       num_classes=num_classes or config_dict.placeholder(int), patch_size=patch,
       width=width, depth=depth, mlp_dim=mlp, num_heads=heads, posemb='learn', pool_type=pool,
       dropout=0.0, drop_path=drop_path, scan=False, param_init=inits.DEFAULT, head_zeroinit=False,
-      gelu_approximate=not exact_gelu, layer_norm_epsilon=1e-6, final_norm='tokens'))
+      gelu_approximate=not exact_gelu, layer_norm_epsilon=1e-6, final_norm='tokens',
+      attention_impl=config_dict.placeholder(str), remat_policy=config_dict.placeholder(str)))
 
 
 def base(preset: str, *, kind: str, batch_size: int, epochs: float, lr: float,
@@ -177,6 +178,9 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'model.param_init': 'deit (the papers\') | torch | big_vision',
     'model.head_zeroinit': 'start the head at zero (big_vision\'s default; slows an inherited body)',
     'model.attention_impl': 'None (JAX\'s choice) | xla | cudnn (fused, GPU)',
+    'model.remat_policy': 'None (keep activations) | nothing_saveable | dots_saveable | '
+                          'dots_with_no_batch_dims_saveable: recompute each block in the backward pass '
+                          '(less memory, more compute; use with model.scan)',
     'learngene.method': 'aux: the method whose learngene trains (lgjax.learngene.registry.trained())',
     'learngene.stage_depths': 'aux, sws: blocks per stage of the auxiliary model',
     'learngene.fit_from': 'aux, tleg: start from the least-squares fit to this ViT (any load_params path)',

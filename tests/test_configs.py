@@ -95,17 +95,18 @@ def test_sizes_are_the_papers_models(size, millions):
   assert (small.model.width, small.total_steps) == (32, 4)
 
 
-def test_sequence_fields_are_settable_from_the_command_line():
+def parse(recipe, *overrides):
+  """The config train.py gets for --config=configs/RECIPE.py:mnist5k and `overrides`."""
   from absl import flags
   from ml_collections import config_flags
+  argv = ['train.py', f'--config=configs/{recipe}.py:mnist5k', *overrides]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv)  # as train.py, on argv
+  values(argv)
+  return values.config
 
-  def parse(recipe, *overrides):
-    argv = ['train.py', f'--config=configs/{recipe}.py:mnist5k', *overrides]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv)  # as train.py, on argv
-    values(argv)
-    return values.config
 
+def test_sequence_fields_are_settable_from_the_command_line():
   init = parse('descendant', '--config.init.layers=(4, 5)', "--config.init.reinit=('^head/', '^cls$')",
                '--config.init.stage_depths=(1, 2)').init
   assert (init.layers, init.reinit, init.stage_depths) == ((4, 5), ('^head/', '^cls$'), (1, 2))
@@ -113,14 +114,30 @@ def test_sequence_fields_are_settable_from_the_command_line():
   assert parse('stitched', '--config.stitch.specs=((0, 2, 1, 2),)').stitch.specs == ((0, 2, 1, 2),)
 
 
-def test_a_config_typo_is_one_line():
+@pytest.mark.parametrize('recipe', [*RECIPES, 'pool_distill', 'stitched', 'wave_aux', 'wave_scalers'])
+def test_every_recipe_takes_the_vits_runtime_fields_from_the_command_line(recipe):
+  """attention_impl (cuDNN's fused attention on GPUs) and remat_policy are unset (None) in the
+  presets, and settable: a field a preset leaves out cannot be set with --config.model.X."""
+  from lgjax.models import ViTConfig
+  defaults = parse(recipe).model
+  assert (defaults.attention_impl, defaults.remat_policy) == (None, None)
+  model = parse(recipe, '--config.model.attention_impl=cudnn', '--config.model.remat_policy=dots_saveable').model
+  config = ViTConfig.of({**model.to_dict(), 'num_classes': 5})
+  assert (config.attention_impl, config.remat_policy) == ('cudnn', 'dots_saveable')
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--config.total_step=3', "train.py: unknown config field 'total_step'. Did you mean \"total_steps\""),
+    ('--config.model.flash=1', "train.py: unknown config field 'model.flash' (--helpshort"),
+])
+def test_a_config_typo_is_one_line(flag, message):
   import subprocess
   import sys
   from conftest import ROOT
-  out = subprocess.run([sys.executable, 'train.py', '--config=configs/teacher.py:mnist5k', '--config.total_step=3',
+  out = subprocess.run([sys.executable, 'train.py', '--config=configs/teacher.py:mnist5k', flag,
                         '--workdir=/tmp/never_written'], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and out.stderr.count('\n') == 1, out.stderr
-  assert out.stderr.startswith("train.py: unknown config field 'total_step'. Did you mean \"total_steps\"")
+  assert out.stderr.startswith(message), out.stderr
 
 
 def test_print_config_lists_fields_values_and_meaning():

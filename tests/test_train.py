@@ -309,6 +309,7 @@ def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path, preset, lr
     ({'optimizer.clip_norm': -1.0}, ValueError, r'optimizer.clip_norm must be >= 0 \(0: no clipping\), got -1.0'),
     ({'dataset.train_fraction': 0.0}, ValueError, r'dataset.train_fraction must be in \(0, 1\], got 0.0'),
     ({'dataset.augment': 'autoaug'}, ValueError, r"dataset.augment must be one of \('none', 'inception'\), got 'autoaug'"),
+    ({'model.remat_policy': 'all'}, ValueError, r"remat_policy must be one of \(None, 'nothing_saveable', "),
 ])
 def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
   with pytest.raises(error, match=message):

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lgjax.models import blocks, inits
-from lgjax.models.vit import Encoder1DBlock, ViTConfig, embed, gathered, norm_and_pool
+from lgjax.models.vit import Encoder1DBlock, ViTConfig, block_class, embed, gathered, norm_and_pool
 
 
 class BlockRange(nn.Module):
@@ -29,10 +29,10 @@ class BlockRange(nn.Module):
   def __call__(self, x):
     c = self.config
     mlp_dim = ViTConfig.of(c).mlp_dim
-    block = gathered(Encoder1DBlock, self)  # one lifted class for every layer
+    block = block_class(Encoder1DBlock, self, c.get('remat_policy'))  # one lifted class for every layer
     for i in range(self.start, self.stop):
       x = block(num_heads=c['num_heads'], mlp_dim=mlp_dim, gelu_approximate=c.get('gelu_approximate', True),
-                layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6),
+                layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6), attention_impl=c.get('attention_impl'),
                 dtype=jnp.dtype(c.get('dtype', 'float32')), name=blocks.block_name(i))(x, 0.0, True)
     return x
 

@@ -43,6 +43,8 @@ POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
 FINAL_NORMS = ('tokens', 'pooled')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')  # jax.nn.dot_product_attention's `implementation`
+# What each block keeps for the backward pass (names in jax.checkpoint_policies); None: all.
+REMAT_POLICIES = (None, 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
 
 _WEIGHT_SHARDING = contextvars.ContextVar('lgjax_weight_sharding', default=None)
@@ -75,6 +77,20 @@ def gathered(module_class: type[nn.Module], parent: nn.Module) -> type[nn.Module
   return nn.map_variables(module_class, 'params', as_used, init=parent.is_initializing())
 
 
+def block_class(module_class: type[nn.Module], parent: nn.Module, remat_policy: str | None,
+                scan: bool = False) -> type[nn.Module]:
+  """A block class as the encoder runs it: gathered (FSDP), then rematerialized under
+  `remat_policy`, so that the backward pass recomputes each block's activations from its
+  input, and gathers its weights again, instead of keeping them all from the forward
+  pass (less memory for a second forward). Inside nn.scan, XLA cannot merge the
+  recomputation into the forward (big_vision's prevent_cse=False there)."""
+  module_class = gathered(module_class, parent)
+  if remat_policy is None:
+    return module_class
+  return nn.remat(module_class, prevent_cse=not scan, static_argnums=(3,),  # self, x, rate, deterministic
+                  policy=getattr(jax.checkpoint_policies, remat_policy))
+
+
 def check_config(config: dict[str, Any]) -> None:
   """Raises a ValueError naming the first ViT field that cannot work."""
   unknown = set(config) - {f.name for f in dataclasses.fields(ViT)} - {'parent', 'name'}
@@ -101,6 +117,8 @@ def check_config(config: dict[str, Any]) -> None:
   inits.get(get('param_init'))
   if get('attention_impl') not in ATTENTION_IMPLS:
     raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {get("attention_impl")!r}.')
+  if get('remat_policy') not in REMAT_POLICIES:
+    raise ValueError(f'remat_policy must be one of {REMAT_POLICIES}, got {get("remat_policy")!r}.')
   for k in ('num_classes', 'mlp_dim'):
     if get(k) is not None and (isinstance(get(k), bool) or not isinstance(get(k), (int, np.integer))):
       raise ValueError(f'{k} must be an integer or None, got {get(k)!r}.')
@@ -221,6 +239,7 @@ class Encoder(nn.Module):
   layer_norm_epsilon: float = 1e-6
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
+  remat_policy: str | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -233,12 +252,12 @@ class Encoder(nn.Module):
               attention_impl=self.attention_impl, dtype=self.dtype)
     if self.scan:
       scanned = nn.scan(
-          gathered(_ScanBlock, self), variable_axes={'params': 0, 'intermediates': 0},
+          block_class(_ScanBlock, self, self.remat_policy, scan=True), variable_axes={'params': 0, 'intermediates': 0},
           split_rngs={'params': True, 'dropout': True},
           in_axes=(0, nn.broadcast), length=self.depth)
       x, _ = scanned(name=blocks.SCANNED, **kw)(x, jnp.asarray(rates, jnp.float32), deterministic)
     else:
-      block = gathered(Encoder1DBlock, self)  # one lifted class for every layer
+      block = block_class(Encoder1DBlock, self, self.remat_policy)  # one lifted class for every layer
       for i in range(self.depth):
         x = block(name=blocks.block_name(i), **kw)(x, float(rates[i]), deterministic)
     norm = gathered(nn.LayerNorm, self)(epsilon=self.layer_norm_epsilon, name='encoder_norm')
@@ -298,6 +317,11 @@ class ViT(nn.Module):
   first steps, before the head knows the classes; benchmarks/transfer.py).
   `attention_impl` picks jax.nn.dot_product_attention's kernel: None (JAX's
   choice, XLA today), 'xla', or 'cudnn' (fused, GPU only, bf16/fp16).
+  `remat_policy` (None: keep every activation for the backward pass) names a
+  jax.checkpoint_policies policy each block is rematerialized under:
+  'nothing_saveable' keeps only each block's input (the least memory, about
+  a third more compute), 'dots_saveable' keeps the matmul outputs. The params
+  and the numbers are the same; only memory and time change.
   """
   num_classes: int | None = None
   patch_size: int | Sequence[int] = 16
@@ -316,6 +340,7 @@ class ViT(nn.Module):
   final_norm: str = 'tokens'
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
+  remat_policy: str | None = None
   dtype: Any = 'float32'
 
   def __post_init__(self):
@@ -333,7 +358,8 @@ class ViT(nn.Module):
                 drop_path=self.drop_path, scan=self.scan, pool_type=self.pool_type,
                 final_norm=self.final_norm, gelu_approximate=self.gelu_approximate,
                 layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
-                attention_impl=self.attention_impl, dtype=dtype, name='Transformer')(x, not train)
+                attention_impl=self.attention_impl, remat_policy=self.remat_policy, dtype=dtype,
+                name='Transformer')(x, not train)
     if self.num_classes:
       head_init = nn.initializers.zeros if self.head_zeroinit else inits.get(self.param_init).head_kernel
       x = gathered(nn.Dense, self)(self.num_classes, name='head', kernel_init=head_init)(x)
