@@ -5,8 +5,9 @@ The aux model's params are computed from the learngene in every step
 computation (target ≥ 0.95 in images/s, i.e. ≤ 1.05x time). Both run in one
 process taking turns with a large matmul, whose rate is the peak ("of peak");
 "of spec" divides by the chip's datasheet bf16 figure instead (a fixed
-denominator: common.SPEC_BF16_TFLOPS). Model FLOPs are counted analytically (lgjax.models.flops, training = 3x forward), since
-XLA's cost analysis does not see the GEMMs that GPUs hand to cuBLAS.
+denominator: common.SPEC_BF16_TFLOPS). Model FLOPs are counted analytically
+(lgjax.models.flops, training = 3x forward), since XLA's cost analysis does not
+see the GEMMs that GPUs hand to cuBLAS.
 
   python -m benchmarks.train_throughput [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
       [--grad-accum-steps 16]   # on a CPU: cache-sized micro-batches, the same update
