@@ -4,12 +4,14 @@ Traces a few steps of the same step vs_pytorch times, reads the trace the
 profiler writes (plugins/profile/*/*.trace.json.gz, Chrome trace events, one
 per XLA thunk), and prints time per step by kind of op (matrix multiplies,
 layout copies/transposes, other fused elementwise/reduction kernels) and the
-slowest ops with their output shapes from the compiled HLO. Thunks may overlap on
-the CPU's threads, so the kinds can add up to more than the step's wall time. On a
-GPU the trace holds host-side launches and device kernels (by kernel name) alike:
-read the GPU kinds and the slowest kernels, not the total.
+slowest ops with their launches per step, output shapes and, for a fusion, the
+opcodes it fuses, from the compiled HLO. Thunks may overlap on the CPU's threads,
+so the kinds can add up to more than the step's wall time. On a GPU only the
+device's kernels count (the host's launch events span them); XLA gives identical
+fusions one kernel, so one name can run many times a step (e.g. once per layer).
 
   python -m benchmarks.profile_step [--width 192 --depth 12 --image 32 --patch 4 --batch 128 --grad-accum-steps 1]
+      [--out DIR]   # every op's row, and the compiled step's HLO, whose fusions the GPU's kernels are
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import collections
 import glob
 import gzip
 import json
+import os
 import re
 import tempfile
 
@@ -34,28 +37,49 @@ KINDS = (('GPU matmul kernels', re.compile(r'gemm|xmma|cutlass|cublas|nvjet', re
 NOT_OPS = re.compile(r'^(ThunkExecutor|\$|SlinkyThreadPool|end: |PjitFunction|CommonPjRt|ParseArguments)')
 
 
-def op_times(trace_dir: str, steps: int) -> collections.Counter:
-  """XLA op name -> milliseconds per step, from the profiler's Chrome trace."""
+def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, collections.Counter]:
+  """XLA op (GPU: kernel) name -> milliseconds per step, and -> launches per step, from the
+  profiler's Chrome trace. Where the trace has device lanes (a GPU's '/device:...'
+  processes), only their kernels count: the host's launch and wait events span them."""
   (path,) = glob.glob(f'{trace_dir}/plugins/profile/*/*.trace.json.gz')
   with gzip.open(path) as f:
     trace = json.load(f)
   events = trace['traceEvents'] if isinstance(trace, dict) else trace
-  times = collections.Counter()
+  devices = {e['pid'] for e in events if e.get('ph') == 'M' and e.get('name') == 'process_name'
+             and str(e.get('args', {}).get('name', '')).startswith('/device:')}
+  times, launches = collections.Counter(), collections.Counter()
   for e in events:
-    if e.get('ph') == 'X' and not NOT_OPS.match(e['name']):
+    if e.get('ph') == 'X' and not NOT_OPS.match(e['name']) and (not devices or e.get('pid') in devices):
       times[e['name']] += e['dur'] / 1e3 / steps
-  return times
+      launches[e['name']] += 1 / steps
+  return times, launches
 
 
-def parse_hlo(hlo_text: str) -> tuple[dict[str, str], set[str]]:
-  """Instruction name -> output shape (e.g. 'f32[256,16,64]'), and the names that
-  are or call a dot (XLA:CPU fuses elementwise ops into its GEMM library calls)."""
-  shapes = dict(re.findall(r'^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ', hlo_text, re.M))
+def kernel_name(hlo_name: str) -> str:
+  """The name a GPU kernel of HLO instruction `hlo_name` carries ('.' and '-' become '_')."""
+  return re.sub(r'[.-]', '_', hlo_name)
+
+
+def parse_hlo(hlo_text: str) -> tuple[dict[str, str], set[str], dict[str, str]]:
+  """From compiled HLO: instruction name -> output shape (e.g. 'f32[256,16,64]'); the names
+  that are or call a dot or convolution (XLA:CPU fuses elementwise ops into its GEMM
+  library calls); and fusion name -> the opcodes it fuses, in order (what an elementwise
+  kernel computes). Each name is also keyed as its kernel_name, as a GPU trace shows it."""
+  instructions = re.findall(r'^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+?)(?:\{[^}]*\})? ([\w-]+)\((.*)$', hlo_text, re.M)
   bodies = {m.group(1): m.group(2) for m in re.finditer(r'^%(\S+) .*?\{\n(.*?)\n\}', hlo_text, re.M | re.S)}
-  dots = {name for name, comp in re.findall(r'^\s*(?:ROOT )?%(\S+) = .*?calls=%([^,\s]+)', hlo_text, re.M)
-          if ' dot(' in bodies.get(comp, '')}
-  dots |= set(re.findall(r'^\s*(?:ROOT )?%(\S+) = \S+ dot\(', hlo_text, re.M))
-  return shapes, dots
+  shapes, dots, fused = {}, set(), {}
+  for name, shape, opcode, rest in instructions:
+    callee = re.search(r'calls=%([^,\s]+)', rest)
+    body = bodies.get(callee.group(1), '') if callee else ''
+    ops = [op for _, op in re.findall(r'= (\(.*?\)|\S+) ([\w-]+)\(', body)
+           if op not in ('parameter', 'constant', 'bitcast', 'broadcast', 'tuple', 'get-tuple-element')]
+    for key in {name, kernel_name(name)}:
+      shapes[key] = shape
+      if {opcode, *ops} & {'dot', 'convolution'}:
+        dots.add(key)
+      if opcode == 'fusion':
+        fused[key] = ' '.join(dict.fromkeys(ops))
+  return shapes, dots, fused
 
 
 def kind_of(op: str, dots: set[str]) -> str:
@@ -76,6 +100,7 @@ def main():
   p.add_argument('--grad-accum-steps', type=int, default=1, help='micro-batches per step')
   p.add_argument('--steps', type=int, default=3)
   p.add_argument('--top', type=int, default=12)
+  p.add_argument('--out', default=None, help='directory for every op\'s row and the compiled HLO')
   p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
   p.add_argument('--attention-impl', default=None, choices=('xla', 'cudnn'), help='ViT.attention_impl')
   args = p.parse_args()
@@ -89,9 +114,10 @@ def main():
     with jax.profiler.trace(trace_dir):
       for _ in range(args.steps):
         jax.block_until_ready(one())
-    times = op_times(trace_dir, args.steps)
+    times, launches = op_times(trace_dir, args.steps)
 
-  shapes, dots = parse_hlo(one.compiled().as_text())
+  hlo = one.compiled().as_text()
+  shapes, dots, fused = parse_hlo(hlo)
   gflop = 3 * flops.forward_flops(cfg, batch['image'].shape[1:]) * args.batch / 1e9
   by_kind = collections.Counter()
   for op, ms in times.items():
@@ -107,10 +133,18 @@ def main():
   if matmul_ms:
     print(f'Model FLOPs / matmul time: {gflop / (matmul_ms / 1e3):.1f} GFLOP/s (the GEMMs\' own rate: '
           'nearly all model FLOPs are matmul FLOPs)')
-  print(f'\nSlowest {args.top} ops (ms / step):')
+  row = lambda op, ms: (f'{ms:7.2f}  {launches[op]:4.0f}x  {op} -> {shapes.get(op, "?")}  [{kind_of(op, dots)}]'
+                        + (f'  {fused[op]}' if op in fused else ''))
+  print(f'\nSlowest {args.top} ops (ms / step, launches / step):')
   for op, ms in times.most_common(args.top):
-    print(f'  {ms:7.2f}  {op} -> {shapes.get(op, "?")}  [{kind_of(op, dots)}]')
-
+    print('  ' + row(op, ms))
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'profile_ops.txt'), 'w') as f:
+      f.write(''.join(row(op, ms) + '\n' for op, ms in times.most_common()))
+    with open(os.path.join(args.out, 'step_hlo.txt'), 'w') as f:
+      f.write(hlo)
+    print(f'Every op: {args.out}/profile_ops.txt; the compiled step: {args.out}/step_hlo.txt')
 
 if __name__ == '__main__':
   main()

@@ -1,4 +1,5 @@
-"""The studies run end to end on a micro plan (slow tier): their wiring, not their numbers."""
+"""The benchmarks: the studies run end to end on a micro plan (slow tier), their wiring, not their
+numbers; the profiler's trace and HLO reading against hand-made inputs."""
 
 import os
 
@@ -66,3 +67,50 @@ def test_input_benchmark_reads_the_generated_set_in_workers(tmp_path):
   rates = {(r[0].strip(), int(r[1])): float(r[3]) for r in rows if r[1].strip().isdigit()}  # (split, workers) -> img/s
   assert set(rates) == {(s, w) for s in ('train', 'eval') for w in (0, 2)} and all(r > 0 for r in rates.values())
   assert os.path.exists(tmp_path / 'train_64x48.array_record')
+
+
+def test_profile_counts_a_gpus_kernels_once_and_names_what_a_fusion_computes(tmp_path):
+  import gzip
+  import json
+  from benchmarks import profile_step
+  lane = lambda pid, name: {'ph': 'M', 'name': 'process_name', 'pid': pid, 'args': {'name': name}}
+  run = lambda pid, name, us: {'ph': 'X', 'pid': pid, 'name': name, 'dur': us}
+  host, device = [lane(1, '/host:CPU')], [lane(2, '/device:GPU:0')]
+  events = [run(2, 'loop_add_fusion_3', 1000), run(2, 'loop_add_fusion_3', 3000), run(2, 'nvjet_x', 500),
+            run(1, 'PjRtCApiLoadedExecutable::Execute', 9000)]  # spans the kernels it launches
+  on_host = [{**e, 'pid': 1} for e in events]  # a CPU's trace: the thunks are the host's
+  for case, trace, want in (('gpu', host + device + events, {'loop_add_fusion_3': 2.0, 'nvjet_x': 0.25}),  # 2 steps
+                            ('cpu', host + on_host, {'loop_add_fusion_3': 2.0, 'nvjet_x': 0.25,
+                                                     'PjRtCApiLoadedExecutable::Execute': 4.5})):
+    folder = tmp_path / case / 'plugins' / 'profile' / 'run'
+    folder.mkdir(parents=True)
+    with gzip.open(folder / 'host.trace.json.gz', 'wt') as f:
+      json.dump({'traceEvents': trace}, f)
+    times, launches = profile_step.op_times(str(tmp_path / case), steps=2)
+    assert dict(times) == want
+  assert dict(launches)['loop_add_fusion_3'] == 1.0 and dict(launches)['nvjet_x'] == 0.5
+
+  hlo = '''HloModule m
+
+%fused_computation.1 (param_0: f32[4], param_1: bf16[4]) -> bf16[4] {
+  %param_0 = f32[4]{0} parameter(0)
+  %param_1 = bf16[4]{0} parameter(1)
+  %convert.2 = f32[4]{0} convert(%param_1)
+  %constant.1 = f32[] constant(1)
+  %broadcast.1 = f32[4]{0} broadcast(%constant.1), dimensions={}
+  %add.1 = f32[4]{0} add(%param_0, %convert.2)
+  %multiply.1 = f32[4]{0} multiply(%add.1, %broadcast.1)
+  ROOT %convert.3 = bf16[4]{0} convert(%multiply.1)
+}
+
+ENTRY %main.2 (p: f32[4], q: bf16[4]) -> bf16[4] {
+  %p = f32[4]{0} parameter(0)
+  %q = bf16[4]{0} parameter(1)
+  ROOT %loop_add_fusion.3 = bf16[4]{0} fusion(%p, %q), kind=kLoop, calls=%fused_computation.1
+}
+'''
+  shapes, dots, fused = profile_step.parse_hlo(hlo)
+  assert shapes['loop_add_fusion_3'] == shapes['loop_add_fusion.3'] == 'bf16[4]'
+  assert fused['loop_add_fusion_3'] == 'convert add multiply' and not dots
+  compiled = jax.jit(lambda a, b: a @ b).lower(np.ones((8, 8), np.float32), np.ones((8, 8), np.float32)).compile()
+  assert profile_step.parse_hlo(compiled.as_text())[1]  # the GEMM, fused or not
