@@ -309,7 +309,9 @@ def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path, preset, lr
     ({'optimizer.clip_norm': -1.0}, ValueError, r'optimizer.clip_norm must be >= 0 \(0: no clipping\), got -1.0'),
     ({'dataset.train_fraction': 0.0}, ValueError, r'dataset.train_fraction must be in \(0, 1\], got 0.0'),
     ({'dataset.augment': 'autoaug'}, ValueError, r"dataset.augment must be one of \('none', 'inception'\), got 'autoaug'"),
-    ({'model.remat_policy': 'all'}, ValueError, r"remat_policy must be one of \(None, 'nothing_saveable', "),
+    ({'model.remat_policy': 'all'}, ValueError, r"^model.remat_policy must be one of \(None, 'nothing_saveable', "),
+    ({'model.num_heads': 5}, ValueError, r'^model.num_heads must be a positive divisor of width=32, got 5'),
+    ({'model.param_init': 'xavier'}, ValueError, r"^model.param_init must be one of \['big_vision', "),
 ])
 def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
   with pytest.raises(error, match=message):

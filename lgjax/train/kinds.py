@@ -48,8 +48,13 @@ class Kind:
 
 
 def model_config(config: Any) -> ViTConfig:
-  """The ViT of `config.model` (what checkpoints store)."""
-  return ViTConfig.of(config.model.to_dict())
+  """The ViT of `config.model` (what checkpoints store). Its errors name the field as the
+  config does (model.remat_policy), where the ViT's name it bare (remat_policy)."""
+  try:
+    return ViTConfig.of(config.model.to_dict())
+  except ValueError as e:
+    named = str(e).split(' ', 1)[0] in ViTConfig.__dataclass_fields__
+    raise ValueError(f'model.{e}' if named else f'model: {e}') from None
 
 
 def _vit_init(model_cfg: dict, image_shape: Sequence[int]) -> Callable[[jax.Array], PyTree]:
