@@ -208,3 +208,22 @@ def test_cross_specs_keep_their_instances_accuracy_at_step_0(tmp_path):
   assert alone > 0.9, acc  # the instances learned the source digits
   for spec in ('0.1-1.1', '1.1-0.1'):  # measured: 0.72 from instances of 0.95-0.98; 0.37-0.43 one-class
     assert acc[spec] > alone - 0.3 and acc[spec] > one_class[spec] + 0.2, (acc, one_class)
+
+
+def test_stitched_blocks_take_the_vits_runtime_fields():
+  """A stitched model's blocks honour remat_policy and attention_impl as a ViT's do: remat
+  puts each block under jax.checkpoint and keeps the numbers; 'cudnn' reaches the attention
+  (which has no cuDNN on a CPU)."""
+  from lgjax.models.stitched import StitchedViT
+  x = jax.random.normal(jax.random.key(0), (4, *IMAGE_SHAPE))
+  model = lambda **fields: StitchedViT({**CONFIGS[0], **fields}, {**CONFIGS[1], **fields}, j=1, k=1)
+  params = model().init(jax.random.key(1), x)['params']
+  forward = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x) ** 2)
+  remat = model(remat_policy='nothing_saveable')
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               jax.value_and_grad(forward(remat))(params), jax.value_and_grad(forward(model()))(params))
+  remat_name = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # e.g. 'remat2'
+  checkpoints = lambda m: str(jax.make_jaxpr(forward(m))(params)).count(f'{remat_name}[')
+  assert (checkpoints(remat), checkpoints(model())) == (2, 0)  # front block 0, end block 1
+  with pytest.raises(RuntimeError, match='cuDNN'):
+    model(attention_impl='cudnn').apply({'params': params}, x)
