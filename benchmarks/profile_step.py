@@ -4,8 +4,9 @@ Traces a few steps of the same step vs_pytorch times, reads the trace the
 profiler writes (plugins/profile/*/*.trace.json.gz, Chrome trace events, one
 per XLA thunk), and prints time per step by kind of op (matrix multiplies,
 layout copies/transposes, other fused elementwise/reduction kernels) and the
-slowest ops with their launches per step, output shapes and, for a fusion, the
-opcodes it fuses, from the compiled HLO. Thunks may overlap on the CPU's threads,
+slowest ops with, from the compiled HLO, their launches per step, output shapes,
+the memory rate their operand and output bytes imply, what a fusion fuses and the
+model op it comes from. Thunks may overlap on the CPU's threads,
 so the kinds can add up to more than the step's wall time. On a GPU only the
 device's kernels count (the host's launch events span them); XLA gives identical
 fusions one kernel, so one name can run many times a step (e.g. once per layer).
@@ -24,8 +25,10 @@ import json
 import os
 import re
 import tempfile
+from typing import NamedTuple
 
 import jax
+import numpy as np
 
 from benchmarks.common import median_time, random_batch, step_runner
 from lgjax.models import ViT, flops
@@ -60,32 +63,63 @@ def kernel_name(hlo_name: str) -> str:
   return re.sub(r'[.-]', '_', hlo_name)
 
 
-def parse_hlo(hlo_text: str) -> tuple[dict[str, str], set[str], dict[str, str]]:
-  """From compiled HLO: instruction name -> output shape (e.g. 'f32[256,16,64]'); the names
-  that are or call a dot or convolution (XLA:CPU fuses elementwise ops into its GEMM
-  library calls); and fusion name -> the opcodes it fuses, in order (what an elementwise
-  kernel computes). Each name is also keyed as its kernel_name, as a GPU trace shows it."""
+class HloOp(NamedTuple):
+  """What the compiled HLO says of one instruction (a fusion is one kernel)."""
+  shape: str    # its output, e.g. 'bf16[1024,196,384]'
+  matmul: bool  # is or calls a dot / convolution (XLA:CPU fuses elementwise ops into its GEMMs)
+  fuses: str    # a fusion's opcodes, in order: what an elementwise kernel computes
+  bytes: int    # its operands' and output's bytes: what it moves to and from memory, at least
+  where: str    # the model op it comes from (metadata op_name), e.g. 'transpose(jvp(ViT))/...'
+
+
+_SKIP = ('parameter', 'constant', 'bitcast', 'broadcast', 'tuple', 'get-tuple-element')
+
+
+def shape_bytes(shape: str) -> int:
+  """Bytes of an HLO shape string, tuples summed: 'bf16[2,3]{1,0}' -> 12."""
+  total = 0
+  for dtype, dims in re.findall(r'([a-z]\w*)\[([\d,]*)\]', shape):
+    bits = re.match(r'[a-z]+(\d+)', dtype)
+    size = 0 if dtype == 'token' else int(bits.group(1)) // 8 if bits else 1  # pred: a byte
+    total += size * int(np.prod([int(d) for d in dims.split(',') if d]))
+  return total
+
+
+def parse_hlo(hlo_text: str) -> dict[str, HloOp]:
+  """Compiled HLO -> instruction name -> HloOp, each name also keyed as its kernel_name
+  (how a GPU trace shows it)."""
   instructions = re.findall(r'^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+?)(?:\{[^}]*\})? ([\w-]+)\((.*)$', hlo_text, re.M)
   bodies = {m.group(1): m.group(2) for m in re.finditer(r'^%(\S+) .*?\{\n(.*?)\n\}', hlo_text, re.M | re.S)}
-  shapes, dots, fused = {}, set(), {}
+  shapes = {name: shape for name, shape, _, _ in instructions}
+  ops = {}
   for name, shape, opcode, rest in instructions:
     callee = re.search(r'calls=%([^,\s]+)', rest)
     body = bodies.get(callee.group(1), '') if callee else ''
-    ops = [op for _, op in re.findall(r'= (\(.*?\)|\S+) ([\w-]+)\(', body)
-           if op not in ('parameter', 'constant', 'bitcast', 'broadcast', 'tuple', 'get-tuple-element')]
-    for key in {name, kernel_name(name)}:
-      shapes[key] = shape
-      if {opcode, *ops} & {'dot', 'convolution'}:
-        dots.add(key)
-      if opcode == 'fusion':
-        fused[key] = ' '.join(dict.fromkeys(ops))
-  return shapes, dots, fused
+    inner = [op for _, op in re.findall(r'= (\(.*?\)|\S+) ([\w-]+)\(', body) if op not in _SKIP]
+    operands = re.findall(r'%([^\s,()]+)', rest.split(')', 1)[0])
+    where = re.search(r'op_name="(?:jit\([^)]*\)/)?([^"]*)"', rest)
+    op = HloOp(shape, bool({opcode, *inner} & {'dot', 'convolution'}),
+               ' '.join(dict.fromkeys(inner)) if opcode == 'fusion' else '',
+               shape_bytes(shape) + sum(shape_bytes(shapes.get(o, '')) for o in operands),
+               where.group(1) if where else '')
+    ops[name] = ops[kernel_name(name)] = op
+  return ops
 
 
-def kind_of(op: str, dots: set[str]) -> str:
-  if op in dots:
+def kind_of(name: str, ops: dict[str, HloOp]) -> str:
+  if name in ops and ops[name].matmul:
     return 'matmul (with what XLA fused into it)'
-  return next((kind for kind, pattern in KINDS if pattern.search(op)), 'other')
+  return next((kind for kind, pattern in KINDS if pattern.search(name)), 'other')
+
+
+def describe(name: str, ms: float, launches: float, ops: dict[str, HloOp]) -> str:
+  """One op's row: ms and launches per step, name, shape, kind, memory rate, what it fuses, where from."""
+  op = ops.get(name)
+  row = f'{ms:7.2f}  {launches:4.0f}x  {name} -> {op.shape if op else "?"}  [{kind_of(name, ops)}]'
+  if op:
+    row += f'  {op.bytes * launches / ms / 1e6:.0f} GB/s' if op.bytes and ms else ''
+    row += (f'  {op.fuses}' if op.fuses else '') + (f'  @ {op.where}' if op.where else '')
+  return row
 
 
 def main():
@@ -117,11 +151,11 @@ def main():
     times, launches = op_times(trace_dir, args.steps)
 
   hlo = one.compiled().as_text()
-  shapes, dots, fused = parse_hlo(hlo)
+  ops = parse_hlo(hlo)
   gflop = 3 * flops.forward_flops(cfg, batch['image'].shape[1:]) * args.batch / 1e9
   by_kind = collections.Counter()
-  for op, ms in times.items():
-    by_kind[kind_of(op, dots)] += ms
+  for name, ms in times.items():
+    by_kind[kind_of(name, ops)] += ms
   print(f'ViT width {args.width} depth {args.depth}, {args.image}px/p{args.patch}, batch {args.batch} '
         f'in {args.grad_accum_steps} micro-batch(es): '
         f'step {wall * 1e3:.0f} ms wall, {gflop / wall:.1f} GFLOP/s; {len(times)} ops')
@@ -133,15 +167,13 @@ def main():
   if matmul_ms:
     print(f'Model FLOPs / matmul time: {gflop / (matmul_ms / 1e3):.1f} GFLOP/s (the GEMMs\' own rate: '
           'nearly all model FLOPs are matmul FLOPs)')
-  row = lambda op, ms: (f'{ms:7.2f}  {launches[op]:4.0f}x  {op} -> {shapes.get(op, "?")}  [{kind_of(op, dots)}]'
-                        + (f'  {fused[op]}' if op in fused else ''))
-  print(f'\nSlowest {args.top} ops (ms / step, launches / step):')
-  for op, ms in times.most_common(args.top):
-    print('  ' + row(op, ms))
+  rows = [describe(name, ms, launches[name], ops) for name, ms in times.most_common()]
+  print(f'\nSlowest {args.top} ops (ms and launches per step; GB/s: the HLO\'s operand and output bytes):')
+  print(''.join(f'  {row}\n' for row in rows[:args.top]), end='')
   if args.out:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'profile_ops.txt'), 'w') as f:
-      f.write(''.join(row(op, ms) + '\n' for op, ms in times.most_common()))
+      f.write(''.join(row + '\n' for row in rows))
     with open(os.path.join(args.out, 'step_hlo.txt'), 'w') as f:
       f.write(hlo)
     print(f'Every op: {args.out}/profile_ops.txt; the compiled step: {args.out}/step_hlo.txt')

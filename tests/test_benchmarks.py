@@ -106,11 +106,17 @@ def test_profile_counts_a_gpus_kernels_once_and_names_what_a_fusion_computes(tmp
 ENTRY %main.2 (p: f32[4], q: bf16[4]) -> bf16[4] {
   %p = f32[4]{0} parameter(0)
   %q = bf16[4]{0} parameter(1)
-  ROOT %loop_add_fusion.3 = bf16[4]{0} fusion(%p, %q), kind=kLoop, calls=%fused_computation.1
+  ROOT %loop_add_fusion.3 = bf16[4]{0} fusion(%p, %q), kind=kLoop, calls=%fused_computation.1, metadata={op_name="jit(train_step)/ViT/LayerNorm_0/add" source_file="vit.py"}
 }
 '''
-  shapes, dots, fused = profile_step.parse_hlo(hlo)
-  assert shapes['loop_add_fusion_3'] == shapes['loop_add_fusion.3'] == 'bf16[4]'
-  assert fused['loop_add_fusion_3'] == 'convert add multiply' and not dots
+  ops = profile_step.parse_hlo(hlo)
+  fusion = ops['loop_add_fusion_3']  # the kernel's name for loop_add_fusion.3
+  assert fusion == ops['loop_add_fusion.3'] and fusion.shape == 'bf16[4]' and not fusion.matmul
+  assert fusion.fuses == 'convert add multiply' and fusion.where == 'ViT/LayerNorm_0/add'
+  assert fusion.bytes == 4 * 4 + 4 * 2 + 4 * 2  # reads p (f32) and q (bf16), writes bf16
+  row = profile_step.describe('loop_add_fusion_3', ms=1e-6, launches=2.0, ops=ops)  # 2 x 32 bytes a nanosecond
+  assert row.endswith('2x  loop_add_fusion_3 -> bf16[4]  [elementwise / reduction]  64 GB/s  convert add multiply'
+                      '  @ ViT/LayerNorm_0/add')
+  assert profile_step.shape_bytes('(f32[2,3]{1,0}, pred[5], bf16[])') == 24 + 5 + 2
   compiled = jax.jit(lambda a, b: a @ b).lower(np.ones((8, 8), np.float32), np.ones((8, 8), np.float32)).compile()
-  assert profile_step.parse_hlo(compiled.as_text())[1]  # the GEMM, fused or not
+  assert any(op.matmul for op in profile_step.parse_hlo(compiled.as_text()).values())  # the GEMM, fused or not
