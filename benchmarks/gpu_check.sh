@@ -23,7 +23,7 @@ sharding_pid=$!
 # expansion math only (55 tests, 189 s in one process on an H200, nearly all of it compiling on the
 # host); checkpoints and converters are host-side and run in CI. With pytest-xdist (a wheel in .whl/
 # where the machine has no registry), 4 processes share the GPU, each allocating only what it uses.
-workers=$($PY -c "import xdist" 2>/dev/null && echo "-n 4")
+workers=$($PY -c "import pytest, xdist; assert int(pytest.__version__.split('.')[0]) >= 7" 2>/dev/null && echo "-n 4")
 JAX_PLATFORMS=cuda XLA_FLAGS= JAX_DEFAULT_MATMUL_PRECISION=highest PYTHONUNBUFFERED=1 \
   XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 $PY -m pytest -q -p no:cacheprovider -x $workers \
   --durations=5 tests/test_vit.py tests/test_blocks.py tests/test_tleg.py tests/test_sws.py 2>&1 \
