@@ -52,20 +52,6 @@ def matmul(n: int = 2048, dtype: str = 'float32', count: int = 1) -> tuple[Calla
   return (lambda: f(a, a[:n])), 2 * count * n ** 3 / 1e9
 
 
-# Datasheet dense bfloat16 matmul TFLOP/s by device kind (the first name found in
-# device_kind wins): the fixed denominator of MFU, where the measured peak moves with
-# the chip's clocks and power (541-647 TFLOP/s on one H200 kind, gpu_h200.md).
-SPEC_BF16_TFLOPS = (('H100 PCIe', 756), ('H100', 989), ('H200', 989), ('A100', 312),
-                    ('TPU v4', 275), ('TPU v5 lite', 197), ('TPU v5', 459), ('TPU v6 lite', 918))
-
-
-def spec_peak(device_kind: str, dtype: str) -> float | None:
-  """GFLOP/s of the chip's datasheet for dense `dtype` matmuls; None for another chip or dtype."""
-  if jnp.dtype(dtype) != jnp.bfloat16:
-    return None
-  return next((1e3 * tflops for name, tflops in SPEC_BF16_TFLOPS if name in device_kind), None)
-
-
 def train_once(config, workdir: str) -> str:
   """Trains `config` into `workdir` unless a finished run (its export written) is there; the workdir."""
   if not os.path.exists(os.path.join(workdir, 'export')):

@@ -5,7 +5,7 @@ The aux model's params are computed from the learngene in every step
 computation (target ≥ 0.95 in images/s, i.e. ≤ 1.05x time). Both run in one
 process taking turns with a large matmul, whose rate is the peak ("of peak");
 "of spec" divides by the chip's datasheet bf16 figure instead (a fixed
-denominator: common.SPEC_BF16_TFLOPS). Model FLOPs are counted analytically
+denominator: lgjax.models.flops.CHIP_BF16_TFLOPS). Model FLOPs are counted analytically
 (lgjax.models.flops, training = 3x forward), since XLA's cost analysis does not
 see the GEMMs that GPUs hand to cuBLAS.
 
@@ -20,7 +20,7 @@ import argparse
 
 import jax
 
-from benchmarks.common import interleaved_times, matmul, random_batch, spec_peak, step_runner
+from benchmarks.common import interleaved_times, matmul, random_batch, step_runner
 from lgjax.learngene import tleg
 from lgjax.models import flops
 
@@ -56,7 +56,7 @@ def main():
   rows = [(name, args.batch / t, 3 * flops.forward_flops(cfg, shape) * args.batch / t / 1e9)
           for name, t in times.items()]
   kind = jax.devices()[0].device_kind
-  spec = spec_peak(kind, args.dtype)
+  spec = (flops.chip_peak(kind, args.dtype) or 0) / 1e9
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
         f'attention {args.attention_impl or "default"}, batch {args.batch} in {accum} micro-batch(es), {args.dtype}, '

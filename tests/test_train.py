@@ -22,7 +22,7 @@ from lgjax import checkpoint, data
 from lgjax import tree as tree_lib
 from lgjax.learngene import METHODS, load_learngene, save_learngene
 from lgjax.learngene import registry, sws, tleg
-from lgjax.models import ViT, blocks
+from lgjax.models import ViT, ViTConfig, blocks, flops
 from lgjax.train import kinds, loop, optim, parallel, reporting, train_and_evaluate
 from lgjax.train import step as step_lib
 
@@ -39,6 +39,34 @@ def test_model_trains_on_embedded_data(tmp_path):
   assert model_cfg['depth'] == 2 and blocks.depth(params) == 2
   assert os.path.getsize(tmp_path / reporting.PLOT_FILE) > 1000
   assert os.listdir(tmp_path / 'tensorboard')
+  # the step's rate: model FLOPs (3x the forward) per device; no MFU on a chip without a datasheet peak
+  train_flops = 3 * flops.forward_flops(model_cfg, (28, 28, 1))
+  for record in reporting.read_metrics(str(tmp_path)).values():
+    if 'loss' in record:
+      assert record['tflops_per_device'] == pytest.approx(
+          record['images_per_sec'] * train_flops / jax.device_count() / 1e12, rel=1e-6)
+      assert 'mfu' not in record
+
+
+def test_speed_is_model_flops_per_device_over_the_chips_datasheet_peak():
+  from types import SimpleNamespace
+  h200s = [SimpleNamespace(device_kind='NVIDIA H200')] * 8
+  got = reporting.speed(1000.0, 27.4e9, 'bfloat16', h200s)  # DeiT-S: 27.4 GFLOP per trained image
+  assert got == pytest.approx({'images_per_sec': 1000.0, 'tflops_per_device': 3.425, 'mfu': 3.425 / 989})
+  assert reporting.speed(1000.0, 27.4e9, 'float32', h200s).keys() == {'images_per_sec', 'tflops_per_device'}
+  assert reporting.speed(1000.0, None, 'bfloat16', h200s) == {'images_per_sec': 1000.0}
+  peaks = {kind: flops.chip_peak(kind, 'bfloat16') for kind in
+           ('NVIDIA H100 PCIe', 'NVIDIA H100 80GB HBM3', 'TPU v5 lite', 'TPU v5', 'cpu')}
+  assert peaks == {'NVIDIA H100 PCIe': 756e12, 'NVIDIA H100 80GB HBM3': 989e12, 'TPU v5 lite': 197e12,
+                   'TPU v5': 459e12, 'cpu': None}  # the first name found wins
+
+
+def test_a_distilling_steps_flops_add_the_teachers_forward():
+  student, teacher = dict(TINY), {**TINY, 'width': 64, 'mlp_dim': 128}
+  # by hand (flops.block_flops' formula): 16 tokens of 4x4x1 patches, 5 classes
+  forward = lambda w, m: 2 * 16 * 16 * w + 3 * (8 * 16 * w ** 2 + 4 * 16 ** 2 * w + 4 * 16 * w * m) + 2 * w * 5
+  assert loop.step_flops(ViTConfig.of(student), None, IMAGE_SHAPE) == 3 * forward(32, 64)
+  assert loop.step_flops(ViTConfig.of(student), ViT(**teacher), IMAGE_SHAPE) == 3 * forward(32, 64) + forward(64, 128)
 
 
 def test_trains_on_mock_tfds_data(tmp_path):

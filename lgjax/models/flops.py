@@ -1,4 +1,5 @@
-"""Forward FLOPs of ViT parts, counted as 2 x multiply-adds of the matmuls.
+"""Forward FLOPs of ViT parts, counted as 2 x multiply-adds of the matmuls, and
+the datasheet peaks of the chips they run on: the two halves of MFU.
 
 LayerNorm, softmax, GELU and residual adds are left out, as is usual for
 model-FLOPs utilization; a training step costs about 3x the forward pass.
@@ -7,6 +8,8 @@ model-FLOPs utilization; a training step costs about 3x the forward pass.
 from __future__ import annotations
 
 from typing import Sequence
+
+import numpy as np
 
 from lgjax.models.vit import ViTConfig
 
@@ -41,3 +44,18 @@ def forward_flops(config: dict, image_shape: Sequence[int]) -> int:
   mlp = ViTConfig.of(config).mlp_dim
   blocks = config['depth'] * block_flops(num_tokens(config, image_shape), config['width'], mlp)
   return stem_flops(config, image_shape) + blocks + head_flops(config)
+
+
+# Datasheet dense bfloat16 matmul TFLOP/s per chip, by device kind (the first name found in
+# jax's device_kind wins): the fixed denominator of MFU, where a measured peak moves with
+# the chip's clocks and power (541-698 TFLOP/s on one H200 kind, benchmarks/results/gpu_h200.md).
+CHIP_BF16_TFLOPS = (('H100 PCIe', 756), ('H100', 989), ('H200', 989), ('A100', 312),
+                    ('TPU v4', 275), ('TPU v5 lite', 197), ('TPU v5', 459), ('TPU v6 lite', 918))
+
+
+def chip_peak(device_kind: str, dtype) -> float | None:
+  """FLOP/s of the chip's datasheet for dense `dtype` matmuls; None for a chip or dtype the
+  table lacks (a float32 step's peak depends on whether its matmuls use TF32 or bf16 passes)."""
+  if np.dtype(dtype) != np.dtype('bfloat16'):
+    return None
+  return next((1e12 * tflops for name, tflops in CHIP_BF16_TFLOPS if name in device_kind), None)

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from lgjax import checkpoint, data
 from lgjax import tree as tree_lib
-from lgjax.models import ViT
+from lgjax.models import ViT, ViTConfig, flops
 from lgjax.train import checkpoints, kinds, optim, parallel, reporting, step
 
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
@@ -136,6 +136,13 @@ def load_teacher(config: Any, compute_dtype: str) -> tuple[ViT | None, Any]:
     raise ValueError(f'teacher.dir {config.teacher.dir!r} has num_classes={teacher_cfg.get("num_classes")} '
                      f'but model.num_classes={config.model.num_classes}; distillation needs the same classes.')
   return ViT(**{**teacher_cfg, 'dtype': compute_dtype}), params
+
+
+def step_flops(model_cfg: Any, teacher: ViT | None, image_shape) -> int:
+  """Model FLOPs of one image in a train step: the model's forward and backward (3x the
+  forward) and, when distilling, the teacher's forward."""
+  teacher_flops = flops.forward_flops(ViTConfig.of(teacher), image_shape) if teacher else 0
+  return 3 * flops.forward_flops(model_cfg, image_shape) + teacher_flops
 
 
 @contextlib.contextmanager
@@ -274,6 +281,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   example_loss = (kind.example_loss(teacher) if kind.example_loss
                   else step.classification_loss(model, config.loss, teacher))
   predict = kind.predict or (lambda p, x: {'': model.apply({'params': kind.to_params(p)}, x)})
+  flops_per_image = None if kind.example_loss else step_flops(model_cfg, teacher, image_shape)
   train_step = backend.wrap_train(functools.partial(
       step.make_train_step, example_loss=example_loss, to_params=kind.to_params,
       optimizer=optimizer, schedule=schedule, grad_accum_steps=config.grad_accum_steps))
@@ -297,7 +305,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         if save or step_num % config.log_every == 0:
           final = backend.metrics(metrics)
           _check_finite(final, step_num, ckpt)
-          reporter.write(step_num, {**final, 'images_per_sec': reporter.throughput(step_num)})
+          reporter.write(step_num, {**final, **reporting.speed(reporter.throughput(step_num), flops_per_image,
+                                                               config.compute_dtype)})
         if step_num % config.eval_every == 0 or step_num == config.total_steps:
           final.update(evaluate(config, backend, eval_step, dstate))
           reporter.write(step_num, {k: v for k, v in final.items() if k.startswith('eval')})

@@ -14,6 +14,8 @@ import time
 import jax
 import tqdm
 
+from lgjax.models import flops
+
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'curves.png'
 
@@ -65,7 +67,7 @@ class Reporter:
     for k, v in metrics.items():
       self.tb.add_scalar(k, v, step)
     shown = {k: f'{v:.4g}' for k, v in metrics.items()
-             if k in ('loss', 'learning_rate', 'images_per_sec', 'eval_accuracy')}
+             if k in ('loss', 'learning_rate', 'images_per_sec', 'mfu', 'eval_accuracy')}
     if not self.bar.disable:
       self.bar.n = step
       self.bar.set_postfix(shown)
@@ -78,6 +80,22 @@ class Reporter:
       self.bar.close()
       self.tb.close()
       self.jsonl.close()
+
+
+def speed(images_per_sec: float, flops_per_image: float | None, dtype, devices=None) -> dict[str, float]:
+  """The step's rate: images_per_sec and, where its model FLOPs per image are known,
+  tflops_per_device and, on a chip whose `dtype` datasheet peak flops.chip_peak knows, mfu
+  (each device's model FLOP/s over that peak), as big_vision and MaxText log them.
+  `devices`: all the run's (jax.devices())."""
+  metrics = {'images_per_sec': images_per_sec}
+  if flops_per_image:
+    devices = devices or jax.devices()
+    per_device = images_per_sec * flops_per_image / len(devices)
+    metrics['tflops_per_device'] = per_device / 1e12
+    peak = flops.chip_peak(devices[0].device_kind, dtype)
+    if peak:
+      metrics['mfu'] = per_device / peak
+  return metrics
 
 
 def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
