@@ -119,6 +119,7 @@ def base(preset: str, *, kind: str, batch_size: int, epochs: float, lr: float,
   config.checkpoint_every = max(1, nominal // 2) if small else 5000
   config.log_every = 10 if small else 100
   config.keep_checkpoints = 2
+  config.profile_steps = 0
   config.grad_accum_steps = 1
   config.parallelism = 'jit'
   config.sharding = ml_collections.ConfigDict(dict(fsdp=1, min_size=parallel.MIN_SHARD_SIZE))
@@ -146,6 +147,8 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'checkpoint_every': 'steps between checkpoints (a run resumes from the newest intact one)',
     'log_every': 'steps between metric records',
     'keep_checkpoints': 'checkpoints kept',
+    'profile_steps': 'train steps traced with jax.profiler from the second step a process runs, into '
+                     'workdir/tensorboard (TensorBoard\'s Profile tab; 0: none)',
     'grad_accum_steps': 'micro-batches per step: the same update in less memory',
     'parallelism': 'jit (a mesh over all devices, batch sharded) | pmap',
     'sharding.fsdp': 'devices each param, optimizer moment and teacher weight is split over (FSDP); '

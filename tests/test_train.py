@@ -1,4 +1,5 @@
 import functools
+import glob
 import json
 import os
 import re
@@ -46,6 +47,44 @@ def test_model_trains_on_embedded_data(tmp_path):
       assert record['tflops_per_device'] == pytest.approx(
           record['images_per_sec'] * train_flops / jax.device_count() / 1e12, rel=1e-6)
       assert 'mfu' not in record
+
+
+def test_profile_steps_traces_steps_after_the_compiling_one(tmp_path, monkeypatch):
+  windows = []
+
+  class Recorded(reporting.StepTrace):
+    def __init__(self, log_dir, steps):
+      windows.append(steps)
+      super().__init__(log_dir, steps)
+
+  monkeypatch.setattr(reporting, 'StepTrace', Recorded)
+  train_and_evaluate(run_config('teacher', total_steps=4, profile_steps=2), str(tmp_path))
+  assert windows == [range(2, 4)]  # step 1 compiles
+  assert glob.glob(str(tmp_path / reporting.TENSORBOARD_DIR / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
+  train_and_evaluate(run_config('teacher', total_steps=6, profile_steps=9), str(tmp_path))  # resumes at 4
+  assert windows[1] == range(6, 7)  # cut at the last step
+
+
+def test_a_step_trace_stops_once_its_steps_ran_or_the_loop_ends(monkeypatch):
+  events = []
+  monkeypatch.setattr(jax.profiler, 'start_trace', lambda log_dir: events.append('start'))
+  monkeypatch.setattr(jax.profiler, 'stop_trace', lambda: events.append('stop'))
+  trace = reporting.StepTrace('logs', range(3, 5))
+  for step_num in range(1, 7):
+    trace.before(step_num)
+    events.append(step_num)
+    trace.after(step_num, jnp.zeros(()))
+  trace.close()
+  assert events == [1, 2, 'start', 3, 4, 'stop', 5, 6]
+  events.clear()
+  trace = reporting.StepTrace('logs', range(2, 9))
+  for step_num in (1, 2):  # the loop fails in step 2
+    trace.before(step_num)
+  trace.close()
+  trace.close()
+  assert events == ['start', 'stop']
+  reporting.StepTrace('logs', range(2, 2)).before(2)  # profile_steps 0
+  assert events == ['start', 'stop']
 
 
 def test_speed_is_model_flops_per_device_over_the_chips_datasheet_peak():
@@ -331,6 +370,7 @@ def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path, preset, lr
     ({'seed': -1}, ValueError, r'seed must be an integer >= 0, got -1'),
     ({'dataset.classes': 'all'}, ValueError, r"model.num_classes=5 \(from dataset.num_classes\) is smaller than the 10 classes of dataset 'mnist5k' \(all\)"),
     ({'input_threads': -2}, ValueError, r'input_threads must be an integer >= 0, got -2'),
+    ({'profile_steps': -1}, ValueError, r'profile_steps must be an integer >= 0, got -1'),
     ({'optimizer.lr': -0.1}, ValueError, r'optimizer.lr must be >= 0, got -0.1'),
     ({'optimizer.warmup_steps': -1}, ValueError, r'optimizer.warmup_steps must be an integer >= 0, got -1'),
     ({'optimizer.b2': 1.5}, ValueError, r'optimizer.b2 must be in \[0, 1\), got 1.5'),

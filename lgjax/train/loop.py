@@ -74,6 +74,8 @@ def _check_numbers(config: Any) -> None:
       ('input_threads', config.input_threads,
        isinstance(config.input_threads, int) and config.input_threads >= 0, 'an integer >= 0'),
       ('input_workers', workers, isinstance(workers, int) and workers >= 0, 'an integer >= 0'),
+      ('profile_steps', config.get('profile_steps', 0),
+       isinstance(config.get('profile_steps', 0), int) and config.get('profile_steps', 0) >= 0, 'an integer >= 0'),
       ('optimizer.lr', o.lr, o.lr >= 0, '>= 0'),
       ('optimizer.min_lr', o.min_lr, 0 <= o.min_lr, '>= 0'),
       ('optimizer.warmup_steps', o.get('warmup_steps'),
@@ -292,14 +294,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   reporter = reporting.Reporter(workdir, total_steps=config.total_steps, start_step=start,
                                 batch_size=config.batch_size, enabled=False if finished else None)
   final: dict[str, float] = {}
+  first_traced = start + 2  # this process's first step compiles: trace from the next one
+  trace = reporting.StepTrace(os.path.join(workdir, reporting.TENSORBOARD_DIR), range(
+      first_traced, min(first_traced + config.get('profile_steps', 0), config.total_steps + 1)))
   iterator = iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed, start=start,
                                     num_threads=config.input_threads, num_workers=config.get('input_workers', 0)))
   try:
     with preemption_guard() as preempted:
       for step_num in range(start + 1, config.total_steps + 1):
+        trace.before(step_num)
         batch = next(iterator)
         batch['index'] = np.arange(offset, offset + local_batch, dtype=np.int32)
         dstate, metrics = train_step(dstate, backend.place_batch(batch), dteacher)
+        trace.after(step_num, dstate)
         stop = preempted(step_num)
         save = stop or step_num % config.checkpoint_every == 0 or step_num == config.total_steps
         if save or step_num % config.log_every == 0:
@@ -322,6 +329,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     if not (finished and os.path.isdir(os.path.join(workdir, EXPORT_DIR))):
       export(kind, workdir, backend.canonical(dstate).params)
   finally:
+    trace.close()
     ckpt.close()
     reporter.close()
     iterator.close()  # stops grain's worker processes, if any

@@ -18,6 +18,7 @@ from lgjax.models import flops
 
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'curves.png'
+TENSORBOARD_DIR = 'tensorboard'  # scalars, and the Profile tab's traces (plugins/profile/)
 
 
 def _drop_records_after(path: str, step: int) -> None:
@@ -43,7 +44,7 @@ class Reporter:
     if not self.enabled:
       return
     import tensorboardX  # light writer, no TensorFlow needed
-    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
     path = os.path.join(workdir, METRICS_FILE)
     _drop_records_after(path, start_step)  # a resumed run rewrites them: one record per step and kind
     self.jsonl = open(path, 'a')
@@ -80,6 +81,31 @@ class Reporter:
       self.bar.close()
       self.tb.close()
       self.jsonl.close()
+
+
+class StepTrace:
+  """A jax.profiler trace of the train steps in `steps` (a range) into `log_dir`, where
+  TensorBoard's Profile tab reads it: started before the first step, stopped once the
+  last has run on the devices, and stopped however the loop ends (close). Every process
+  traces its own devices (the files carry the host's name)."""
+
+  def __init__(self, log_dir: str, steps: range):
+    self.log_dir, self.steps, self.active = log_dir, steps, False
+
+  def before(self, step: int) -> None:
+    if self.steps and step == self.steps.start:
+      jax.profiler.start_trace(self.log_dir)
+      self.active = True
+
+  def after(self, step: int, outputs) -> None:
+    if self.active and step == self.steps[-1]:
+      jax.block_until_ready(outputs)
+      self.close()
+
+  def close(self) -> None:
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
 
 
 def speed(images_per_sec: float, flops_per_image: float | None, dtype, devices=None) -> dict[str, float]:
