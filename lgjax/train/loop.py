@@ -68,14 +68,13 @@ def check_config(config: Any) -> None:
 
 def _check_numbers(config: Any) -> None:
   """Ranges of the numeric and named fields that would otherwise fail late, or never."""
-  o, workers = config.optimizer, config.get('input_workers', 0)
+  o, workers, traced = config.optimizer, config.get('input_workers', 0), config.get('profile_steps', 0)
   checks = [
       ('seed', config.seed, isinstance(config.seed, int) and config.seed >= 0, 'an integer >= 0'),
       ('input_threads', config.input_threads,
        isinstance(config.input_threads, int) and config.input_threads >= 0, 'an integer >= 0'),
       ('input_workers', workers, isinstance(workers, int) and workers >= 0, 'an integer >= 0'),
-      ('profile_steps', config.get('profile_steps', 0),
-       isinstance(config.get('profile_steps', 0), int) and config.get('profile_steps', 0) >= 0, 'an integer >= 0'),
+      ('profile_steps', traced, isinstance(traced, int) and traced >= 0, 'an integer >= 0'),
       ('optimizer.lr', o.lr, o.lr >= 0, '>= 0'),
       ('optimizer.min_lr', o.min_lr, 0 <= o.min_lr, '>= 0'),
       ('optimizer.warmup_steps', o.get('warmup_steps'),
