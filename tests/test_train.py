@@ -85,6 +85,9 @@ def test_a_step_trace_stops_once_its_steps_ran_or_the_loop_ends(monkeypatch):
   assert events == ['start', 'stop']
   reporting.StepTrace('logs', range(2, 2)).before(2)  # profile_steps 0
   assert events == ['start', 'stop']
+  assert reporting.trace_dir('run') == os.path.join('run', 'tensorboard')
+  monkeypatch.setattr(jax, 'process_index', lambda: 3)  # one host, a process per GPU: a folder each
+  assert reporting.trace_dir('run') == os.path.join('run', 'tensorboard', 'process_3')
 
 
 def test_speed_is_model_flops_per_device_over_the_chips_datasheet_peak():

@@ -294,7 +294,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                                 batch_size=config.batch_size, enabled=False if finished else None)
   final: dict[str, float] = {}
   first_traced = start + 2  # this process's first step compiles: trace from the next one
-  trace = reporting.StepTrace(os.path.join(workdir, reporting.TENSORBOARD_DIR), range(
+  trace = reporting.StepTrace(reporting.trace_dir(workdir), range(
       first_traced, min(first_traced + config.get('profile_steps', 0), config.total_steps + 1)))
   iterator = iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed, start=start,
                                     num_threads=config.input_threads, num_workers=config.get('input_workers', 0)))

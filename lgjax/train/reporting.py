@@ -83,11 +83,18 @@ class Reporter:
       self.jsonl.close()
 
 
+def trace_dir(workdir: str) -> str:
+  """Where this process writes its profiler traces: workdir/tensorboard for process 0,
+  workdir/tensorboard/process_I for the others (TensorBoard shows each as a run). The
+  trace files carry only the host's name, and a GPU host often runs a process per GPU."""
+  index = jax.process_index()
+  return os.path.join(workdir, TENSORBOARD_DIR, *([f'process_{index}'] if index else []))
+
+
 class StepTrace:
   """A jax.profiler trace of the train steps in `steps` (a range) into `log_dir`, where
   TensorBoard's Profile tab reads it: started before the first step, stopped once the
-  last has run on the devices, and stopped however the loop ends (close). Every process
-  traces its own devices (the files carry the host's name)."""
+  last has run on the devices, and stopped however the loop ends (close)."""
 
   def __init__(self, log_dir: str, steps: range):
     self.log_dir, self.steps, self.active = log_dir, steps, False
