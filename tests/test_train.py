@@ -426,7 +426,7 @@ def test_two_processes_match_one(tmp_path, sharding):
   state whole: checkpoints, checksums, metrics and the export work on non-addressable arrays."""
   args = ['train.py', '--config=configs/teacher.py:mnist5k', '--config.total_steps=3', '--config.log_every=1',
           '--config.batch_size=16', '--config.model.depth=1', '--config.model.drop_path=0.1',
-          '--config.checkpoint_every=2', *sharding]
+          '--config.checkpoint_every=2', '--config.profile_steps=1', *sharding]
   port = 20000 + os.getpid() % 20000
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0'}
   procs = [subprocess.Popen([sys.executable, *args, f'--workdir={tmp_path / "two"}',
@@ -443,6 +443,8 @@ def test_two_processes_match_one(tmp_path, sharding):
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
   assert len(losses(tmp_path / 'two')) == 3
   params_close(restore_export(tmp_path / 'two')[0], restore_export(tmp_path / 'one')[0])
+  for trace in ('', 'process_1'):  # each process traced step 2 of its own devices
+    assert glob.glob(str(tmp_path / 'two' / 'tensorboard' / trace / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
 
 
 @pytest.mark.slow  # end to end: the slow tier
