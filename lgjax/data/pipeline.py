@@ -74,6 +74,11 @@ def data_source(dataset: Any, split: str) -> Any:
         + (f' --data_dir={data_dir}' if data_dir else '')) from None
 
 
+def class_groups(name: str) -> tuple[str, ...] | None:
+  """The values `dataset.classes` takes for embedded dataset `name`; None for tfds ones."""
+  return {'mnist5k': tuple(sorted(mnist5k.CLASSES)), 'shapes': shapes.CLASS_GROUPS}.get(name)
+
+
 def num_classes(dataset: Any) -> int | None:
   """The number of classes of an embedded dataset's chosen group; None for tfds ones."""
   if dataset.name == 'mnist5k':

@@ -4,8 +4,8 @@ A second downstream task for the learngene story that needs no download:
 28x28 grayscale strokes (circle, triangle, square, cross, line) drawn at a
 random place, size, rotation, stroke width and brightness, over Gaussian
 noise. Same size and layout as mnist5k's downstream role (400 train and 100
-test images per class), so every mnist5k preset runs on it by setting
-`dataset.name='shapes'`. Generated once per process from fixed seeds: the
+test images per class), so every mnist5k descendant preset runs on it by setting
+`dataset.name='shapes'` (classes 'downstream' or 'all'; it has no 'source'). Generated once per process from fixed seeds: the
 same images on every machine.
 """
 
