@@ -7,8 +7,10 @@
 #      bf16 matmul peak measured in the same run;
 #   4. replicated vs sharded (FSDP) state, per-device memory and step time, on 8 CPU devices of the
 #      host (one GPU has nothing to shard over), run beside step 2;
-#   5. input images/s of the host's cores on the ImageNet-style pipeline (generated JPEGs).
-# Writes gpu_tests.log, gpu_throughput.md, gpu_sharding.md and gpu_input.md to $OUT (default benchmarks/results).
+#   5. train.py end to end on the GPU (the embedded shapes task, bf16): its logged MFU and a trace;
+#   6. input images/s of the host's cores on the ImageNet-style pipeline (generated JPEGs).
+# Writes gpu_tests.log, gpu_throughput.md, gpu_train.log, gpu_sharding.md and gpu_input.md to $OUT
+# (default benchmarks/results).
 # On a machine without a registry, carry lgjax's light dependencies as wheels in .whl/.
 source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_device.txt"
@@ -37,6 +39,20 @@ for model in "--width 384 --heads 6 --batch 1024" "--width 768 --heads 12 --batc
     --dtype bfloat16 --attention-impl cudnn --repeats 5 2>&1 | tee -a "$OUT/gpu_throughput.md"
   rc=$(( rc || PIPESTATUS[0] ))
 done
+# The product end to end on the GPU: train.py on the embedded shapes task in bf16, logging its
+# images/s, TFLOP/s per device and MFU, and tracing 2 steps for TensorBoard (profile_steps).
+run=/tmp/lgjax_gpu_run
+if $PY -c "import tensorboardX, matplotlib" 2>/dev/null; then
+  rm -rf $run
+  timeout 120 $PY train.py --config=configs/teacher.py:mnist5k --config.dataset.name=shapes \
+    --config.dataset.classes=all --config.compute_dtype=bfloat16 --config.total_steps=30 \
+    --config.log_every=10 --config.profile_steps=2 --workdir=$run 2>&1 | grep -v "^W\|^I" | tail -3 \
+    | tee "$OUT/gpu_train.log"
+  rc=$(( rc || PIPESTATUS[0] ))
+  { grep '"mfu"' $run/metrics.jsonl | tail -1; ls $run/tensorboard/plugins/profile/*/; } 2>&1 | tee -a "$OUT/gpu_train.log"
+else
+  echo "train.py on the GPU: not run, this machine lacks tensorboardX or matplotlib" | tee "$OUT/gpu_train.log"
+fi
 wait $sharding_pid; rc=$(( rc || $? ))
 cat "$OUT/gpu_sharding.md"
 JAX_PLATFORMS=cpu timeout 90 $PY -m benchmarks.input_pipeline --examples 1536 --batch 128 --batches 20 \
