@@ -76,14 +76,14 @@ def dataset(preset: str, role: str) -> ml_collections.ConfigDict:
   if preset == 'mnist5k':
     return ml_collections.ConfigDict(dict(
         name='mnist5k', classes=role, train_split='train', eval_split='test',
-        image_size=28, num_classes=5, augment='none', data_dir='', train_fraction=1.0))
+        image_size=28, num_classes=5, augment='none', data_dir='', pixels_dir='', train_fraction=1.0))
   if preset == 'cifar100':
     return ml_collections.ConfigDict(dict(
         name='cifar100', train_split='train', eval_split='test', image_size=224,
-        num_classes=100, augment='inception', data_dir='', train_fraction=1.0))
+        num_classes=100, augment='inception', data_dir='', pixels_dir='', train_fraction=1.0))
   return ml_collections.ConfigDict(dict(
       name='imagenet2012', train_split='train', eval_split='validation', image_size=224,
-      num_classes=1000, augment='inception', data_dir='', train_fraction=1.0))
+      num_classes=1000, augment='inception', data_dir='', pixels_dir='', train_fraction=1.0))
 
 
 def model(preset: str, depth: int | None, size: str = 'S', num_classes: int | None = None,
@@ -175,6 +175,9 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'dataset.image_size': 'input side in pixels',
     'dataset.augment': 'none | inception (random resized crop + flip)',
     'dataset.train_fraction': 'fraction of the training split used, in (0, 1]',
+    'dataset.data_dir': 'the TFDS data dir of a tfds dataset (\'\': TFDS\'s default)',
+    'dataset.pixels_dir': 'read the splits as decoded pixels written by python -m lgjax.data.pixels '
+                          '(no JPEG decoding while training; \'\': the tfds or embedded dataset)',
     'model.depth': 'blocks', 'model.width': 'token width', 'model.num_heads': 'attention heads',
     'model.mlp_dim': 'MLP hidden width (None: 4 * width)', 'model.patch_size': 'patch side in pixels',
     'model.num_classes': 'classes of the head (None: dataset.num_classes, at run time)', 'model.pool_type': 'gap (mean of tokens) | tok (cls token)',

@@ -116,3 +116,46 @@ def test_shapes_is_balanced_deterministic_and_drawn_where_expected():
   assert len(source) == 500 and source[7]['label'] == 2
   with pytest.raises(ValueError, match="shapes classes must be one of .*got 'source'"):
     shapes.load('train', 'source')
+
+
+def test_pixel_records_hold_the_images_shrunk_to_their_shorter_side(tmp_path):
+  from PIL import Image
+  from lgjax.data import pixels
+  rng = np.random.default_rng(0)
+  shapes_hw = [(40, 30, 3), (47, 41, 3), (10, 12, 1), (60, 40, 1)]
+  source = [{'image': rng.integers(0, 256, s, dtype=np.uint8), 'label': 7 * i} for i, s in enumerate(shapes_hw)]
+  path = pixels.split_path(str(tmp_path), 'train')
+  assert pixels.write(source, path, shorter_side=32) == 4 and path.endswith('train.array_record')
+  got = pixels.PixelSource(path)
+  assert len(got) == 4 and [got[i]['label'] for i in range(4)] == [0, 7, 14, 21]
+  # aspect kept, by hand: 47x41 -> 41 becomes 32, 47 * 32 / 41 = 36.7 -> 37; 60x40 -> 48x32
+  assert [got[i]['image'].shape for i in range(4)] == [(40, 30, 3), (37, 32, 3), (10, 12, 1), (48, 32, 1)]
+  for i in (0, 2):  # as small as asked already: kept byte for byte
+    np.testing.assert_array_equal(got[i]['image'], source[i]['image'])
+  want = np.asarray(Image.fromarray(source[1]['image']).resize((32, 37), Image.BILINEAR))
+  np.testing.assert_array_equal(got[1]['image'], want)
+  assert pixels.write(source, str(tmp_path / 'by_workers.array_record'), shorter_side=32, workers=2) == 4
+  assert (tmp_path / 'by_workers.array_record').read_bytes() == open(path, 'rb').read()  # same order, same bytes
+  assert not list(tmp_path.glob('*.tmp'))
+  with pytest.raises(FileNotFoundError, match=r"dataset.pixels_dir='/no/pixels' has no validation.array_record"
+                                              r"(.|\n)*python -m lgjax.data.pixels --dataset=NAME --splits=validation"):
+    pipeline.data_source(dataset(pixels_dir='/no/pixels'), 'validation')
+
+
+def test_a_prepared_dataset_trains_from_its_pixel_records(tmp_path):
+  """The tool writes a (mock) tfds dataset's splits once; a run then reads only them."""
+  import tensorflow_datasets as tfds
+  from conftest import run_config
+  from lgjax.data import pixels
+  from lgjax.train import train_and_evaluate
+  with tfds.testing.mock_data(num_examples=24):  # 32x32 images
+    pixels.main(['--dataset=cifar10', f'--out={tmp_path / "pixels"}', '--splits=train,test', '--shorter_side=24',
+                 '--workers=0'])
+  assert len(pixels.PixelSource(pixels.split_path(str(tmp_path / 'pixels'), 'test'))) == 24
+  first = pixels.PixelSource(pixels.split_path(str(tmp_path / 'pixels'), 'train'))[0]
+  assert first['image'].shape == (24, 24, 3) and 0 <= first['label'] < 10
+  config = run_config('teacher', total_steps=2, **{'model.num_classes': 10, 'model.patch_size': 8})
+  config.dataset.update(name='cifar10', image_size=16, num_classes=10, augment='inception', train_split='train',
+                        eval_split='test', pixels_dir=str(tmp_path / 'pixels'))
+  final = train_and_evaluate(config, str(tmp_path / 'run'))  # outside mock_data: tfds is not read
+  assert np.isfinite(final['loss']) and 'eval_accuracy' in final

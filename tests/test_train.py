@@ -374,6 +374,8 @@ def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path, preset, lr
     ({'dataset.classes': 'all'}, ValueError, r"model.num_classes=5 \(from dataset.num_classes\) is smaller than the 10 classes of dataset 'mnist5k' \(all\)"),
     ({'input_threads': -2}, ValueError, r'input_threads must be an integer >= 0, got -2'),
     ({'profile_steps': -1}, ValueError, r'profile_steps must be an integer >= 0, got -1'),
+    ({'dataset.pixels_dir': '/nonexistent/pixels'}, FileNotFoundError,
+     r"dataset.pixels_dir='/nonexistent/pixels' has no train.array_record"),
     ({'dataset.name': 'shapes'}, ValueError,  # the teacher preset's 'source' digits: shapes has none
      r"dataset.classes must be one of \('all', 'downstream'\) for dataset 'shapes', got 'source'"),
     ({'dataset.classes': 'odd'}, ValueError,

@@ -23,7 +23,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from lgjax.data import mnist5k, shapes
+from lgjax.data import mnist5k, pixels, shapes
 
 AUGMENTS = ('none', 'inception')
 EMBEDDED = {'mnist5k': mnist5k.load, 'shapes': shapes.load}  # offline, in memory
@@ -56,7 +56,10 @@ class Subset:
 
 
 def data_source(dataset: Any, split: str) -> Any:
-  """The split of `dataset` (a config with `name`, ...) as a random-access source."""
+  """The split of `dataset` (a config with `name`, ...) as a random-access source: the
+  split's decoded pixels where `dataset.pixels_dir` is set (lgjax.data.pixels)."""
+  if dataset.get('pixels_dir'):
+    return pixels.PixelSource(pixels.split_path(dataset.pixels_dir, split))
   if dataset.name in EMBEDDED:
     return ArraySource(*EMBEDDED[dataset.name](split, dataset.get('classes', 'all')))
   import tensorflow_datasets as tfds  # only needed for tfds datasets
@@ -162,7 +165,7 @@ class Preprocess:
     return {'image': image, 'label': np.int32(example['label'])}
 
 
-def _parallel(ds: grain.MapDataset, num_threads: int, num_workers: int) -> grain.IterDataset:
+def read_in_parallel(ds: grain.MapDataset, num_threads: int, num_workers: int) -> grain.IterDataset:
   """`ds` read in order by `num_threads` threads of this process, or by `num_workers`
   grain worker processes (element i from worker i mod n, read back in order)."""
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 if num_threads else 0))
@@ -200,7 +203,7 @@ def train_loader(dataset: Any, *, batch_size: int, seed: int, start: int = 0, nu
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-  return _parallel(ds.batch(batch_size, drop_remainder=True).map_with_index(read)[start:], num_threads, num_workers)
+  return read_in_parallel(ds.batch(batch_size, drop_remainder=True).map_with_index(read)[start:], num_threads, num_workers)
 
 
 def eval_batches(dataset: Any, *, local_batch_size: int, num_threads: int = 0,
@@ -225,7 +228,7 @@ def eval_batches(dataset: Any, *, local_batch_size: int, num_threads: int = 0,
             'label': np.stack([e['label'] for e in examples]),
             'mask': np.array([1.0] * (local_batch_size - pad) + [0.0] * pad, np.float32)}
 
-  return _parallel(grain.MapDataset.range(math.ceil(per_process / local_batch_size)).map(read),
+  return read_in_parallel(grain.MapDataset.range(math.ceil(per_process / local_batch_size)).map(read),
                    num_threads, num_workers)
 
 
