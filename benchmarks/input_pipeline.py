@@ -9,6 +9,9 @@ eval_batches (the split once, center crop), in the main process,
 in `input_threads` threads, or in `input_workers` grain processes. Each row says
 how many images/s one host delivers and how many accelerators' steps that feeds
 at a given per-device step rate (--need, e.g. DeiT-S bf16 on an H200: 8,000 img/s).
+Each row is read in both formats, in turns: the JPEGs, and the same images written
+once as decoded pixels (lgjax.data.pixels, dataset.pixels_dir), which leave only the
+crop and resize to the input.
 
   python -m benchmarks.input_pipeline [--workers 0,2 --threads 0,2 --batch 128 --batches 8 --splits train,eval]
 """
@@ -28,7 +31,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
-from lgjax.data import pipeline
+from lgjax.data import pipeline, pixels
 
 
 def write_set(path: str, examples: int, size=(500, 375), seed: int = 0) -> None:
@@ -89,6 +92,9 @@ def main():
                  help="stored JPEGs' WxH: ImageNet's typical 500x375, or e.g. 341x256 for records resized to a "
                       'shorter side of 256 when written')
   p.add_argument('--dir', default='', help='where to write the set (default: a temporary directory)')
+  p.add_argument('--formats', default='jpeg,pixels',
+                 help="comma-separated: 'jpeg' (the stored JPEGs, decoded on read, as tfds.data_source) and "
+                      "'pixels' (the same images written once by lgjax.data.pixels, shorter side 256)")
   args = p.parse_args()
   directory = args.dir or tempfile.mkdtemp(prefix='lgjax_input_')
   os.makedirs(directory, exist_ok=True)
@@ -96,24 +102,31 @@ def main():
   path = os.path.join(directory, f'train_{args.source_size}.array_record')
   if not os.path.exists(path):
     write_set(path, args.examples, size)
-  source = JpegSource(path)
+  sources = {'jpeg': JpegSource(path)}
+  if 'pixels' in args.formats:
+    pixels_path = os.path.join(directory, f'pixels_{args.source_size}.array_record')
+    if not os.path.exists(pixels_path):
+      pixels.write(sources['jpeg'], pixels_path, workers=max(w for w in map(int, args.workers.split(','))))
+    sources['pixels'] = pixels.PixelSource(pixels_path)
   dataset = ml_collections.ConfigDict(dict(name='generated', train_split='train', eval_split='validation',
                                            image_size=224, augment='inception', train_fraction=1.0))
-  pipeline.data_source = lambda *_: source  # the set stands in for prepared tfds splits
   loaders = {'train': lambda b, **kw: pipeline.train_loader(dataset, batch_size=b, seed=0, **kw),
              'eval': lambda b, **kw: pipeline.eval_batches(dataset, local_batch_size=b, **kw)}
 
   cores = len(os.sched_getaffinity(0))
-  print(f'{len(source)} JPEGs {args.source_size} -> Inception crop 224, batch {args.batch}, {cores} cores; '
+  print(f'{len(sources["jpeg"])} JPEGs {args.source_size} -> Inception crop 224, batch {args.batch}, {cores} cores; '
         f'one accelerator needs {args.need:.0f} images/s')
-  print(f'| {"split":<5} | {"workers":>7} | {"threads":>7} | {"images/s":>8} | {"accelerators fed":>16} |')
-  print(f'|{"-" * 7}|{"-" * 9}|{"-" * 9}|{"-" * 10}|{"-" * 18}|')
+  print(f'| {"format":<6} | {"split":<5} | {"workers":>7} | {"threads":>7} | {"images/s":>8} | {"accelerators fed":>16} |')
+  print(f'|{"-" * 8}|{"-" * 7}|{"-" * 9}|{"-" * 9}|{"-" * 10}|{"-" * 18}|')
   for split in args.splits.split(','):
     for workers in (int(w) for w in args.workers.split(',')):
       for threads in (int(t) for t in args.threads.split(',')):
-        rate = images_per_second(loaders[split], args.batch, args.batches, num_workers=workers, num_threads=threads)
-        print(f'| {split:<5} | {workers:7d} | {threads:7d} | {rate:8.0f} | {rate / args.need:16.2f} |', flush=True)
-
+        for form in args.formats.split(','):  # side by side, in turns
+          pipeline.data_source = lambda *_, source=sources[form]: source  # stands in for the prepared splits
+          rate = images_per_second(loaders[split], args.batch, args.batches, num_workers=workers,
+                                   num_threads=threads)
+          print(f'| {form:<6} | {split:<5} | {workers:7d} | {threads:7d} | {rate:8.0f} | {rate / args.need:16.2f} |',
+                flush=True)
 
 if __name__ == '__main__':
   main()

@@ -64,9 +64,11 @@ def test_input_benchmark_reads_the_generated_set_in_workers(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [line.split('|')[1:-1] for line in result.stdout.splitlines() if line.startswith('|')]
-  rates = {(r[0].strip(), int(r[1])): float(r[3]) for r in rows if r[1].strip().isdigit()}  # (split, workers) -> img/s
-  assert set(rates) == {(s, w) for s in ('train', 'eval') for w in (0, 2)} and all(r > 0 for r in rates.values())
-  assert os.path.exists(tmp_path / 'train_64x48.array_record')
+  rates = {(r[0].strip(), r[1].strip(), int(r[2])): float(r[4])  # (format, split, workers) -> img/s
+           for r in rows if r[2].strip().isdigit()}
+  assert set(rates) == {(f, s, w) for f in ('jpeg', 'pixels') for s in ('train', 'eval') for w in (0, 2)}
+  assert all(r > 0 for r in rates.values())
+  assert os.path.exists(tmp_path / 'train_64x48.array_record') and os.path.exists(tmp_path / 'pixels_64x48.array_record')
 
 
 def test_profile_counts_a_gpus_kernels_once_and_names_what_a_fusion_computes(tmp_path):

@@ -95,7 +95,7 @@ def write(source: Any, path: str, *, shorter_side: int = 256, workers: int = 0) 
     raise ValueError(f'shorter_side must be in [1, 65535], got {shorter_side!r}.')
   from lgjax.data import pipeline  # it reads this module's sources
   records = grain.MapDataset.range(len(source)).map(functools.partial(_record, source, shorter_side))
-  writer = ArrayRecordWriter(path + '.tmp', 'group_size:1')
+  writer = ArrayRecordWriter(path + '.tmp', 'group_size:1,uncompressed')  # zstd: ~10 % smaller, 2.2x slower reads
   count = 0
   try:  # in order, decoded and shrunk in grain's worker processes
     for count, record in enumerate(pipeline.read_in_parallel(records, 0, workers), 1):
