@@ -1,3 +1,5 @@
+import os
+
 import jax
 import ml_collections
 import numpy as np
@@ -137,9 +139,35 @@ def test_pixel_records_hold_the_images_shrunk_to_their_shorter_side(tmp_path):
   assert pixels.write(source, str(tmp_path / 'by_workers.array_record'), shorter_side=32, workers=2) == 4
   assert (tmp_path / 'by_workers.array_record').read_bytes() == open(path, 'rb').read()  # same order, same bytes
   assert not list(tmp_path.glob('*.tmp'))
+
+  class Unreadable(list):
+    def __getitem__(self, index):
+      if index == 2:
+        raise OSError('a damaged record')
+      return super().__getitem__(index)
+
+  with pytest.raises(OSError, match='a damaged record'):
+    pixels.write(Unreadable(source), str(tmp_path / 'broken.array_record'), shorter_side=32)
+  assert not list(tmp_path.glob('broken*'))  # no split, whole or partial
   with pytest.raises(FileNotFoundError, match=r"dataset.pixels_dir='/no/pixels' has no validation.array_record"
                                               r"(.|\n)*python -m lgjax.data.pixels --dataset=NAME --splits=validation"):
     pipeline.data_source(dataset(pixels_dir='/no/pixels'), 'validation')
+
+
+def test_the_pixels_command_writes_every_split_in_worker_processes(tmp_path):
+  import subprocess
+  import sys
+  from conftest import ROOT
+  from lgjax.data import pixels
+  result = subprocess.run([sys.executable, '-m', 'lgjax.data.pixels', '--dataset=shapes', f'--out={tmp_path}',
+                           '--splits=train,test', '--shorter_side=20', '--workers=2'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'shapes test: 500 images' in result.stdout and 'RuntimeWarning' not in result.stderr
+  images, labels = shapes.load('test', 'all')
+  written = pixels.PixelSource(pixels.split_path(str(tmp_path), 'test'))
+  assert len(written) == 500 and [written[i]['label'] for i in (0, 499)] == [labels[0], labels[499]]
+  np.testing.assert_array_equal(written[7]['image'], pixels.shrink(images[7], 20))
 
 
 def test_a_prepared_dataset_trains_from_its_pixel_records(tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from lgjax.data import mnist5k, pixels, shapes
+from lgjax.data import mnist5k, shapes
 
 AUGMENTS = ('none', 'inception')
 EMBEDDED = {'mnist5k': mnist5k.load, 'shapes': shapes.load}  # offline, in memory
@@ -59,6 +59,7 @@ def data_source(dataset: Any, split: str) -> Any:
   """The split of `dataset` (a config with `name`, ...) as a random-access source: the
   split's decoded pixels where `dataset.pixels_dir` is set (lgjax.data.pixels)."""
   if dataset.get('pixels_dir'):
+    from lgjax.data import pixels  # not at import: `python -m lgjax.data.pixels` runs it as __main__
     return pixels.PixelSource(pixels.split_path(dataset.pixels_dir, split))
   if dataset.name in EMBEDDED:
     return ArraySource(*EMBEDDED[dataset.name](split, dataset.get('classes', 'all')))
