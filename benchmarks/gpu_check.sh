@@ -8,7 +8,8 @@
 #   4. replicated vs sharded (FSDP) state, per-device memory and step time, on 8 CPU devices of the
 #      host (one GPU has nothing to shard over), run beside step 2;
 #   5. train.py end to end on the GPU (the embedded shapes task, bf16): its logged MFU and a trace;
-#   6. input images/s of the host's cores on the ImageNet-style pipeline (generated JPEGs).
+#   6. input images/s of the host's cores on the ImageNet-style pipeline (generated JPEGs, and the same
+#      images as decoded pixel records, lgjax.data.pixels).
 # Writes gpu_tests.log, gpu_throughput.md, gpu_train.log, gpu_sharding.md and gpu_input.md to $OUT
 # (default benchmarks/results).
 # On a machine without a registry, carry lgjax's light dependencies as wheels in .whl/.
@@ -55,7 +56,7 @@ else
 fi
 wait $sharding_pid; rc=$(( rc || $? ))
 cat "$OUT/gpu_sharding.md"
-JAX_PLATFORMS=cpu timeout 90 $PY -m benchmarks.input_pipeline --examples 1536 --batch 128 --batches 20 \
+JAX_PLATFORMS=cpu timeout 150 $PY -m benchmarks.input_pipeline --examples 1536 --batch 128 --batches 20 \
   --workers 0,8,14 --threads 0 2>&1 | tee "$OUT/gpu_input.md"
 rc=$(( rc || PIPESTATUS[0] ))
 exit $(( tests_rc || rc ))
