@@ -31,6 +31,8 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
+from lgjax.data import pipeline
+
 _HEADER = '<HHHi'  # height, width, channels, label (a format string: a Struct does not pickle)
 
 
@@ -93,7 +95,6 @@ def write(source: Any, path: str, *, shorter_side: int = 256, workers: int = 0) 
   written under a temporary name and renamed when whole: a failure leaves no split."""
   if shorter_side < 1 or shorter_side >= 2 ** 16:
     raise ValueError(f'shorter_side must be in [1, 65535], got {shorter_side!r}.')
-  from lgjax.data import pipeline  # here, not at import: pipeline imports this module
   records = grain.MapDataset.range(len(source)).map(functools.partial(_record, source, shorter_side))
   writer = ArrayRecordWriter(path + '.tmp', 'group_size:1,uncompressed')  # zstd: ~10 % smaller, 2.2x slower reads
   count, whole = 0, False
@@ -118,7 +119,6 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--data_dir', default='', help='the tfds data dir (default: TFDS\'s)')
   p.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='decoding processes (0: this one)')
   args = p.parse_args(argv)
-  from lgjax.data import pipeline  # here, not at import: pipeline imports this module
   os.makedirs(args.out, exist_ok=True)
   dataset = ml_collections.ConfigDict(dict(name=args.dataset, data_dir=args.data_dir))
   for split in args.splits.split(','):
