@@ -57,6 +57,6 @@ fi
 wait $sharding_pid; rc=$(( rc || $? ))
 cat "$OUT/gpu_sharding.md"
 JAX_PLATFORMS=cpu timeout 150 $PY -m benchmarks.input_pipeline --examples 1536 --batch 128 --batches 20 \
-  --workers 0,8,14 --threads 0 2>&1 | tee "$OUT/gpu_input.md"
+  --workers 0,14 --threads 0 2>&1 | tee "$OUT/gpu_input.md"
 rc=$(( rc || PIPESTATUS[0] ))
 exit $(( tests_rc || rc ))
