@@ -90,6 +90,18 @@ def test_a_step_trace_stops_once_its_steps_ran_or_the_loop_ends(monkeypatch):
   assert reporting.trace_dir('run') == os.path.join('run', 'tensorboard', 'process_3')
 
 
+def test_logged_rates_start_after_the_compiling_step(tmp_path, monkeypatch):
+  clock_starts = []
+  monkeypatch.setattr(reporting.Reporter, 'start_clock', lambda self, step: clock_starts.append(step))
+  train_and_evaluate(run_config('teacher', total_steps=3), str(tmp_path))
+  assert clock_starts == [1]
+  monkeypatch.undo()
+  reporter = reporting.Reporter(str(tmp_path), total_steps=9, start_step=0, batch_size=4, enabled=False)
+  time.sleep(0.2)  # as a compile would
+  reporter.start_clock(1)
+  assert reporter.throughput(3) > 2 * 4 / 0.2  # 2 steps of 4 images, the 0.2 s before them not counted
+
+
 def test_speed_is_model_flops_per_device_over_the_chips_datasheet_peak():
   from types import SimpleNamespace
   h200s = [SimpleNamespace(device_kind='NVIDIA H200')] * 8

@@ -326,6 +326,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
           _say(f'Preempted at step {step_num}: checkpoint saved, exiting.')
           ckpt.wait()
           return {**final, 'step': step_num, 'preempted': True}
+        if step_num == start + 1:  # it compiled the step: the rates logged after it are the step's own
+          jax.block_until_ready(dstate)
+          reporter.start_clock(step_num)
     ckpt.wait()
     if finished:  # report the final eval again
       final.update(evaluate(config, backend, eval_step, dstate))

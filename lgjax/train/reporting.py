@@ -53,6 +53,10 @@ class Reporter:
                          disable=not sys.stderr.isatty())
     self.total_steps, self.line_every = total_steps, max(1, total_steps // 20)
 
+  def start_clock(self, step: int) -> None:
+    """Rates from here on count from `step`, done now (e.g. after the step that compiled)."""
+    self._last = (step, time.perf_counter())
+
   def throughput(self, step: int) -> float:
     """Images per second since the last call."""
     last_step, last_time = self._last
