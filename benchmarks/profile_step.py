@@ -178,5 +178,6 @@ def main():
       f.write(hlo)
     print(f'Every op: {args.out}/profile_ops.txt; the compiled step: {args.out}/step_hlo.txt')
 
+
 if __name__ == '__main__':
   main()

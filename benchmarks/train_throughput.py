@@ -4,10 +4,10 @@ The aux model's params are computed from the learngene in every step
 (tleg.expand, the kind's to_params), so the ratio aux/plain is the cost of that
 computation (target ≥ 0.95 in images/s, i.e. ≤ 1.05x time). Both run in one
 process taking turns with a large matmul, whose rate is the peak ("of peak");
-"of spec" divides by the chip's datasheet bf16 figure instead (a fixed
-denominator: lgjax.models.flops.CHIP_BF16_TFLOPS). Model FLOPs are counted analytically
-(lgjax.models.flops, training = 3x forward), since XLA's cost analysis does not
-see the GEMMs that GPUs hand to cuBLAS.
+"of spec" divides by the chip's datasheet bf16 figure instead (a fixed denominator,
+lgjax.models.flops.CHIP_BF16_TFLOPS: the train loop's logged mfu). Model FLOPs are
+counted analytically (lgjax.models.flops, training = 3x forward), since XLA's cost
+analysis does not see the GEMMs that GPUs hand to cuBLAS.
 
   python -m benchmarks.train_throughput [--width 192 --depth 12 --batch 128 --image 32 --patch 4]
       [--grad-accum-steps 16]   # on a CPU: cache-sized micro-batches, the same update
@@ -23,6 +23,7 @@ import jax
 from benchmarks.common import interleaved_times, matmul, random_batch, step_runner
 from lgjax.learngene import tleg
 from lgjax.models import flops
+from lgjax.train import reporting
 
 
 def main():
@@ -53,8 +54,8 @@ def main():
   runs['peak'], peak_gflop = matmul(8192 if on_gpu else 2048, args.dtype, count=8 if on_gpu else 1)
   times = interleaved_times(runs, args.repeats)
   peak = peak_gflop / times.pop('peak')
-  rows = [(name, args.batch / t, 3 * flops.forward_flops(cfg, shape) * args.batch / t / 1e9)
-          for name, t in times.items()]
+  train_flops = 3 * flops.forward_flops(cfg, shape)
+  rows = [(name, args.batch / t, train_flops * args.batch / t / 1e9) for name, t in times.items()]
   kind = jax.devices()[0].device_kind
   spec = (flops.chip_peak(kind, args.dtype) or 0) / 1e9
 
@@ -65,7 +66,8 @@ def main():
   print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"of spec":>7} | {"vs plain":>8} |')
   print(f'|{"-" * 34}|{"-" * 11}|{"-" * 10}|{"-" * 9}|{"-" * 9}|{"-" * 10}|')
   for name, ips, gflops in rows:
-    of_spec = f'{gflops / jax.device_count() / spec:7.1%}' if spec else f'{"-":>7}'
+    mfu = reporting.speed(ips, train_flops, args.dtype).get('mfu')  # as the train loop logs it
+    of_spec = f'{mfu:7.1%}' if mfu is not None else f'{"-":>7}'
     print(f'| {name:<32} | {ips:9.1f} | {gflops:8.1f} | {gflops / peak:7.1%} | {of_spec} | {ips / rows[0][1]:8.3f} |')
 
 

@@ -105,11 +105,16 @@ def train_source(dataset: Any) -> Any:
   return source
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+  """`image` (H, W, C uint8) resized bilinearly to (height, width, C), one channel included."""
   squeeze = image.shape[-1] == 1
   pil = Image.fromarray(image[..., 0] if squeeze else image)
-  out = np.asarray(pil.resize((size, size), Image.BILINEAR))
+  out = np.asarray(pil.resize((width, height), Image.BILINEAR))
   return out[..., None] if squeeze else out
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+  return resize(image, size, size)
 
 
 def _random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
@@ -204,7 +209,8 @@ def train_loader(dataset: Any, *, batch_size: int, seed: int, start: int = 0, nu
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-  return read_in_parallel(ds.batch(batch_size, drop_remainder=True).map_with_index(read)[start:], num_threads, num_workers)
+  return read_in_parallel(ds.batch(batch_size, drop_remainder=True).map_with_index(read)[start:],
+                          num_threads, num_workers)
 
 
 def eval_batches(dataset: Any, *, local_batch_size: int, num_threads: int = 0,
@@ -230,7 +236,7 @@ def eval_batches(dataset: Any, *, local_batch_size: int, num_threads: int = 0,
             'mask': np.array([1.0] * (local_batch_size - pad) + [0.0] * pad, np.float32)}
 
   return read_in_parallel(grain.MapDataset.range(math.ceil(per_process / local_batch_size)).map(read),
-                   num_threads, num_workers)
+                          num_threads, num_workers)
 
 
 def image_shape(dataset: Any) -> tuple[int, int, int]:

@@ -29,7 +29,6 @@ import grain
 import ml_collections
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
-from PIL import Image
 
 from lgjax.data import pipeline
 
@@ -48,10 +47,7 @@ def shrink(image: np.ndarray, shorter_side: int) -> np.ndarray:
   if min(h, w) <= shorter_side:
     return image
   scale = shorter_side / min(h, w)
-  size = (max(shorter_side, round(w * scale)), max(shorter_side, round(h * scale)))  # PIL: (W, H)
-  squeeze = image.shape[-1] == 1
-  out = np.asarray(Image.fromarray(image[..., 0] if squeeze else image).resize(size, Image.BILINEAR))
-  return out[..., None] if squeeze else out
+  return pipeline.resize(image, max(shorter_side, round(w * scale)), max(shorter_side, round(h * scale)))
 
 
 def encode(image: np.ndarray, label: int) -> bytes:

@@ -5,8 +5,8 @@ A second downstream task for the learngene story that needs no download:
 random place, size, rotation, stroke width and brightness, over Gaussian
 noise. Same size and layout as mnist5k's downstream role (400 train and 100
 test images per class), so every mnist5k descendant preset runs on it by setting
-`dataset.name='shapes'` (classes 'downstream' or 'all'; it has no 'source'). Generated once per process from fixed seeds: the
-same images on every machine.
+`dataset.name='shapes'` (classes 'downstream' or 'all'; it has no 'source').
+Generated once per process from fixed seeds: the same images on every machine.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def check_config(config: Any) -> None:
 def _check_numbers(config: Any) -> None:
   """Ranges of the numeric and named fields that would otherwise fail late, or never."""
   o, workers, traced = config.optimizer, config.get('input_workers', 0), config.get('profile_steps', 0)
-  name = config.dataset.name
+  name, classes = config.dataset.name, config.dataset.get('classes', 'all')
   groups = data.pipeline.class_groups(name)
   checks = [
       ('seed', config.seed, isinstance(config.seed, int) and config.seed >= 0, 'an integer >= 0'),
@@ -93,8 +93,7 @@ def _check_numbers(config: Any) -> None:
        0 < config.dataset.get('train_fraction', 1.0) <= 1, 'in (0, 1]'),
       ('dataset.augment', config.dataset.augment, config.dataset.augment in data.pipeline.AUGMENTS,
        f'one of {data.pipeline.AUGMENTS}'),
-      ('dataset.classes', config.dataset.get('classes', 'all'),
-       not groups or config.dataset.get('classes', 'all') in groups, f'one of {groups} for dataset {name!r}'),
+      ('dataset.classes', classes, not groups or classes in groups, f'one of {groups} for dataset {name!r}'),
   ]
   patch = config.model.patch_size
   patches = (patch,) if isinstance(patch, int) else tuple(patch)
