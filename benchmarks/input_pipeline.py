@@ -106,7 +106,7 @@ def main():
   if 'pixels' in args.formats:
     pixels_path = os.path.join(directory, f'pixels_{args.source_size}.array_record')
     if not os.path.exists(pixels_path):
-      pixels.write(sources['jpeg'], pixels_path, workers=max(w for w in map(int, args.workers.split(','))))
+      pixels.write(sources['jpeg'], pixels_path, workers=max(map(int, args.workers.split(','))))
     sources['pixels'] = pixels.PixelSource(pixels_path)
   dataset = ml_collections.ConfigDict(dict(name='generated', train_split='train', eval_split='validation',
                                            image_size=224, augment='inception', train_fraction=1.0))
@@ -127,6 +127,7 @@ def main():
                                    num_threads=threads)
           print(f'| {form:<6} | {split:<5} | {workers:7d} | {threads:7d} | {rate:8.0f} | {rate / args.need:16.2f} |',
                 flush=True)
+
 
 if __name__ == '__main__':
   main()
