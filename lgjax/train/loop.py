@@ -296,9 +296,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   reporter = reporting.Reporter(workdir, total_steps=config.total_steps, start_step=start,
                                 batch_size=config.batch_size, enabled=False if finished else None)
   final: dict[str, float] = {}
-  first_traced = start + 2  # this process's first step compiles: trace from the next one
+  compiling = start + 1  # this process's first step compiles: trace, and time, the steps after it
   trace = reporting.StepTrace(reporting.trace_dir(workdir), range(
-      first_traced, min(first_traced + config.get('profile_steps', 0), config.total_steps + 1)))
+      compiling + 1, min(compiling + 1 + config.get('profile_steps', 0), config.total_steps + 1)))
   iterator = iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed, start=start,
                                     num_threads=config.input_threads, num_workers=config.get('input_workers', 0)))
   try:
@@ -325,7 +325,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
           _say(f'Preempted at step {step_num}: checkpoint saved, exiting.')
           ckpt.wait()
           return {**final, 'step': step_num, 'preempted': True}
-        if step_num == start + 1:  # it compiled the step: the rates logged after it are the step's own
+        if step_num == compiling:  # the rates logged after it are the step's own
           jax.block_until_ready(dstate)
           reporter.start_clock(step_num)
     ckpt.wait()
