@@ -10,7 +10,9 @@ import pytest
 from conftest import IMAGE_SHAPE, TINY, random_like
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
-from lgjax.models import ViT, ViTConfig, blocks, check_config, model_config, param_shapes
+from jax.ad_checkpoint import print_saved_residuals
+
+from lgjax.models import ViT, ViTConfig, blocks, check_config, model_config, param_shapes, vit
 
 BLOCK_NAMES = {
     'LayerNorm_0/scale', 'LayerNorm_0/bias', 'LayerNorm_1/scale', 'LayerNorm_1/bias',
@@ -92,6 +94,46 @@ def test_forward_matches_numpy_reference():
   h = ln(h, p['Transformer']['encoder_norm']).mean(1)
   want = h @ p['head']['kernel'] + p['head']['bias']
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_mlp_keeps_two_hidden_tensors_and_plain_gradients(capsys):
+  """The MLP keeps, of its (tokens, mlp_dim) tensors, only the first matmul's output and the
+  GELU's output for the backward pass (vit.MLP_SAVED), and its gradients are those of the
+  same MLP written as plain jnp ops, which autodiff keeps more of."""
+  mlp = vit.MlpBlock(mlp_dim=64)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  params = mlp.init(jax.random.key(1), x, True)
+  loss = lambda p, x: jnp.sum(jnp.sin(mlp.apply(p, x, True)))
+  print_saved_residuals(loss, params, x)
+  hidden = [line for line in capsys.readouterr().out.splitlines() if '[2,5,64]' in line]
+  assert len(hidden) == 2 and 'dot_general' in hidden[0] and "'mlp_gelu'" in hidden[1], hidden
+
+  def plain(p, x):
+    d0, d1 = p['params']['Dense_0'], p['params']['Dense_1']
+    return jnp.sum(jnp.sin(jax.nn.gelu(x @ d0['kernel'] + d0['bias']) @ d1['kernel'] + d1['bias']))
+
+  print_saved_residuals(plain, params, x)
+  assert sum('[2,5,64]' in line for line in capsys.readouterr().out.splitlines()) > 2  # what it saves
+  got, want = jax.grad(loss, (0, 1))(params, x), jax.grad(plain, (0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+
+
+def test_bfloat16_block_norms_output_bfloat16_of_the_float32_statistics():
+  """In bfloat16 a block's LayerNorms write bfloat16 (half the bytes of float32, and the
+  gradient that flows back through them too): the float32 formula, rounded once."""
+  config = {**TINY, 'depth': 1, 'dtype': 'bfloat16'}
+  x = jax.random.normal(jax.random.key(0), (2, *IMAGE_SHAPE))
+  params = jax.tree.map(lambda v: 0.3 * v, random_like(param_shapes(config, IMAGE_SHAPE), seed=2))
+  _, state = ViT(**config).apply({'params': params}, x, capture_intermediates=True, mutable=['intermediates'])
+  (conv,) = state['intermediates']['embedding']['__call__']
+  (got,) = state['intermediates']['Transformer']['encoderblock_0']['LayerNorm_0']['__call__']
+  assert got.dtype == jnp.bfloat16
+  tokens = conv.reshape(2, -1, 32) + params['pos_embedding'].astype(jnp.bfloat16)  # the block's input
+  tokens = np.asarray(tokens, np.float32)
+  norm = params['Transformer']['encoderblock_0']['LayerNorm_0']
+  mu, var = tokens.mean(-1, keepdims=True), tokens.var(-1, keepdims=True)
+  want = (tokens - mu) / np.sqrt(var + 1e-6) * np.asarray(norm['scale']) + np.asarray(norm['bias'])
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2 ** -8, atol=1e-6)  # one rounding
 
 
 def test_drop_path_and_dropout_only_in_training():

@@ -30,12 +30,14 @@ import collections.abc
 import contextlib
 import contextvars
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from lgjax.models import blocks, inits
 
@@ -164,6 +166,15 @@ class MultiHeadDotProductAttention(nn.Module):
                            kernel_init=kernel_init)(y)
 
 
+# What the MLP keeps for its backward pass: its matmuls' outputs (the first before its bias)
+# and the GELU's output, which the second matmul's gradient reads. Autodiff would also keep
+# the GELU's tanh and write the biased pre-activation: two more (tokens, mlp_dim) tensors to
+# write and read back, where recomputing them in the backward's fused kernel is free.
+MLP_SAVED = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    jax.checkpoint_policies.save_only_these_names('mlp_gelu'))
+
+
 class MlpBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
@@ -171,12 +182,14 @@ class MlpBlock(nn.Module):
   param_init: str = inits.DEFAULT
   dtype: Any = jnp.float32
 
+  @functools.partial(nn.remat, policy=MLP_SAVED, static_argnums=(2,))  # self, x, deterministic
   @nn.compact
   def __call__(self, x, deterministic: bool):
     scheme = inits.get(self.param_init)
     kw = dict(kernel_init=scheme.kernel, bias_init=scheme.mlp_bias, dtype=self.dtype)
     width = x.shape[-1]
     x = nn.gelu(nn.Dense(self.mlp_dim, **kw)(x), approximate=self.gelu_approximate)
+    x = checkpoint_name(x, 'mlp_gelu')
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
     return nn.Dense(width, **kw)(x)
 
@@ -205,12 +218,12 @@ class Encoder1DBlock(nn.Module):
   @nn.compact
   def __call__(self, x, drop_path_rate, deterministic: bool):
     no_drop_path = deterministic or not self.use_drop_path
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon)(x)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
     y = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl, dtype=self.dtype)(y)
     self.sow('intermediates', 'attn', y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon)(x)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
     y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init,
                  self.dtype)(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
@@ -321,7 +334,10 @@ class ViT(nn.Module):
   jax.checkpoint_policies policy each block is rematerialized under:
   'nothing_saveable' keeps only each block's input (the least memory, about
   a third more compute), 'dots_saveable' keeps the matmul outputs. The params
-  and the numbers are the same; only memory and time change.
+  and the numbers are the same; only memory and time change. Whatever the
+  policy, MlpBlock keeps what MLP_SAVED says, and in bfloat16 the blocks'
+  LayerNorms output bfloat16 (float32 statistics): what the next matmul reads
+  anyway, at half the bytes of float32 written and read back.
   """
   num_classes: int | None = None
   patch_size: int | Sequence[int] = 16
