@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from lgjax.models import ViT
 from lgjax.train import optim, parallel, step, train_and_evaluate
@@ -72,24 +73,32 @@ def random_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) 
           'index': jnp.arange(batch_size, dtype=jnp.int32)}
 
 
-def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | None = None,
-                grad_accum_steps: int = 1, devices=None, backend=None) -> Callable[[], jax.Array]:
-  """() -> loss: one lgjax train step on `batch` (cross-entropy, AdamW, no
-  clipping or smoothing, as the PyTorch reference), state donated and kept.
-
-  `backend`: the train loop's (default its jit backend over `devices`, default all:
-  state replicated, batch split along its rows). On a CPU, JAX_NUM_CPU_DEVICES makes
-  each core a device. `.compiled()` gives the compiled step (memory, HLO)."""
+def train_step(model_cfg: dict, batch_size: int, backend, to_params: Callable | None = None,
+               grad_accum_steps: int = 1) -> tuple[Callable, optax.GradientTransformation]:
+  """(jitted step(state, batch, None) -> (state, metrics), its optimizer): one lgjax train step
+  (cross-entropy, AdamW, no clipping or smoothing, as the PyTorch reference), state donated.
+  Lower it on arrays or on shapes (jax.ShapeDtypeStruct, e.g. to compile for a chip that is
+  not here)."""
   opt = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=0, min_lr=0.0, weight_decay=0.05,
                                        b1=0.9, b2=0.999, clip_norm=0.0))
   loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, alpha=0.0, temperature=1.0))
-  batch_size = len(batch['label'])
   optimizer = optim.make_optimizer(opt, batch_size, 1000)
-  backend = backend or parallel.JitBackend(devices)
   fn = backend.wrap_train(functools.partial(
       step.make_train_step, example_loss=step.classification_loss(ViT(**model_cfg), loss),
       to_params=to_params or (lambda p: p), optimizer=optimizer,
       schedule=optim.learning_rate(opt, batch_size, 1000), grad_accum_steps=grad_accum_steps))
+  return fn, optimizer
+
+
+def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | None = None,
+                grad_accum_steps: int = 1, devices=None, backend=None) -> Callable[[], jax.Array]:
+  """() -> loss: `train_step` on `batch`, its state kept between calls.
+
+  `backend`: the train loop's (default its jit backend over `devices`, default all:
+  state replicated, batch split along its rows). On a CPU, JAX_NUM_CPU_DEVICES makes
+  each core a device. `.compiled()` gives the compiled step (memory, HLO)."""
+  backend = backend or parallel.JitBackend(devices)
+  fn, optimizer = train_step(model_cfg, len(batch['label']), backend, to_params, grad_accum_steps)
   own = lambda tree: jax.tree.map(np.asarray, tree)  # own buffers: the step donates its state
   holder = {'state': backend.place_state(own(step.init_state(trainable, optimizer, jax.random.key(1))))}
   batch = backend.place_batch(own(batch))

@@ -70,6 +70,8 @@ class HloOp(NamedTuple):
   fuses: str    # a fusion's opcodes, in order: what an elementwise kernel computes
   bytes: int    # its operands' and output's bytes: what it moves to and from memory, at least
   where: str    # the model op it comes from (metadata op_name), e.g. 'transpose(jvp(ViT))/...'
+  opcode: str   # e.g. 'fusion', 'custom-call'
+  target: str   # a custom call's, e.g. '__cudnn$fmhaSoftmax' ('' for other ops)
 
 
 _SKIP = ('parameter', 'constant', 'bitcast', 'broadcast', 'tuple', 'get-tuple-element')
@@ -98,10 +100,11 @@ def parse_hlo(hlo_text: str) -> dict[str, HloOp]:
     inner = [op for _, op in re.findall(r'= (\(.*?\)|\S+) ([\w-]+)\(', body) if op not in _SKIP]
     operands = re.findall(r'%([^\s,()]+)', rest.split(')', 1)[0])
     where = re.search(r'op_name="(?:jit\([^)]*\)/)?([^"]*)"', rest)
+    target = re.search(r'custom_call_target="([^"]+)"', rest)
     op = HloOp(shape, bool({opcode, *inner} & {'dot', 'convolution'}),
                ' '.join(dict.fromkeys(inner)) if opcode == 'fusion' else '',
                shape_bytes(shape) + sum(shape_bytes(shapes.get(o, '')) for o in operands),
-               where.group(1) if where else '')
+               where.group(1) if where else '', opcode, target.group(1) if target else '')
     ops[name] = ops[kernel_name(name)] = op
   return ops
 

@@ -2,6 +2,8 @@
 numbers; the profiler's trace and HLO reading against hand-made inputs."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -122,3 +124,60 @@ ENTRY %main.2 (p: f32[4], q: bf16[4]) -> bf16[4] {
   assert profile_step.shape_bytes('(f32[2,3]{1,0}, pred[5], bf16[])') == 24 + 5 + 2
   compiled = jax.jit(lambda a, b: a @ b).lower(np.ones((8, 8), np.float32), np.ones((8, 8), np.float32)).compile()
   assert any(op.matmul for op in profile_step.parse_hlo(compiled.as_text()).values())  # the GEMM, fused or not
+
+
+KERNEL_HLO = '''HloModule m
+
+%gemm_computation (p0: bf16[8,4], p1: bf16[4,4]) -> bf16[8,4] {
+  %p0 = bf16[8,4]{1,0} parameter(0)
+  %p1 = bf16[4,4]{1,0} parameter(1)
+  ROOT %dot.1 = bf16[8,4]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%add_computation (p0: bf16[8,4], p1: bf16[4]) -> bf16[8,4] {
+  %p0 = bf16[8,4]{1,0} parameter(0)
+  %p1 = bf16[4]{0} parameter(1)
+  %broadcast.1 = bf16[8,4]{1,0} broadcast(%p1), dimensions={1}
+  ROOT %add.1 = bf16[8,4]{1,0} add(%p0, %broadcast.1)
+}
+
+%transpose_computation (p0: bf16[8,4]) -> bf16[4,8] {
+  %p0 = bf16[8,4]{1,0} parameter(0)
+  ROOT %transpose.1 = bf16[4,8]{1,0} transpose(%p0), dimensions={1,0}
+}
+
+ENTRY %main (x: bf16[8,4], w: bf16[4,4], b: bf16[4]) -> (bf16[8,4], bf16[4,8]) {
+  %x = bf16[8,4]{1,0} parameter(0)
+  %w = bf16[4,4]{1,0} parameter(1)
+  %b = bf16[4]{0} parameter(2)
+  %gemm_fusion_dot.1 = bf16[8,4]{1,0} fusion(%x, %w), kind=kCustom, calls=%gemm_computation, metadata={op_name="jit(train_step)/jvp(ViT)/Transformer/encoderblock_1/MlpBlock_0/Dense_0/dot_general"}
+  %loop_add_fusion.2 = bf16[8,4]{1,0} fusion(%gemm_fusion_dot.1, %b), kind=kLoop, calls=%add_computation, metadata={op_name="jit(train_step)/jvp(ViT)/Transformer/encoderblock_1/MlpBlock_0/Dense_0/add"}
+  %attn = (bf16[8,4]{1,0}, u8[0]{0}) custom-call(%loop_add_fusion.2, %x, %x), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(train_step)/transpose(jvp(ViT))/Transformer/encoderblock_1/checkpoint/rematted_computation/MultiHeadDotProductAttention_0/dot_product_attention_bwd"}
+  %get-tuple-element.1 = bf16[8,4]{1,0} get-tuple-element(%attn), index=0
+  %transpose_fusion.3 = bf16[4,8]{1,0} fusion(%get-tuple-element.1), kind=kInput, calls=%transpose_computation
+  ROOT %tuple.1 = (bf16[8,4]{1,0}, bf16[4,8]{1,0}) tuple(%get-tuple-element.1, %transpose_fusion.3)
+}
+'''
+
+
+def test_kernel_bytes_reads_a_gpu_steps_kernels_and_their_bytes():
+  from benchmarks import kernel_bytes
+  found = kernel_bytes.kernels(KERNEL_HLO)
+  assert [(k.name, k.kind, k.bytes) for k in found] == [
+      ('gemm_fusion_dot.1', 'GEMM', 64 + 32 + 64),  # reads x and w, writes (8, 4), 2 bytes each
+      ('loop_add_fusion.2', 'elementwise / reduction', 64 + 8 + 64),
+      ('attn', 'attention', 64 + 64 + 64 + 64),  # its u8[0] workspace is no bytes
+      ('transpose_fusion.3', 'copy', 64 + 64)]
+  assert kernel_bytes.by_kind(found) == {'GEMM': (1, 160), 'attention': (1, 256),
+                                         'elementwise / reduction': (1, 136), 'copy': (1, 128)}
+  rows = kernel_bytes.block_kernels(found, 1)
+  assert [(phase, op, k.name) for phase, op, k in rows] == [
+      ('forward', 'MlpBlock_0/Dense_0/add', 'loop_add_fusion.2'),  # a GEMM is not listed
+      ('backward', 'MultiHeadDotProductAttention_0/dot_product_attention_bwd', 'attn')]  # through remat
+  assert kernel_bytes.block_kernels(found, 0) == []
+
+
+def test_kernel_bytes_without_the_cuda_plugin_says_what_to_install():
+  run = subprocess.run([sys.executable, '-m', 'benchmarks.kernel_bytes', '--depth', '1', '--batch', '2'],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+  assert run.returncode == 1 and f'pip install "jax[cuda12]=={jax.__version__}"' in run.stderr, run.stderr

@@ -1,0 +1,175 @@
+"""The memory traffic of a train step's GPU kernels, on a machine without a GPU.
+
+Compiles the step `profile_step` traces (`common.train_step`) for an H100 or H200 that is not here (XLA's
+deviceless compilation, from a target description of the chip) and reads the kernels
+out of the compiled HLO: each fusion or library call is one kernel, and its operands
+and outputs are what it reads from and writes to HBM, at least. Memory-bound kernels
+(LayerNorm, GELU, bias and residual adds, bias gradients) take about their bytes over
+the HBM rate, so a change to the model or to XLA's flags can be judged by the bytes
+it saves before a GPU is lent; a profile on the GPU confirms it. On an H200, DeiT-S's
+elementwise kernels moved 128 GB in 36.4 ms a step (3.55 TB/s, the default rate here;
+benchmarks/results/gpu_h200.md, batch 1024).
+
+Needs JAX's CUDA plugin (`pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"`,
+~6 GB, in a scratch virtual environment); no GPU or driver.
+
+  python -m benchmarks.kernel_bytes [--chip h200] [--width 384 --depth 12 --heads 6 --image 224
+      --patch 16 --batch 1024 --dtype bfloat16 --attention-impl cudnn] [--block 5] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+from typing import NamedTuple
+
+from benchmarks import profile_step
+
+# What XLA needs to know of a chip to compile for it (xla/stream_executor/device_description.proto).
+CHIPS = {
+    'h100': dict(name='NVIDIA H100 80GB HBM3', bandwidth=3.35e12, memory=80 * 2 ** 30),
+    'h200': dict(name='NVIDIA H200', bandwidth=4.8e12, memory=141 * 10 ** 9),
+}
+HOPPER = """gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: {bandwidth:.0f} l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: {memory} shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 8 }}
+runtime_version {{ major: 12 minor: 9 }}
+device_description_str: "{name}"
+"""
+KINDS = ('GEMM', 'attention', 'elementwise / reduction', 'copy', 'other')
+_NOT_KERNELS = ('parameter', 'constant', 'bitcast', 'tuple', 'get-tuple-element')
+
+
+class Kernel(NamedTuple):
+  name: str
+  kind: str    # one of KINDS
+  bytes: int   # operands + outputs
+  shape: str   # its output
+  where: str   # the model op it comes from (metadata op_name)
+
+
+def kernels(hlo_text: str) -> list[Kernel]:
+  """The compiled entry computation's kernels in order: each instruction that is not a
+  parameter, constant, bitcast or tuple plumbing (which run no kernel)."""
+  ops = profile_step.parse_hlo(hlo_text)
+  entry = hlo_text[hlo_text.index('\nENTRY'):]
+  return [Kernel(name, kind_of(ops[name]), ops[name].bytes, re.sub(r'\{[^}]*\}', '', ops[name].shape), ops[name].where)
+          for name in re.findall(r'^\s*(?:ROOT )?%(\S+) = ', entry, re.M) if ops[name].opcode not in _NOT_KERNELS]
+
+
+def kind_of(op: profile_step.HloOp) -> str:
+  """GEMM (a dot or convolution, or a fusion or library call around one), attention
+  (cuDNN's fused attention), copy (a copy or transpose alone), or an elementwise /
+  reduction fusion."""
+  target = op.target.lower()
+  if 'fmha' in target or 'attention' in target:
+    return 'attention'
+  if op.matmul or re.search(r'gemm|matmul|cublas|conv', target):
+    return 'GEMM'
+  if op.opcode in ('copy', 'transpose') or (op.opcode == 'fusion' and set(op.fuses.split()) <= {'copy', 'transpose'}):
+    return 'copy'
+  return 'elementwise / reduction' if op.opcode == 'fusion' else 'other'
+
+
+def by_kind(found: list[Kernel]) -> dict[str, tuple[int, int]]:
+  """Kind -> (kernels, bytes), in KINDS order."""
+  totals = collections.defaultdict(lambda: [0, 0])
+  for k in found:
+    totals[k.kind][0] += 1
+    totals[k.kind][1] += k.bytes
+  return {kind: tuple(totals[kind]) for kind in KINDS if kind in totals}
+
+
+def block_kernels(found: list[Kernel], block: int) -> list[tuple[str, str, Kernel]]:
+  """(pass, model op, kernel) for one encoder block's non-GEMM kernels, in order: what each
+  op of a block costs in HBM traffic (an unscanned ViT's blocks compile alike)."""
+  rows = []
+  for k in found:
+    at = re.search(rf'.*encoderblock_{block}/(?:checkpoint/)?(?:rematted_computation/)?(.*)', k.where)
+    if at and k.kind != 'GEMM':
+      rows.append(('backward' if 'transpose(' in k.where else 'forward', at.group(1), k))
+  return rows
+
+
+def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int) -> str:
+  """The compiled HLO of benchmarks.common.train_step for `chip`, from shapes alone."""
+  import jax
+  jax.config.update('jax_platforms', 'cpu')  # before any backend starts: the CUDA plugin then looks for no GPU
+  import jax.numpy as jnp
+  from jax.experimental import topologies
+
+  from benchmarks.common import train_step
+  from lgjax.models import ViT
+  from lgjax.train import parallel, step
+  try:
+    topology = topologies.get_topology_desc(platform='cuda', topology='1x1x1',
+                                            target_config=HOPPER.format(**CHIPS[chip]))
+  except Exception as e:  # NotImplementedError, RuntimeError: whatever the missing plugin raises
+    raise SystemExit(f'Compiling for a GPU needs JAX\'s CUDA plugin: pip install '
+                     f'"jax[cuda12]=={jax.__version__}" (in a scratch venv). ({type(e).__name__}: {e})')
+  backend = parallel.JitBackend(list(topology.devices))
+  fn, optimizer = train_step(model_cfg, batch_size, backend)
+  model = ViT(**model_cfg)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)))['params'])
+  state = jax.eval_shape(lambda p: step.init_state(p, optimizer, jax.random.key(1)), params)
+  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=backend.replicated), state)
+  rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=backend.sharded)
+  batch = {'image': rows((batch_size, *image_shape), jnp.float32), 'label': rows((batch_size,), jnp.int32),
+           'index': rows((batch_size,), jnp.int32)}
+  return fn.lower(state, batch, None).compile().as_text()
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--chip', default='h200', choices=sorted(CHIPS))
+  p.add_argument('--width', type=int, default=384)
+  p.add_argument('--depth', type=int, default=12)
+  p.add_argument('--heads', type=int, default=6)
+  p.add_argument('--image', type=int, default=224)
+  p.add_argument('--patch', type=int, default=16)
+  p.add_argument('--batch', type=int, default=1024)
+  p.add_argument('--dtype', default='bfloat16')
+  p.add_argument('--attention-impl', default='cudnn', choices=('xla', 'cudnn'))
+  p.add_argument('--rate-tbps', type=float, default=3.55, help='HBM rate of memory-bound kernels')
+  p.add_argument('--block', type=int, default=None, help='list this block\'s kernels (default: the middle one)')
+  p.add_argument('--out', default=None, help='directory for the compiled HLO')
+  args = p.parse_args()
+  cfg = dict(num_classes=1000, patch_size=args.patch, width=args.width, depth=args.depth, num_heads=args.heads,
+             mlp_dim=4 * args.width, dtype=args.dtype, attention_impl=args.attention_impl)
+  hlo = compile_for(args.chip, cfg, (args.image, args.image, 3), args.batch)
+  found = kernels(hlo)
+  print(f'ViT width {args.width} depth {args.depth} heads {args.heads}, {args.image}px/p{args.patch}, '
+        f'batch {args.batch}, {args.dtype}, attention {args.attention_impl}: the train step compiled for '
+        f'{CHIPS[args.chip]["name"]}, {len(found)} kernels')
+  print(f'| kernels | count | GB moved | ms at {args.rate_tbps} TB/s (memory-bound ones) |\n|---|---|---|---|')
+  for kind, (count, size) in by_kind(found).items():
+    ms = f'{size / args.rate_tbps / 1e9:.1f}' if kind in ('elementwise / reduction', 'copy') else '(compute-bound)'
+    print(f'| {kind} | {count} | {size / 1e9:.1f} | {ms} |')
+  block = args.depth // 2 if args.block is None else args.block
+  rows, totals = block_kernels(found, block), collections.Counter()
+  print(f'\nBlock {block}\'s other kernels (those of 16 MiB or more listed):\n| pass | op | kind | output | MB |\n'
+        '|---|---|---|---|---|')
+  for phase, op, k in rows:
+    totals[phase] += k.bytes
+    if k.bytes >= 2 ** 24:
+      print(f'| {phase} | {op} | {k.kind} | {k.shape} | {k.bytes / 1e6:,.0f} |')
+  for phase, size in totals.items():
+    print(f'| {phase} | all | | | {size / 1e6:,.0f} |')
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'step_hlo.txt'), 'w') as f:
+      f.write(hlo)
+
+
+if __name__ == '__main__':
+  main()
