@@ -63,8 +63,8 @@ def test_gradient_reaches_base_and_slope(learngene):
       lambda v: v + 0.1, learngene['shared']['head'])})  # a zero head blocks all gradients
   grads = jax.jit(jax.grad(loss))(lg)
   for part in ('base', 'slope'):
-    norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[part]['MultiHeadDotProductAttention_0'])]
-    assert all(n > 0 for n in norms), part
+    norms = {n: float(jnp.abs(g).sum()) for n, g in tree_lib.flatten_with_names(grads[part]['MultiHeadDotProductAttention_0'])}
+    assert all((v == 0) == (n == 'key/bias') for n, v in norms.items()), (part, norms)  # softmax ignores the key's bias
   # d/dslope = sum_l (l/L) d/dblock_l: check on one leaf against the expanded grads.
   block_grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({'params': p}, x) ** 2)))(tleg.expand(lg, 3))
   per_block = [block_grads['Transformer'][f'encoderblock_{l}']['LayerNorm_1']['bias'] for l in range(3)]

@@ -118,6 +118,29 @@ def test_mlp_keeps_two_hidden_tensors_and_plain_gradients(capsys):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
 
 
+def test_attention_drops_the_key_bias_and_folds_the_value_bias_with_the_textbook_gradients():
+  """Attention with every bias applied where the textbook applies it has the same outputs and
+  gradients as ours, which skips the key's bias (softmax ignores it) and adds the value's
+  through the output projection's bias; the key's bias gets no gradient."""
+  attention = vit.MultiHeadDotProductAttention(num_heads=2)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  params = jax.tree.map(lambda v: v + 0.5 * jax.random.normal(jax.random.key(1), v.shape),  # biases not 0
+                        attention.init(jax.random.key(2), x))
+  loss = lambda p, x: jnp.sum(jnp.sin(attention.apply(p, x)))
+
+  def textbook(p, x):
+    q, k, v = (jnp.einsum('btd,dhk->bthk', x, p['params'][n]['kernel']) + p['params'][n]['bias']
+               for n in ('query', 'key', 'value'))
+    w = jax.nn.softmax(jnp.einsum('bqhk,bshk->bhqs', q, k) / np.sqrt(4), axis=-1)
+    y = jnp.einsum('bhqs,bshk->bqhk', w, v)
+    return jnp.sum(jnp.sin(jnp.einsum('bqhk,hkd->bqd', y, p['params']['out']['kernel']) + p['params']['out']['bias']))
+
+  np.testing.assert_allclose(loss(params, x), textbook(params, x), rtol=1e-5)
+  got, want = jax.grad(loss, (0, 1))(params, x), jax.grad(textbook, (0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got, want)
+  assert not np.any(got[0]['params']['key']['bias']) and np.abs(want[0]['params']['value']['bias']).max() > 0.1
+
+
 def test_bfloat16_block_norms_output_bfloat16_of_the_float32_statistics():
   """In bfloat16 a block's LayerNorms write bfloat16 (half the bytes of float32, and the
   gradient that flows back through them too): the float32 formula, rounded once."""

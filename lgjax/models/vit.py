@@ -147,7 +147,15 @@ def drop_path_rates(drop_path: float, depth: int) -> np.ndarray:
 
 
 class MultiHeadDotProductAttention(nn.Module):
-  """Self-attention with Flax's parameter layout, via jax.nn.dot_product_attention."""
+  """Self-attention with Flax's parameter layout, via jax.nn.dot_product_attention.
+
+  The key's and the value's biases cost no kernels: the key's adds the same q·b_k to
+  every logit of a query, which softmax ignores, and the value's passes through the
+  attention's weights (each row sums to 1) into the output projection, whose bias
+  takes it (b_out + b_v·W_out). Same outputs and params; the key's bias has a zero
+  gradient, as it has in exact arithmetic anyway. DenseGeneral makes the params
+  (its init and names); the call applies them.
+  """
   num_heads: int
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
@@ -156,14 +164,21 @@ class MultiHeadDotProductAttention(nn.Module):
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    head_dim = width // self.num_heads
+    heads = (self.num_heads, width // self.num_heads)
     kernel_init = inits.get(self.param_init).kernel
-    dense = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), dtype=self.dtype, name=name, kernel_init=kernel_init)
-    q, k, v = dense('query')(x), dense('key')(x), dense('value')(x)
-    y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
-    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name='out',
-                           kernel_init=kernel_init)(y)
+    dense = lambda name, features, axis=-1: nn.DenseGeneral(
+        features, axis=axis, dtype=self.dtype, name=name, kernel_init=kernel_init)
+    if self.is_initializing():
+      for name in ('query', 'key', 'value'):
+        dense(name, heads)(x)
+      dense('out', width, (-2, -1))(jnp.zeros(x.shape[:-1] + heads, x.dtype))
+    p = self.variables['params']
+    cast = lambda a: jnp.asarray(a, self.dtype)
+    project = lambda name: jnp.einsum('...d,dhk->...hk', cast(x), cast(p[name]['kernel']))
+    y = jax.nn.dot_product_attention(project('query') + cast(p['query']['bias']), project('key'),
+                                     project('value'), implementation=self.attention_impl)
+    bias = p['out']['bias'] + jnp.einsum('hk,hkd->d', p['value']['bias'], p['out']['kernel'])
+    return jnp.einsum('...hk,hkd->...d', y, cast(p['out']['kernel'])) + cast(bias)
 
 
 # What the MLP keeps for its backward pass: its matmuls' outputs (the first before its bias)
