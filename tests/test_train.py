@@ -573,6 +573,25 @@ def test_a_model_without_randomness_runs_the_batch_at_once():
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a.params, b.params)
 
 
+def test_state_finite_is_checked_where_metrics_are_read_not_in_the_step():
+  loss = step_lib.classification_loss(ViT(**TINY), ml_collections.ConfigDict(
+      dict(label_smoothing=0.0, alpha=0.0, temperature=1.0)))
+  batch = _random_batch(8)
+  state, metrics = _one_step(loss, ViT(**TINY).init(jax.random.key(0), batch['image'][:1])['params'], batch)
+  assert step_lib.STATE_FINITE not in metrics  # the step does no per-leaf pass over the state
+  check = jax.jit(step_lib.make_finite_check())
+  assert float(check(state)[step_lib.STATE_FINITE]) == 1.0
+
+  def poisoned(tree):  # NaN in the largest leaf (a moment or a kernel)
+    leaves, treedef = jax.tree.flatten(tree)
+    i = max(range(len(leaves)), key=lambda i: np.size(leaves[i]))
+    leaves[i] = leaves[i].at[(0,) * leaves[i].ndim].set(np.nan)
+    return jax.tree.unflatten(treedef, leaves)
+
+  assert float(check(state.replace(opt_state=poisoned(state.opt_state)))[step_lib.STATE_FINITE]) == 0.0
+  assert float(check(state.replace(params=poisoned(state.params)))[step_lib.STATE_FINITE]) == 0.0
+
+
 def test_jit_backend_averages_gradients_once_per_step():
   """8 devices, 2 micro-batches each: one device's step on the whole batch, and the
   gradients cross devices once per step, not once per micro-batch (as DDP's no_sync)."""
@@ -588,8 +607,8 @@ def test_jit_backend_averages_gradients_once_per_step():
   assert jax.device_count() == 8 and len(split.params['head']['kernel'].sharding.device_set) == 8
   for name in ('loss', 'grad_norm', 'train_accuracy'):
     np.testing.assert_allclose(split_metrics[name], metrics[name], rtol=1e-5)
-  # atol: params whose gradient is 0 up to rounding (e.g. the key bias) move by
-  # lr * noise / (|noise| + eps) in Adam's first step, ~1e-6 here; a real error moves lr = 1e-3.
+  # atol: params whose gradient is 0 up to rounding move by lr * noise / (|noise| + eps) in
+  # Adam's first step, ~1e-6 here; a real error moves lr = 1e-3.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), split.params, one.params)
   assert ' while(' in hlo and 'all-reduce' in hlo
   assert _collectives_in_loops(hlo) == []

@@ -192,7 +192,7 @@ def evaluate(config, backend, eval_step, state) -> dict[str, float]:
 def _check_finite(metrics: dict[str, float], step_num: int, ckpt: checkpoints.Checkpointer) -> None:
   """Stops a diverged run before it saves: the loss, the gradient norm and the updated
   state (params, optimizer moments) must be finite. Pops the state flag from `metrics`."""
-  state_finite = metrics.pop(step.STATE_FINITE, 1.0)
+  state_finite = metrics.pop(step.STATE_FINITE)
   bad = [f'{k} is {metrics[k]}' for k in ('loss', 'grad_norm') if not math.isfinite(metrics[k])]
   if not state_finite:
     bad.append('the updated params or optimizer state hold NaN/Inf')
@@ -290,6 +290,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       step.make_train_step, example_loss=example_loss, to_params=kind.to_params,
       optimizer=optimizer, schedule=schedule, grad_accum_steps=config.grad_accum_steps))
   eval_step = backend.wrap_eval(functools.partial(step.make_eval_step, predict=predict))
+  finite_check = backend.wrap_eval(step.make_finite_check)
   dstate = backend.place_state(state)
   dteacher = None if teacher is None else backend.place_state(teacher_params)
   offset = jax.process_index() * local_batch
@@ -312,7 +313,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         stop = preempted(step_num)
         save = stop or step_num % config.checkpoint_every == 0 or step_num == config.total_steps
         if save or step_num % config.log_every == 0:
-          final = backend.metrics(metrics)
+          final = backend.metrics({**metrics, **finite_check(dstate)})
           _check_finite(final, step_num, ckpt)
           reporter.write(step_num, {**final, **reporting.speed(reporter.throughput(step_num), flops_per_image,
                                                                config.compute_dtype)})
