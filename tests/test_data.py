@@ -73,6 +73,7 @@ def test_train_stream_is_deterministic_and_resumable():
   assert np.bincount(epoch).tolist() == [400] * 5
 
 
+@pytest.mark.slow  # grain worker processes
 def test_worker_processes_read_the_same_stream():
   """Augmented batches from 2 grain worker processes (and from 2 threads) are the
   in-process stream, from the start and from a resumed position; so is the eval split."""
@@ -154,6 +155,7 @@ def test_pixel_records_hold_the_images_shrunk_to_their_shorter_side(tmp_path):
     pipeline.data_source(dataset(pixels_dir='/no/pixels'), 'validation')
 
 
+@pytest.mark.slow  # a subprocess with worker processes
 def test_the_pixels_command_writes_every_split_in_worker_processes(tmp_path):
   import subprocess
   import sys
@@ -170,6 +172,7 @@ def test_the_pixels_command_writes_every_split_in_worker_processes(tmp_path):
   np.testing.assert_array_equal(written[7]['image'], pixels.shrink(images[7], 20))
 
 
+@pytest.mark.slow  # writes, then trains end to end
 def test_a_prepared_dataset_trains_from_its_pixel_records(tmp_path):
   """The tool writes a (mock) tfds dataset's splits once; a run then reads only them."""
   import tensorflow_datasets as tfds

@@ -221,7 +221,8 @@ def test_stitched_blocks_take_the_vits_runtime_fields():
   forward = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x) ** 2)
   remat = model(remat_policy='nothing_saveable')
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               jax.value_and_grad(forward(remat))(params), jax.value_and_grad(forward(model()))(params))
+               jax.jit(jax.value_and_grad(forward(remat)))(params),
+               jax.jit(jax.value_and_grad(forward(model())))(params))
   remat_name = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # e.g. 'remat2'
   checkpoints = lambda m: str(jax.make_jaxpr(forward(m))(params)).count(f'{remat_name}[')
   # front block 0 and end block 1 under jax.checkpoint, beyond each MLP's own (vit.MLP_SAVED)

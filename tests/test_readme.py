@@ -28,6 +28,7 @@ def fake_demo(root: str) -> None:
     checkpoint.save_params(os.path.join(root, name, 'export'), jax.device_get(params), config)
 
 
+@pytest.mark.slow  # trains, expands and converts end to end
 def test_every_python_block_of_the_readme_runs(tmp_path):
   fake_demo(str(tmp_path / 'demo'))
   blocks = python_blocks()

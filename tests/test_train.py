@@ -653,7 +653,7 @@ def test_micro_batches_sum_gradients_through_to_params():
     log_p = jax.nn.log_softmax(logits)
     return -jnp.mean(jnp.take_along_axis(log_p, batch['label'][:, None], axis=1))
 
-  grads = jax.grad(reference_loss)(lg)
+  grads = jax.jit(jax.grad(reference_loss))(lg)
   norm = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(grads)))
   np.testing.assert_allclose(metrics['grad_norm'], norm, rtol=1e-4)
   np.testing.assert_allclose(micro_metrics['grad_norm'], norm, rtol=1e-4)

@@ -114,7 +114,7 @@ def test_mlp_keeps_two_hidden_tensors_and_plain_gradients(capsys):
 
   print_saved_residuals(plain, params, x)
   assert sum('[2,5,64]' in line for line in capsys.readouterr().out.splitlines()) > 2  # what it saves
-  got, want = jax.grad(loss, (0, 1))(params, x), jax.grad(plain, (0, 1))(params, x)
+  got, want = jax.jit(jax.grad(loss, (0, 1)))(params, x), jax.jit(jax.grad(plain, (0, 1)))(params, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
 
 
@@ -135,8 +135,8 @@ def test_attention_drops_the_key_bias_and_folds_the_value_bias_with_the_textbook
     y = jnp.einsum('bhqs,bshk->bqhk', w, v)
     return jnp.sum(jnp.sin(jnp.einsum('bqhk,hkd->bqd', y, p['params']['out']['kernel']) + p['params']['out']['bias']))
 
-  np.testing.assert_allclose(loss(params, x), textbook(params, x), rtol=1e-5)
-  got, want = jax.grad(loss, (0, 1))(params, x), jax.grad(textbook, (0, 1))(params, x)
+  np.testing.assert_allclose(jax.jit(loss)(params, x), jax.jit(textbook)(params, x), rtol=1e-5)
+  got, want = jax.jit(jax.grad(loss, (0, 1)))(params, x), jax.jit(jax.grad(textbook, (0, 1)))(params, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got, want)
   assert not np.any(got[0]['params']['key']['bias']) and np.abs(want[0]['params']['value']['bias']).max() > 0.1
 
@@ -311,7 +311,7 @@ def test_a_fresh_head_lets_gradients_reach_the_body():
     model = ViT(**{**TINY, **overrides})
     params = model.init(jax.random.key(0), x)['params']
     loss = lambda p: -jnp.mean(jax.nn.log_softmax(model.apply({'params': p}, x))[jnp.arange(4), labels])
-    return jax.grad(loss)(params)['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
+    return jax.jit(jax.grad(loss))(params)['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
 
   assert float(jnp.abs(body_grad()).max()) > 1e-6  # the default: a random head
   np.testing.assert_array_equal(body_grad(head_zeroinit=True), 0.0)
