@@ -53,6 +53,26 @@ def matmul(n: int = 2048, dtype: str = 'float32', count: int = 1) -> tuple[Calla
   return (lambda: f(a, a[:n])), 2 * count * n ** 3 / 1e9
 
 
+def add_model_args(parser, *, width: int = 192, depth: int = 12, heads: int = 3, image: int = 32, patch: int = 4,
+                   batch: int = 128, dtype: str = 'float32', attention_impl: str | None = None) -> None:
+  """The flags of the ViT a step benchmark runs (square images, mlp_dim = 4 x width)."""
+  parser.add_argument('--width', type=int, default=width)
+  parser.add_argument('--depth', type=int, default=depth)
+  parser.add_argument('--heads', type=int, default=heads)
+  parser.add_argument('--image', type=int, default=image)
+  parser.add_argument('--patch', type=int, default=patch)
+  parser.add_argument('--batch', type=int, default=batch)
+  parser.add_argument('--dtype', default=dtype, help='compute dtype (params stay float32)')
+  parser.add_argument('--attention-impl', default=attention_impl, choices=('xla', 'cudnn'), help='ViT.attention_impl')
+
+
+def model_config(args, num_classes: int, **fields) -> dict:
+  """The ViT config of add_model_args' flags, with `fields` (e.g. scan) added."""
+  return dict(num_classes=num_classes, patch_size=args.patch, width=args.width, depth=args.depth,
+              num_heads=args.heads, mlp_dim=4 * args.width, dtype=args.dtype, attention_impl=args.attention_impl,
+              **fields)
+
+
 def train_once(config, workdir: str) -> str:
   """Trains `config` into `workdir` unless a finished run (its export written) is there; the workdir."""
   if not os.path.exists(os.path.join(workdir, 'export')):

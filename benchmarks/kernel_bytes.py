@@ -25,7 +25,7 @@ import os
 import re
 from typing import NamedTuple
 
-from benchmarks import profile_step
+from benchmarks import common, profile_step
 
 # What XLA needs to know of a chip to compile for it (xla/stream_executor/device_description.proto).
 CHIPS = {
@@ -108,7 +108,6 @@ def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int)
   import jax.numpy as jnp
   from jax.experimental import topologies
 
-  from benchmarks.common import train_step
   from lgjax.models import ViT
   from lgjax.train import parallel, step
   try:
@@ -118,7 +117,7 @@ def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int)
     raise SystemExit(f'Compiling for a GPU needs JAX\'s CUDA plugin: pip install '
                      f'"jax[cuda12]=={jax.__version__}" (in a scratch venv). ({type(e).__name__}: {e})')
   backend = parallel.JitBackend(list(topology.devices))
-  fn, optimizer = train_step(model_cfg, batch_size, backend)
+  fn, optimizer = common.train_step(model_cfg, batch_size, backend)
   model = ViT(**model_cfg)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)))['params'])
   state = jax.eval_shape(lambda p: step.init_state(p, optimizer, jax.random.key(1)), params)
@@ -132,20 +131,12 @@ def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int)
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--chip', default='h200', choices=sorted(CHIPS))
-  p.add_argument('--width', type=int, default=384)
-  p.add_argument('--depth', type=int, default=12)
-  p.add_argument('--heads', type=int, default=6)
-  p.add_argument('--image', type=int, default=224)
-  p.add_argument('--patch', type=int, default=16)
-  p.add_argument('--batch', type=int, default=1024)
-  p.add_argument('--dtype', default='bfloat16')
-  p.add_argument('--attention-impl', default='cudnn', choices=('xla', 'cudnn'))
+  common.add_model_args(p, width=384, heads=6, image=224, patch=16, batch=1024, dtype='bfloat16', attention_impl='cudnn')
   p.add_argument('--rate-tbps', type=float, default=3.55, help='HBM rate of memory-bound kernels')
   p.add_argument('--block', type=int, default=None, help='list this block\'s kernels (default: the middle one)')
   p.add_argument('--out', default=None, help='directory for the compiled HLO')
   args = p.parse_args()
-  cfg = dict(num_classes=1000, patch_size=args.patch, width=args.width, depth=args.depth, num_heads=args.heads,
-             mlp_dim=4 * args.width, dtype=args.dtype, attention_impl=args.attention_impl)
+  cfg = common.model_config(args, num_classes=1000)
   hlo = compile_for(args.chip, cfg, (args.image, args.image, 3), args.batch)
   found = kernels(hlo)
   print(f'ViT width {args.width} depth {args.depth} heads {args.heads}, {args.image}px/p{args.patch}, '

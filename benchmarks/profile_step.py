@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from benchmarks.common import median_time, random_batch, step_runner
+from benchmarks.common import add_model_args, median_time, model_config, random_batch, step_runner
 from lgjax.models import ViT, flops
 
 KINDS = (('GPU matmul kernels', re.compile(r'gemm|xmma|cutlass|cublas|nvjet', re.I)),
@@ -127,22 +127,14 @@ def describe(name: str, ms: float, launches: float, ops: dict[str, HloOp]) -> st
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--width', type=int, default=192)
-  p.add_argument('--depth', type=int, default=12)
-  p.add_argument('--heads', type=int, default=3)
-  p.add_argument('--image', type=int, default=32)
-  p.add_argument('--patch', type=int, default=4)
+  add_model_args(p)
   p.add_argument('--channels', type=int, default=3)
-  p.add_argument('--batch', type=int, default=128)
   p.add_argument('--grad-accum-steps', type=int, default=1, help='micro-batches per step')
   p.add_argument('--steps', type=int, default=3)
   p.add_argument('--top', type=int, default=12)
   p.add_argument('--out', default=None, help='directory for every op\'s row and the compiled HLO')
-  p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
-  p.add_argument('--attention-impl', default=None, choices=('xla', 'cudnn'), help='ViT.attention_impl')
   args = p.parse_args()
-  cfg = dict(num_classes=10, patch_size=args.patch, width=args.width, depth=args.depth,
-             num_heads=args.heads, mlp_dim=4 * args.width, dtype=args.dtype, attention_impl=args.attention_impl)
+  cfg = model_config(args, num_classes=10)
   batch = random_batch(args.batch, (args.image, args.image, args.channels), 10)
   params = jax.jit(ViT(**cfg).init)(jax.random.key(0), batch['image'][:1])['params']
   one = step_runner(cfg, params, batch, grad_accum_steps=args.grad_accum_steps)

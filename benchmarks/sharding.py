@@ -21,7 +21,7 @@ import argparse
 import jax
 import optax
 
-from benchmarks.common import interleaved_times, random_batch, step_runner
+from benchmarks.common import add_model_args, interleaved_times, model_config, random_batch, step_runner
 from lgjax import tree as tree_lib
 from lgjax.models import ViT
 from lgjax.train import loop, parallel
@@ -36,23 +36,16 @@ def device0_bytes(tree) -> int:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--width', type=int, default=768)
-  p.add_argument('--heads', type=int, default=12)
-  p.add_argument('--depth', type=int, default=6)
-  p.add_argument('--batch', type=int, default=16)
-  p.add_argument('--image', type=int, default=32)
-  p.add_argument('--patch', type=int, default=8)
+  add_model_args(p, width=768, heads=12, depth=6, batch=16, patch=8)
   p.add_argument('--fsdp', default='1,-1', help='comma-separated sharding.fsdp values (-1: all devices)')
   p.add_argument('--budget-gb', type=float, default=0.5, help='memory per device the model must fit in')
   p.add_argument('--min-size', type=int, default=parallel.MIN_SHARD_SIZE, help='sharding.min_size')
   p.add_argument('--scan', action='store_true', help='scan over layers (weights gathered one layer at a time)')
   p.add_argument('--remat-policy', default=None, help='ViT.remat_policy (e.g. nothing_saveable: with --scan, '
                                                       'each block keeps only its input for the backward pass)')
-  p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
   p.add_argument('--repeats', type=int, default=3)
   args = p.parse_args()
-  cfg = dict(num_classes=1000, patch_size=args.patch, width=args.width, depth=args.depth, num_heads=args.heads,
-             mlp_dim=4 * args.width, dtype=args.dtype, scan=args.scan, remat_policy=args.remat_policy)
+  cfg = model_config(args, num_classes=1000, scan=args.scan, remat_policy=args.remat_policy)
   shape = (args.image, args.image, 3)
   batch = random_batch(args.batch, shape, 1000)
   init = jax.jit(lambda rng: ViT(**cfg).init(rng, batch['image'][:1])['params'])

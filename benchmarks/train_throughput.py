@@ -20,7 +20,7 @@ import argparse
 
 import jax
 
-from benchmarks.common import interleaved_times, matmul, random_batch, step_runner
+from benchmarks.common import add_model_args, interleaved_times, matmul, model_config, random_batch, step_runner
 from lgjax.learngene import tleg
 from lgjax.models import flops
 from lgjax.train import reporting
@@ -28,19 +28,11 @@ from lgjax.train import reporting
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--width', type=int, default=192)
-  p.add_argument('--depth', type=int, default=12)
-  p.add_argument('--heads', type=int, default=3)
-  p.add_argument('--batch', type=int, default=128)
-  p.add_argument('--image', type=int, default=32)
-  p.add_argument('--patch', type=int, default=4)
+  add_model_args(p)
   p.add_argument('--repeats', type=int, default=5, help='turns each step takes (2 timed steps each)')
   p.add_argument('--grad-accum-steps', type=int, default=1, help='micro-batches per step')
-  p.add_argument('--dtype', default='float32', help='compute dtype (params stay float32)')
-  p.add_argument('--attention-impl', default=None, choices=('xla', 'cudnn'), help='ViT.attention_impl')
   args = p.parse_args()
-  cfg = dict(num_classes=100, patch_size=args.patch, width=args.width, depth=args.depth,
-             num_heads=args.heads, mlp_dim=4 * args.width, dtype=args.dtype, attention_impl=args.attention_impl)
+  cfg = model_config(args, num_classes=100)
   shape = (args.image, args.image, 3)
   batch = random_batch(args.batch, shape, 100)
 
