@@ -1,8 +1,8 @@
 """The memory traffic of a train step's GPU kernels, on a machine without a GPU.
 
-Compiles the step `profile_step` traces (`common.train_step`) for an H100 or H200 that is not here (XLA's
-deviceless compilation, from a target description of the chip) and reads the kernels
-out of the compiled HLO: each fusion or library call is one kernel, and its operands
+Compiles the step `profile_step` traces (`common.train_step`) for an H100 or H200 that
+is not here (XLA's deviceless compilation, from a target description of the chip) and
+reads the kernels out of the compiled HLO: each fusion or library call is one kernel, and its operands
 and outputs are what it reads from and writes to HBM, at least. Memory-bound kernels
 (LayerNorm, GELU, bias and residual adds, bias gradients) take about their bytes over
 the HBM rate, so a change to the model or to XLA's flags can be judged by the bytes
@@ -10,11 +10,13 @@ it saves before a GPU is lent; a profile on the GPU confirms it. On an H200, Dei
 elementwise kernels moved 128 GB in 36.4 ms a step (3.55 TB/s, the default rate here;
 benchmarks/results/gpu_h200.md, batch 1024).
 
-Needs JAX's CUDA plugin (`pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"`,
-~6 GB, in a scratch virtual environment); no GPU or driver.
+Needs JAX's CUDA plugin (~6 GB; no GPU or driver), best in a scratch virtual environment:
 
-  python -m benchmarks.kernel_bytes [--chip h200] [--width 384 --depth 12 --heads 6 --image 224
+  python -m venv /tmp/aot && /tmp/aot/bin/pip install -e . "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
+  /tmp/aot/bin/python -m benchmarks.kernel_bytes [--chip h200] [--width 384 --depth 12 --heads 6 --image 224
       --patch 16 --batch 1024 --dtype bfloat16 --attention-impl cudnn] [--block 5] [--out DIR]
+
+XLA_FLAGS apply as on a GPU (e.g. --xla_gpu_enable_cublaslt=true), so flags can be compared too.
 """
 
 from __future__ import annotations
