@@ -3,7 +3,7 @@
 # attention): DeiT-S at gpu_check's batch 1024, the same with cuBLASLt GEMMs (bias and residual
 # in their epilogues: benchmarks.kernel_bytes predicts 9 % fewer elementwise bytes) and at batch
 # 2048, ViT-B at 512, then a profile of DeiT-S's 1024 step with every kernel's row and the
-# compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s. About 5 minutes.
+# compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s. About 5 minutes (6 with BASELINE).
 # With BASELINE=DIR (a checkout of an earlier commit, e.g. `git worktree add .baseline COMMIT`,
 # carried to the GPU machine), DeiT-S 1024 also runs on that code, before and after this tree's
 # row, to measure a change side by side. Measured before (gpu_h200.md): batch 512-2048, XLA's
