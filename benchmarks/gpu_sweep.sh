@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bf16 train-step MFU on one GPU, one process per row (benchmarks/train_throughput.py, cuDNN
 # attention): DeiT-S at gpu_check's batch 1024, the same with cuBLASLt GEMMs (bias and residual
-# in their epilogues: benchmarks.kernel_bytes predicts 9 % fewer elementwise bytes) and at batch
+# in their epilogues: kernel_bytes predicts 11 % fewer elementwise + copy bytes) and at batch
 # 2048, ViT-B at 512, then a profile of DeiT-S's 1024 step with every kernel's row and the
 # compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s. About 5 minutes (6 with BASELINE).
 # With BASELINE=DIR (a checkout of an earlier commit, e.g. `git worktree add .baseline COMMIT`,
