@@ -138,7 +138,7 @@ def main():
   p.add_argument('--block', type=int, default=None, help='list this block\'s kernels (default: the middle one)')
   p.add_argument('--out', default=None, help='directory for the compiled HLO')
   args = p.parse_args()
-  cfg = common.model_config(args, num_classes=1000)
+  cfg = common.model_config(vars(args), num_classes=1000)
   hlo = compile_for(args.chip, cfg, (args.image, args.image, 3), args.batch)
   found = kernels(hlo)
   print(f'ViT width {args.width} depth {args.depth} heads {args.heads}, {args.image}px/p{args.patch}, '

@@ -134,7 +134,7 @@ def main():
   p.add_argument('--top', type=int, default=12)
   p.add_argument('--out', default=None, help='directory for every op\'s row and the compiled HLO')
   args = p.parse_args()
-  cfg = model_config(args, num_classes=10)
+  cfg = model_config(vars(args), num_classes=10)
   batch = random_batch(args.batch, (args.image, args.image, args.channels), 10)
   params = jax.jit(ViT(**cfg).init)(jax.random.key(0), batch['image'][:1])['params']
   one = step_runner(cfg, params, batch, grad_accum_steps=args.grad_accum_steps)

@@ -45,7 +45,7 @@ def main():
                                                       'each block keeps only its input for the backward pass)')
   p.add_argument('--repeats', type=int, default=3)
   args = p.parse_args()
-  cfg = model_config(args, num_classes=1000, scan=args.scan, remat_policy=args.remat_policy)
+  cfg = model_config(vars(args), num_classes=1000, scan=args.scan, remat_policy=args.remat_policy)
   shape = (args.image, args.image, 3)
   batch = random_batch(args.batch, shape, 1000)
   init = jax.jit(lambda rng: ViT(**cfg).init(rng, batch['image'][:1])['params'])

@@ -32,7 +32,7 @@ def main():
   p.add_argument('--repeats', type=int, default=5, help='turns each step takes (2 timed steps each)')
   p.add_argument('--grad-accum-steps', type=int, default=1, help='micro-batches per step')
   args = p.parse_args()
-  cfg = model_config(args, num_classes=100)
+  cfg = model_config(vars(args), num_classes=100)
   shape = (args.image, args.image, 3)
   batch = random_batch(args.batch, shape, 100)
 

@@ -31,7 +31,7 @@ import torch
 from torch import distributed as dist, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from benchmarks.common import interleaved_times, matmul, random_batch, step_runner
+from benchmarks.common import interleaved_times, matmul, model_config, random_batch, step_runner
 from lgjax.models import ViT, flops
 
 CASES = (dict(width=192, depth=12, heads=3, image=32, patch=4, batch=128, channels=3),
@@ -123,14 +123,9 @@ def torch_ddp(c, images, labels, accum, world):
   return one
 
 
-def model_config(c):
-  return dict(num_classes=CLASSES, patch_size=c['patch'], width=c['width'], depth=c['depth'],
-              num_heads=c['heads'], mlp_dim=4 * c['width'])
-
-
 def lgjax_step(c, batch, accum, devices):
   """() -> loss: one lgjax train step, `accum` micro-batches, data parallel over `devices`."""
-  cfg = model_config(c)
+  cfg = model_config(c, CLASSES)
   params = jax.jit(ViT(**cfg).init)(jax.random.key(0), batch['image'][:1])['params']
   return step_runner(cfg, params, batch, grad_accum_steps=accum, devices=devices)
 
@@ -169,7 +164,7 @@ def main():
     steps['peak'], peak_gflop = matmul()
     times = interleaved_times(steps, args.rounds)
     peak = peak_gflop / times.pop('peak')
-    gflop = 3 * flops.forward_flops(model_config(c), batch['image'].shape[1:]) * c['batch'] / 1e9
+    gflop = 3 * flops.forward_flops(model_config(c, CLASSES), batch['image'].shape[1:]) * c['batch'] / 1e9
     for _, accum, how in [k for k in times if k[0] == 'lgjax']:
       t_jax, t_torch = times['lgjax', accum, how], times['torch', accum, how]
       step = 'whole batch' if accum == 1 else f'{accum} x {c["batch"] // accum} images'
