@@ -135,10 +135,15 @@ def test_trains_on_mock_tfds_data(tmp_path):
 KEY_BIAS = 'MultiHeadDotProductAttention_0/key/bias'  # its gradient is 0: softmax ignores it (vit.py)
 
 
+def _moved(final, initial) -> dict[str, bool]:
+  """Param name -> whether it differs from its initial value."""
+  return {n: bool(np.any(np.asarray(a) != np.asarray(b)))
+          for (n, a), (_, b) in zip(tree_lib.flatten_with_names(final), tree_lib.flatten_with_names(initial))}
+
+
 def _trained_as_expected(final, initial) -> bool:
   """Every param moved from its initial value, but the attention's key biases, which stay."""
-  moved = {n: bool(np.any(np.asarray(a) != np.asarray(b)))
-           for (n, a), (_, b) in zip(tree_lib.flatten_with_names(final), tree_lib.flatten_with_names(initial))}
+  moved = _moved(final, initial)
   return moved and all(v != n.endswith(KEY_BIAS) for n, v in moved.items())
 
 
@@ -818,8 +823,7 @@ def test_frozen_params_stay_put_through_a_resume(tmp_path):
   initial = kinds.make_kind(resolved, data.image_shape(resolved.dataset)).init(
       jax.random.split(jax.random.key(config.seed))[0])
   final, _ = restore_export(tmp_path)
-  moved = {n: bool(np.any(np.asarray(a) != np.asarray(b)))
-           for (n, a), (_, b) in zip(tree_lib.flatten_with_names(final), tree_lib.flatten_with_names(initial))}
+  moved = _moved(final, initial)
   assert not any(v for n, v in moved.items() if n.startswith(('Transformer/encoderblock_0/', 'embedding/')))
   assert all(v != n.endswith(KEY_BIAS) for n, v in moved.items() if n.startswith(('Transformer/encoderblock_1/', 'head/')))
 
