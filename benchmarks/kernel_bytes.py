@@ -27,7 +27,13 @@ import os
 import re
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
+from jax.experimental import topologies
+
 from benchmarks import common, profile_step
+from lgjax.models import param_shapes
+from lgjax.train import parallel, step
 
 # What XLA needs to know of a chip to compile for it (xla/stream_executor/device_description.proto).
 CHIPS = {
@@ -105,13 +111,7 @@ def block_kernels(found: list[Kernel], block: int) -> list[tuple[str, str, Kerne
 
 def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int) -> str:
   """The compiled HLO of benchmarks.common.train_step for `chip`, from shapes alone."""
-  import jax
   jax.config.update('jax_platforms', 'cpu')  # before any backend starts: the CUDA plugin then looks for no GPU
-  import jax.numpy as jnp
-  from jax.experimental import topologies
-
-  from lgjax.models import ViT
-  from lgjax.train import parallel, step
   try:
     topology = topologies.get_topology_desc(platform='cuda', topology='1x1x1',
                                             target_config=HOPPER.format(**CHIPS[chip]))
@@ -120,9 +120,7 @@ def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int)
                      f'"jax[cuda12]=={jax.__version__}" (in a scratch venv). ({type(e).__name__}: {e})')
   backend = parallel.JitBackend(list(topology.devices))
   fn, optimizer = common.train_step(model_cfg, batch_size, backend)
-  model = ViT(**model_cfg)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)))['params'])
-  state = jax.eval_shape(lambda p: step.init_state(p, optimizer, jax.random.key(1)), params)
+  state = jax.eval_shape(lambda p: step.init_state(p, optimizer, jax.random.key(1)), param_shapes(model_cfg, image_shape))
   state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=backend.replicated), state)
   rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=backend.sharded)
   batch = {'image': rows((batch_size, *image_shape), jnp.float32), 'label': rows((batch_size,), jnp.int32),
