@@ -178,6 +178,7 @@ def test_kernel_bytes_reads_a_gpu_steps_kernels_and_their_bytes():
 
 
 def test_kernel_bytes_without_the_cuda_plugin_says_what_to_install():
+  from conftest import ROOT
   run = subprocess.run([sys.executable, '-m', 'benchmarks.kernel_bytes', '--depth', '1', '--batch', '2'],
-                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert run.returncode == 1 and f'pip install "jax[cuda12]=={jax.__version__}"' in run.stderr, run.stderr
