@@ -63,6 +63,12 @@ def test_scan_and_unscanned_agree(pool_type):
   assert float(jnp.abs(y).max()) > 1e-3  # not a vacuous comparison
 
 
+def _layer_norm(v, params):
+  """LayerNorm in numpy (eps 1e-6, big_vision's): the reference the model's is checked against."""
+  mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+  return (v - mu) / np.sqrt(var + 1e-6) * np.asarray(params['scale']) + np.asarray(params['bias'])
+
+
 def test_forward_matches_numpy_reference():
   """One block, gap pooling, written independently in numpy."""
   config = {**TINY, 'depth': 1}
@@ -71,17 +77,13 @@ def test_forward_matches_numpy_reference():
   got = ViT(**config).apply({'params': p}, x)
   p = jax.tree.map(np.asarray, p)
 
-  def ln(v, q):
-    mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
-    return (v - mu) / np.sqrt(var + 1e-6) * q['scale'] + q['bias']
-
   gelu = lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
   patches = x.reshape(2, 4, 4, 4, 4, 1).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, 16)
   h = patches @ p['embedding']['kernel'].reshape(16, 32) + p['embedding']['bias']
   h = h + p['pos_embedding']
   b = p['Transformer']['encoderblock_0']
   a = b['MultiHeadDotProductAttention_0']
-  y = ln(h, b['LayerNorm_0'])
+  y = _layer_norm(h, b['LayerNorm_0'])
   q, k, v = (np.einsum('ntd,dhk->nthk', y, a[m]['kernel']) + a[m]['bias'] for m in ('query', 'key', 'value'))
   logits = np.einsum('nqhk,nshk->nhqs', q, k) / np.sqrt(8)
   w = np.exp(logits - logits.max(-1, keepdims=True))
@@ -89,9 +91,9 @@ def test_forward_matches_numpy_reference():
   attn = np.einsum('nhqs,nshk->nqhk', w, v)
   h = h + np.einsum('nqhk,hkd->nqd', attn, a['out']['kernel']) + a['out']['bias']
   m = b['MlpBlock_0']
-  y = gelu(ln(h, b['LayerNorm_1']) @ m['Dense_0']['kernel'] + m['Dense_0']['bias'])
+  y = gelu(_layer_norm(h, b['LayerNorm_1']) @ m['Dense_0']['kernel'] + m['Dense_0']['bias'])
   h = h + y @ m['Dense_1']['kernel'] + m['Dense_1']['bias']
-  h = ln(h, p['Transformer']['encoder_norm']).mean(1)
+  h = _layer_norm(h, p['Transformer']['encoder_norm']).mean(1)
   want = h @ p['head']['kernel'] + p['head']['bias']
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -154,9 +156,7 @@ def test_bfloat16_block_norms_output_bfloat16_of_the_float32_statistics():
   assert got.dtype == jnp.bfloat16
   tokens = conv.reshape(2, -1, 32) + params['pos_embedding'].astype(jnp.bfloat16)  # the block's input
   tokens = np.asarray(tokens, np.float32)
-  norm = params['Transformer']['encoderblock_0']['LayerNorm_0']
-  mu, var = tokens.mean(-1, keepdims=True), tokens.var(-1, keepdims=True)
-  want = (tokens - mu) / np.sqrt(var + 1e-6) * np.asarray(norm['scale']) + np.asarray(norm['bias'])
+  want = _layer_norm(tokens, params['Transformer']['encoderblock_0']['LayerNorm_0'])
   np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2 ** -8, atol=1e-6)  # one rounding
 
 
