@@ -23,7 +23,7 @@ JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=8 timeout 200 $PY -m benchmarks.sharding -
 sharding_pid=$!
 
 # Full f32 matmuls on the GPU: the tests compare against numpy at 1e-4..1e-6. The model and
-# expansion math only (55 tests, 189 s in one process on an H200, nearly all of it compiling on the
+# expansion math only (58 tests; 55 took 189 s in one process on an H200, nearly all of it compiling on the
 # host); checkpoints and converters are host-side and run in CI. With pytest-xdist (a wheel in .whl/
 # where the machine has no registry), 4 processes share the GPU, each allocating only what it uses.
 workers=$($PY -c "import pytest, xdist; assert int(pytest.__version__.split('.')[0]) >= 7" 2>/dev/null && echo "-n 4")
