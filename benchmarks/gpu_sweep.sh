@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # bf16 train-step MFU on one GPU, one process per row (benchmarks/train_throughput.py, cuDNN
-# attention): DeiT-S at gpu_check's batch 1024, the same with cuBLASLt GEMMs (bias and residual
+# attention): DeiT-S at gpu_check's batch 1024, the same with ViT.norm_impl='pallas' (the residual add
+# and LayerNorm after attention as one kernel: kernel_bytes predicts 9 % fewer elementwise bytes),
+# with cuBLASLt GEMMs (bias and residual
 # in their epilogues: kernel_bytes predicts 11 % fewer elementwise + copy bytes) and at batch
 # 2048, ViT-B at 512, then a profile of DeiT-S's 1024 step with every kernel's row and the
-# compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s. About 5 minutes (6 with BASELINE).
+# compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s. About 6 minutes (7 with BASELINE).
 # With BASELINE=DIR (a checkout of an earlier commit, e.g. `git worktree add .baseline COMMIT`,
 # carried to the GPU machine), DeiT-S 1024 also runs on that code, before and after this tree's
 # row, to measure a change side by side. Measured before (gpu_h200.md): batch 512-2048, XLA's
@@ -24,6 +26,7 @@ cublaslt="--xla_gpu_enable_triton_gemm=false --xla_gpu_enable_cublaslt=true"
 [ -n "${BASELINE:-}" ] && run "$deit_s" 1024 "" "$BASELINE"
 run "$deit_s" 1024
 [ -n "${BASELINE:-}" ] && run "$deit_s" 1024 "" "$BASELINE"
+run "$deit_s --norm-impl pallas" 1024
 run "$deit_s" 1024 "$cublaslt"
 run "$deit_s" 2048
 run "$vit_b" 512

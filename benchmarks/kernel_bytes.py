@@ -84,6 +84,8 @@ def kind_of(op: profile_step.HloOp) -> str:
     return 'attention'
   if op.matmul or re.search(r'gemm|matmul|cublas|conv', target):
     return 'GEMM'
+  if 'triton' in target:  # a Pallas kernel (lgjax.models.residual_norm's): memory-bound like a fusion
+    return 'elementwise / reduction'
   if op.opcode in ('copy', 'transpose') or (op.opcode == 'fusion' and set(op.fuses.split()) <= {'copy', 'transpose'}):
     return 'copy'
   return 'elementwise / reduction' if op.opcode == 'fusion' else 'other'
@@ -140,7 +142,7 @@ def main():
   hlo = compile_for(args.chip, cfg, (args.image, args.image, 3), args.batch)
   found = kernels(hlo)
   print(f'ViT width {args.width} depth {args.depth} heads {args.heads}, {args.image}px/p{args.patch}, '
-        f'batch {args.batch}, {args.dtype}, attention {args.attention_impl}: the train step compiled for '
+        f'batch {args.batch}, {args.dtype}, attention {args.attention_impl}, norm {args.norm_impl or "xla"}: the train step compiled for '
         f'{CHIPS[args.chip]["name"]}, {len(found)} kernels')
   print(f'| kernels | count | GB moved | ms at {args.rate_tbps} TB/s (memory-bound ones) |\n|---|---|---|---|')
   for kind, (count, size) in by_kind(found).items():

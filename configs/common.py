@@ -101,7 +101,8 @@ def model(preset: str, depth: int | None, size: str = 'S', num_classes: int | No
       width=width, depth=depth, mlp_dim=mlp, num_heads=heads, posemb='learn', pool_type=pool,
       dropout=0.0, drop_path=drop_path, scan=False, param_init=inits.DEFAULT, head_zeroinit=False,
       gelu_approximate=not exact_gelu, layer_norm_epsilon=1e-6, final_norm='tokens',
-      attention_impl=config_dict.placeholder(str), remat_policy=config_dict.placeholder(str)))
+      attention_impl=config_dict.placeholder(str), norm_impl=config_dict.placeholder(str),
+      remat_policy=config_dict.placeholder(str)))
 
 
 def base(preset: str, *, kind: str, batch_size: int, epochs: float, lr: float,
@@ -184,6 +185,7 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'model.param_init': 'deit (the papers\') | torch | big_vision',
     'model.head_zeroinit': 'start the head at zero (big_vision\'s default; slows an inherited body)',
     'model.attention_impl': 'None (JAX\'s choice) | xla | cudnn (fused, GPU)',
+    'model.norm_impl': 'None (XLA) | pallas (attention\'s residual add + LayerNorm in one kernel on GPUs)',
     'model.remat_policy': 'None (keep activations) | nothing_saveable | dots_saveable | '
                           'dots_with_no_batch_dims_saveable: recompute each block in the backward pass '
                           '(less memory, more compute; use with model.scan)',

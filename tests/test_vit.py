@@ -12,7 +12,7 @@ from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from jax.ad_checkpoint import print_saved_residuals
 
-from lgjax.models import ViT, ViTConfig, blocks, check_config, model_config, param_shapes, vit
+from lgjax.models import ViT, ViTConfig, blocks, check_config, model_config, param_shapes, vit, with_block_outputs
 
 BLOCK_NAMES = {
     'LayerNorm_0/scale', 'LayerNorm_0/bias', 'LayerNorm_1/scale', 'LayerNorm_1/bias',
@@ -213,6 +213,7 @@ def param_shapes_as_zeros(config):
     ('posemb', 'sincos1d', "posemb must be one of"),
     ('drop_path', 1.0, 'drop_path must be in [0, 1), got 1.0'),
     ('attention_impl', 'flash', "attention_impl must be one of (None, 'xla', 'cudnn'), got 'flash'"),
+    ('norm_impl', 'triton', "norm_impl must be one of (None, 'pallas'), got 'triton'"),
     ('remat_policy', 'everything', "remat_policy must be one of (None, 'nothing_saveable', 'dots_saveable', "
                                    "'dots_with_no_batch_dims_saveable'), got 'everything'"),
 ])
@@ -226,6 +227,27 @@ def test_attention_impl_xla_is_the_default_computation():
   params = ViT(**TINY).init(jax.random.key(1), x)
   np.testing.assert_array_equal(ViT(**TINY).apply(params, x),
                                 ViT(**TINY, attention_impl='xla').apply(params, x))
+
+
+@pytest.mark.parametrize('fields', [dict(drop_path=0.5, dropout=0.1),
+                                    dict(scan=True, drop_path=0.5, remat_policy='nothing_saveable')])
+def test_norm_impl_pallas_is_the_same_model(fields):
+  """norm_impl='pallas' (residual_norm's fused add + LayerNorm) makes the same params and,
+  in training, the same loss and gradients, drop-path and dropout draws included; the
+  blocks' sown attention outputs (with_block_outputs) are the same too."""
+  x = jax.random.normal(jax.random.key(0), (4, *IMAGE_SHAPE))
+  plain, fused = ViT(**TINY, **fields), ViT(**TINY, **fields, norm_impl='pallas')
+  params = plain.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, params, fused.init(jax.random.key(1), x))
+  params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(2), v.shape), params)  # LN params too
+  loss = lambda model: jax.jit(jax.value_and_grad(lambda p: jnp.mean(jnp.square(
+      model.apply(p, x, train=True, rngs={'dropout': jax.random.key(3)})))))
+  (want, want_grads), (got, got_grads) = loss(plain)(params), loss(fused)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5), got_grads, want_grads)
+  _, want_blocks = with_block_outputs(plain, params['params'], x)
+  _, got_blocks = with_block_outputs(fused, params['params'], x)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5), got_blocks, want_blocks)
 
 
 @pytest.mark.parametrize('scan,policy', [(False, 'dots_saveable'), (True, 'nothing_saveable')])

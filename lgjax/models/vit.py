@@ -39,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from lgjax.models import blocks, inits
+from lgjax.models import blocks, inits, residual_norm
 
 POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
 FINAL_NORMS = ('tokens', 'pooled')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')  # jax.nn.dot_product_attention's `implementation`
+NORM_IMPLS = (None, 'pallas')  # how a block adds attention's output and normalizes (residual_norm)
 # What each block keeps for the backward pass (names in jax.checkpoint_policies); None: all.
 REMAT_POLICIES = (None, 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
@@ -119,6 +120,8 @@ def check_config(config: dict[str, Any]) -> None:
   inits.get(get('param_init'))
   if get('attention_impl') not in ATTENTION_IMPLS:
     raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {get("attention_impl")!r}.')
+  if get('norm_impl') not in NORM_IMPLS:
+    raise ValueError(f'norm_impl must be one of {NORM_IMPLS}, got {get("norm_impl")!r}.')
   if get('remat_policy') not in REMAT_POLICIES:
     raise ValueError(f'remat_policy must be one of {REMAT_POLICIES}, got {get("remat_policy")!r}.')
   for k in ('num_classes', 'mlp_dim'):
@@ -154,12 +157,15 @@ class MultiHeadDotProductAttention(nn.Module):
   attention's weights (each row sums to 1) into the output projection, whose bias
   takes it (b_out + b_v·W_out). Same outputs and params; the key's bias has a zero
   gradient, as it has in exact arithmetic anyway. DenseGeneral makes the params
-  (its init and names); the call applies them.
+  (its init and names); the call applies them. With `out_bias=False` the call
+  returns (output less that bias, the bias) for a caller that adds it in its own
+  kernel (residual_norm).
   """
   num_heads: int
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
   dtype: Any = jnp.float32
+  out_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -178,7 +184,8 @@ class MultiHeadDotProductAttention(nn.Module):
     y = jax.nn.dot_product_attention(project('query') + cast(p['query']['bias']), project('key'),
                                      project('value'), implementation=self.attention_impl)
     bias = p['out']['bias'] + jnp.einsum('hk,hkd->d', p['value']['bias'], p['out']['kernel'])
-    return jnp.einsum('...hk,hkd->...d', y, cast(p['out']['kernel'])) + cast(bias)
+    y = jnp.einsum('...hk,hkd->...d', y, cast(p['out']['kernel']))
+    return y + cast(bias) if self.out_bias else (y, bias)
 
 
 # What the MLP keeps for its backward pass: its matmuls' outputs (the first before its bias)
@@ -209,13 +216,31 @@ class MlpBlock(nn.Module):
     return nn.Dense(width, **kw)(x)
 
 
+def _drop_path_mask(module: nn.Module, rate, shape) -> jax.Array:
+  """Which examples keep their residual branch (probability 1 - `rate`), broadcastable to `shape`."""
+  return jax.random.bernoulli(module.make_rng('dropout'), 1.0 - rate, (shape[0],) + (1,) * (len(shape) - 1))
+
+
 def _drop_path(module: nn.Module, x, rate, deterministic: bool):
   """Drops the whole residual branch per example with probability `rate`."""
   if deterministic:
     return x
-  keep = 1.0 - rate
-  mask = jax.random.bernoulli(module.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-  return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+  return jnp.where(_drop_path_mask(module, rate, x.shape), x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class AddLayerNorm(nn.Module):
+  """x + keep * (h + b), and the LayerNorm of that, in one kernel on GPUs
+  (residual_norm.add_layer_norm): nn.LayerNorm's params (scale, bias), so that a
+  checkpoint cannot tell which ran. Returns (the sum, its LayerNorm in `dtype`)."""
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, h, b, keep):
+    width = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (width,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (width,), jnp.float32)
+    return residual_norm.add_layer_norm(x, h, b, keep, scale, bias, epsilon=self.epsilon, dtype=self.dtype)
 
 
 class Encoder1DBlock(nn.Module):
@@ -228,23 +253,41 @@ class Encoder1DBlock(nn.Module):
   layer_norm_epsilon: float = 1e-6
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
+  norm_impl: str | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, drop_path_rate, deterministic: bool):
     no_drop_path = deterministic or not self.use_drop_path
     y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
-    y = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl, dtype=self.dtype)(y)
-    self.sow('intermediates', 'attn', y)
-    y = nn.Dropout(rate=self.dropout)(y, deterministic)
-    x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
+    attention = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl,
+                                             dtype=self.dtype, out_bias=self.norm_impl is None)
+    if self.norm_impl is None:
+      y = attention(y)
+      self.sow('intermediates', 'attn', y)
+      y = nn.Dropout(rate=self.dropout)(y, deterministic)
+      x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
+      y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
+    else:
+      x, y = self._add_attention_and_norm(x, *attention(y), drop_path_rate, deterministic, no_drop_path)
     y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init,
                  self.dtype)(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
     self.sow('intermediates', 'out', x)
     return x
+
+  def _add_attention_and_norm(self, x, h, b, drop_path_rate, deterministic, no_drop_path):
+    """x + drop_path(dropout(h + b)) and LayerNorm_1 of it, by AddLayerNorm: the same
+    numbers as the unfused lines, rounded once instead of at every op."""
+    self.sow('intermediates', 'attn', h + b.astype(h.dtype))  # computed only where it is kept
+    if self.dropout and not deterministic:
+      h, b = nn.Dropout(rate=self.dropout)(h + b.astype(h.dtype), deterministic), jnp.zeros_like(b)
+    keep = None
+    if not no_drop_path:
+      mask = _drop_path_mask(self, drop_path_rate, x.shape).reshape(x.shape[0])
+      keep = jnp.where(mask, 1.0 / (1.0 - drop_path_rate), 0.0).astype(jnp.float32)
+    return AddLayerNorm(self.layer_norm_epsilon, self.dtype, name='LayerNorm_1')(x, h, b, keep)
 
 
 class _ScanBlock(Encoder1DBlock):
@@ -267,6 +310,7 @@ class Encoder(nn.Module):
   layer_norm_epsilon: float = 1e-6
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
+  norm_impl: str | None = None
   remat_policy: str | None = None
   dtype: Any = jnp.float32
 
@@ -277,7 +321,7 @@ class Encoder(nn.Module):
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
               use_drop_path=self.drop_path > 0, gelu_approximate=self.gelu_approximate,
               layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
-              attention_impl=self.attention_impl, dtype=self.dtype)
+              attention_impl=self.attention_impl, norm_impl=self.norm_impl, dtype=self.dtype)
     if self.scan:
       scanned = nn.scan(
           block_class(_ScanBlock, self, self.remat_policy, scan=True), variable_axes={'params': 0, 'intermediates': 0},
@@ -345,6 +389,10 @@ class ViT(nn.Module):
   first steps, before the head knows the classes; benchmarks/transfer.py).
   `attention_impl` picks jax.nn.dot_product_attention's kernel: None (JAX's
   choice, XLA today), 'xla', or 'cudnn' (fused, GPU only, bf16/fp16).
+  `norm_impl` 'pallas' adds each block's attention output to the residual
+  stream and takes the LayerNorm after it in one Pallas kernel on GPUs
+  (`lgjax.models.residual_norm`; the same formulas in jnp elsewhere), where
+  XLA makes three kernels each way; None: XLA's ops.
   `remat_policy` (None: keep every activation for the backward pass) names a
   jax.checkpoint_policies policy each block is rematerialized under:
   'nothing_saveable' keeps only each block's input (the least memory, about
@@ -371,6 +419,7 @@ class ViT(nn.Module):
   final_norm: str = 'tokens'
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
+  norm_impl: str | None = None
   remat_policy: str | None = None
   dtype: Any = 'float32'
 
@@ -389,7 +438,8 @@ class ViT(nn.Module):
                 drop_path=self.drop_path, scan=self.scan, pool_type=self.pool_type,
                 final_norm=self.final_norm, gelu_approximate=self.gelu_approximate,
                 layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
-                attention_impl=self.attention_impl, remat_policy=self.remat_policy, dtype=dtype,
+                attention_impl=self.attention_impl, norm_impl=self.norm_impl,
+                remat_policy=self.remat_policy, dtype=dtype,
                 name='Transformer')(x, not train)
     if self.num_classes:
       head_init = nn.initializers.zeros if self.head_zeroinit else inits.get(self.param_init).head_kernel

@@ -1,0 +1,244 @@
+"""A pre-norm block's residual add and the LayerNorm after it, in one pass over memory.
+
+  x' = x + keep * (h + b)        the residual stream, in x's dtype
+  y  = (x' - mean) * rstd * scale + bias,   statistics of x' in float32
+
+`h` is a branch's matmul output before its bias `b`, and `keep` a per-example
+drop-path scale (None: 1). XLA runs this as three kernels forward (the add, the
+statistics, the normalization) and three backward, each reading the (tokens,
+width) tensors again; the Pallas kernels here read them once each way: forward
+reads x and h and writes x' and y; backward reads x', dy and dx' and writes dx'
+(and keep * dx' for h, with drop path), with the column sums for scale, bias and
+b as per-example partial sums. On CUDA the kernels run; on other platforms the
+same formulas run as jnp (`lax.platform_dependent` picks at lowering), so a
+model that uses this compiles everywhere.
+
+`add_layer_norm` takes (..., width) arrays whose leading axis is the batch, and a
+kernel program works within one example (forward: ROWS tokens of it; backward: all
+of it, summing its columns as it goes), so a batch split over devices runs the
+kernels on each device's examples (`custom_partitioning`), never gathering
+activations. Tile sizes and warps are set by reasoning, not yet timed on a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.experimental.pallas import triton as plgpu
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+ROWS = 8  # token rows a kernel program loads at once: (8, next power of 2 >= width) tiles
+
+
+def reference_forward(x, h, b, keep, scale, bias, *, epsilon: float, dtype):
+  """(x', y, mean, rstd): the formulas above in jnp, as the kernel computes them."""
+  s = x.astype(jnp.float32) + _keep(keep, x.ndim) * (h.astype(jnp.float32) + b.astype(jnp.float32))
+  new_x = s.astype(x.dtype)
+  f = new_x.astype(jnp.float32)
+  mean = f.mean(-1)
+  centered = f - mean[..., None]
+  rstd = jax.lax.rsqrt((centered * centered).mean(-1) + epsilon)
+  y = centered * rstd[..., None] * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+  return new_x, y.astype(dtype), mean, rstd
+
+
+def reference_backward(new_x, mean, rstd, keep, scale, dnew_x, dy, *, h_dtype):
+  """(dx, dh, sums) from x' and its statistics and the cotangents of x' and y (batch,
+  tokens, width): LayerNorm's gradient added to the residual's, then split over x and h;
+  sums[i] are example i's column sums for b, scale and bias (batch, 3, width)."""
+  xhat = (new_x.astype(jnp.float32) - mean[..., None]) * rstd[..., None]
+  dy = dy.astype(jnp.float32)
+  g = dy * scale.astype(jnp.float32)
+  total = dnew_x.astype(jnp.float32) + rstd[..., None] * (
+      g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+  dh = _keep(keep, new_x.ndim) * total
+  sums = jnp.stack([dh.sum(1), (dy * xhat).sum(1), dy.sum(1)], axis=1)
+  return total.astype(new_x.dtype), dh.astype(h_dtype), sums
+
+
+def _keep(keep, ndim):
+  return 1.0 if keep is None else keep.astype(jnp.float32).reshape(keep.shape + (1,) * (ndim - 1))
+
+
+def _tile(ref, example, block, width):
+  """Rows `block * ROWS ...` of one example's (tokens, width) slab: (ref view, mask)."""
+  tokens = ref.shape[1]
+  rows = block * ROWS + jnp.arange(ROWS)
+  cols = jnp.arange(pl.next_power_of_2(width))
+  mask = (rows[:, None] < tokens) & (cols[None, :] < width)
+  return ref.at[example, rows[:, None], cols[None, :]], mask
+
+
+def _warps(width):
+  """4 warps for tiles up to 512 wide, 8 above: about 32 float32s of each tile a thread."""
+  return plgpu.CompilerParams(num_warps=4 if pl.next_power_of_2(width) <= 512 else 8)
+
+
+def _vector(ref, width):
+  cols = jnp.arange(pl.next_power_of_2(width))
+  return plgpu.load(ref.at[cols], mask=cols < width, other=0.0).astype(jnp.float32)
+
+
+def _forward_kernel(x_ref, h_ref, b_ref, keep_ref, scale_ref, bias_ref,
+                    new_x_ref, y_ref, mean_ref, rstd_ref, *, epsilon: float):
+  example, block = pl.program_id(0), pl.program_id(1)
+  tokens, width = x_ref.shape[1:]
+  b, scale, bias = _vector(b_ref, width), _vector(scale_ref, width), _vector(bias_ref, width)
+  keep = 1.0 if keep_ref is None else plgpu.load(keep_ref.at[example]).astype(jnp.float32)
+  x, mask = _tile(x_ref, example, block, width)
+  h, _ = _tile(h_ref, example, block, width)
+  s = plgpu.load(x, mask=mask, other=0.0).astype(jnp.float32) + keep * (
+      plgpu.load(h, mask=mask, other=0.0).astype(jnp.float32) + b[None, :])
+  new_x = s.astype(new_x_ref.dtype)
+  out, _ = _tile(new_x_ref, example, block, width)
+  plgpu.store(out, new_x, mask=mask)
+  f = new_x.astype(jnp.float32)
+  mean = jnp.sum(f, axis=1) / width
+  centered = jnp.where(mask, f - mean[:, None], 0.0)
+  rstd = jax.lax.rsqrt(jnp.sum(centered * centered, axis=1) / width + epsilon)
+  out, _ = _tile(y_ref, example, block, width)
+  plgpu.store(out, (centered * rstd[:, None] * scale[None, :] + bias[None, :]).astype(y_ref.dtype), mask=mask)
+  rows = block * ROWS + jnp.arange(ROWS)
+  plgpu.store(mean_ref.at[example, rows], mean, mask=rows < tokens)
+  plgpu.store(rstd_ref.at[example, rows], rstd, mask=rows < tokens)
+
+
+def _backward_kernel(new_x_ref, mean_ref, rstd_ref, keep_ref, scale_ref, dnew_x_ref, dy_ref,
+                     dx_ref, *rest):
+  dh_ref, sums_ref = rest if keep_ref is not None else (None, *rest)
+  example = pl.program_id(0)
+  tokens, width = new_x_ref.shape[1:]
+  scale = _vector(scale_ref, width)
+  keep = 1.0 if keep_ref is None else plgpu.load(keep_ref.at[example]).astype(jnp.float32)
+  zeros = jnp.zeros((pl.next_power_of_2(width),), jnp.float32)
+
+  def body(block, sums):
+    db, dscale, dbias = sums
+    rows = block * ROWS + jnp.arange(ROWS)
+    valid = rows < tokens
+    new_x, mask = _tile(new_x_ref, example, block, width)
+    mean = plgpu.load(mean_ref.at[example, rows], mask=valid, other=0.0)
+    rstd = plgpu.load(rstd_ref.at[example, rows], mask=valid, other=0.0)
+    xhat = jnp.where(mask, (plgpu.load(new_x, mask=mask, other=0.0).astype(jnp.float32) - mean[:, None])
+                     * rstd[:, None], 0.0)
+    dy, _ = _tile(dy_ref, example, block, width)
+    dy = plgpu.load(dy, mask=mask, other=0.0).astype(jnp.float32)
+    g = dy * scale[None, :]
+    dnew_x, _ = _tile(dnew_x_ref, example, block, width)
+    total = plgpu.load(dnew_x, mask=mask, other=0.0).astype(jnp.float32) + rstd[:, None] * (
+        g - (jnp.sum(g, axis=1) / width)[:, None] - xhat * (jnp.sum(g * xhat, axis=1) / width)[:, None])
+    out, _ = _tile(dx_ref, example, block, width)
+    plgpu.store(out, total.astype(dx_ref.dtype), mask=mask)
+    dh = keep * total
+    if dh_ref is not None:
+      out, _ = _tile(dh_ref, example, block, width)
+      plgpu.store(out, dh.astype(dh_ref.dtype), mask=mask)
+    return db + jnp.sum(dh, axis=0), dscale + jnp.sum(dy * xhat, axis=0), dbias + jnp.sum(dy, axis=0)
+
+  sums = jax.lax.fori_loop(0, pl.cdiv(tokens, ROWS), body, (zeros, zeros, zeros))
+  cols = jnp.arange(pl.next_power_of_2(width))
+  for i, total in enumerate(sums):
+    plgpu.store(sums_ref.at[example, i, cols], total, mask=cols < width)
+
+
+def kernel_forward(x, h, b, keep, scale, bias, *, epsilon: float, dtype, interpret: bool = False):
+  """reference_forward by the Pallas kernel (batch, tokens, width); `interpret` runs it
+  off-GPU (tests)."""
+  batch, tokens, width = x.shape
+  out_shape = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape, dtype),
+               jax.ShapeDtypeStruct((batch, tokens), jnp.float32), jax.ShapeDtypeStruct((batch, tokens), jnp.float32))
+  return pl.pallas_call(functools.partial(_forward_kernel, epsilon=epsilon), out_shape=out_shape,
+                        grid=(batch, pl.cdiv(tokens, ROWS)), compiler_params=_warps(width), interpret=interpret,
+                        name='add_layer_norm_fwd')(x, h, b, keep, scale, bias)
+
+
+def kernel_backward(new_x, mean, rstd, keep, scale, dnew_x, dy, *, h_dtype, interpret: bool = False):
+  """reference_backward by the Pallas kernel, less the column sums' last step: (dx, dh,
+  sums), where sums[i] (3, width) are example i's partial sums for b, scale and bias."""
+  batch, tokens, width = new_x.shape
+  out_shape = [jax.ShapeDtypeStruct(new_x.shape, new_x.dtype)]
+  if keep is not None:
+    out_shape.append(jax.ShapeDtypeStruct(new_x.shape, h_dtype))
+  out_shape.append(jax.ShapeDtypeStruct((batch, 3, width), jnp.float32))
+  dx, *dh, sums = pl.pallas_call(_backward_kernel, out_shape=out_shape, grid=(batch,),
+                                 compiler_params=_warps(width), interpret=interpret,
+                                 name='add_layer_norm_bwd')(new_x, mean, rstd, keep, scale, dnew_x, dy)
+  return dx, (dh[0] if dh else dx), sums
+
+
+def _by_example(fn, static_argnums: tuple[int, ...], operands: list[str], results: list[str]):
+  """`fn` under jit on a batch split over devices: each device runs it on its own
+  examples. `operands` and `results` spell each array's axes ('b t d': batch, tokens,
+  width; 'd': a param vector); only 'b' is split, and the rest is whole everywhere, so
+  XLA never gathers the activations around the kernel. A None operand is skipped."""
+  partitioned = custom_partitioning(fn, static_argnums=static_argnums)
+  static = len(static_argnums)
+
+  def rule(*args):
+    types = args[static + 1]
+    present = operands if len(types) == len(operands) else [o for o in operands if o != 'b']  # keep=None
+    text = f'{", ".join(present)} -> {", ".join(results)}'
+    return text, {'need_replication_factors': tuple(f for f in ('t', 'd', 'k') if f in text.split())}
+
+  def partition(*args):
+    mesh, arg_shapes, result_shapes = args[static:]
+    spec = arg_shapes[0].sharding.spec
+    batch = spec[0] if len(spec) else None
+    sharding = lambda axes: NamedSharding(mesh, P(*(batch if a == 'b' else None for a in axes.split())))
+    arg_shardings = tuple(None if a is None else sharding(o) for a, o in zip(arg_shapes, operands))
+    return mesh, functools.partial(fn, *args[:static]), tuple(map(sharding, results)), arg_shardings
+
+  partitioned.def_partition(partition, sharding_rule=rule)
+  return partitioned
+
+
+def _on_platform(kernel, reference):
+  """kernel on CUDA, reference elsewhere, chosen where XLA lowers (lax.platform_dependent)."""
+  return lambda *args, **kw: jax.lax.platform_dependent(
+      *args, cuda=functools.partial(kernel, **kw), default=functools.partial(reference, **kw))
+
+
+_forward = _by_example(
+    lambda epsilon, dtype, *args: _on_platform(kernel_forward, reference_forward)(*args, epsilon=epsilon, dtype=dtype),
+    (0, 1), ['b t d', 'b t d', 'd', 'b', 'd', 'd'], ['b t d', 'b t d', 'b t', 'b t'])
+_backward = _by_example(
+    lambda h_dtype, *args: _on_platform(kernel_backward, reference_backward)(*args, h_dtype=h_dtype),
+    (0,), ['b t d', 'b t', 'b t', 'b', 'd', 'b t d', 'b t d'], ['b t d', 'b t d', 'b k d'])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _add_layer_norm(x, h, b, keep, scale, bias, epsilon, dtype):
+  return _forward(epsilon, dtype, x, h, b, keep, scale, bias)[:2]
+
+
+def _add_layer_norm_fwd(x, h, b, keep, scale, bias, epsilon, dtype):
+  new_x, y, mean, rstd = _forward(epsilon, dtype, x, h, b, keep, scale, bias)
+  return (new_x, y), (new_x, mean, rstd, keep, scale, b, bias)
+
+
+def _add_layer_norm_bwd(epsilon, dtype, residuals, cotangents):
+  new_x, mean, rstd, keep, scale, b, bias = residuals
+  dx, dh, sums = _backward(new_x.dtype, new_x, mean, rstd, keep, scale, *cotangents)
+  db, dscale, dbias = sums.sum(0)
+  return (dx, dh, db.astype(b.dtype), None if keep is None else jnp.zeros_like(keep),
+          dscale.astype(scale.dtype), dbias.astype(bias.dtype))
+
+
+_add_layer_norm.defvjp(_add_layer_norm_fwd, _add_layer_norm_bwd)
+
+
+def add_layer_norm(x, h, b, keep, scale, bias, *, epsilon: float, dtype):
+  """(x', y) as the module docstring says, for x and h of one dtype, shaped (batch, ...,
+  width); b, scale and bias (width,); keep (batch,) or None. y is in `dtype`. keep is a
+  constant to the gradient (a drop-path draw), x' a rounding of the float32 sum."""
+  if x.shape != h.shape or x.dtype != h.dtype:
+    raise ValueError(f'add_layer_norm: x and h must have one shape and dtype, got {x.shape} {x.dtype} '
+                     f'and {h.shape} {h.dtype}.')
+  shape = x.shape
+  flat = lambda a: a.reshape(shape[0], -1, shape[-1])
+  new_x, y = _add_layer_norm(flat(x), flat(h), b, keep, scale, bias, float(epsilon), jnp.dtype(dtype))
+  return new_x.reshape(shape), y.reshape(shape)
