@@ -109,3 +109,34 @@ def test_mismatched_inputs_are_refused():
   with pytest.raises(ValueError, match=r'x and h must have one shape and dtype, got \(3, 37, 48\) float32 '
                                        r'and \(3, 37, 48\) bfloat16'):
     residual_norm.add_layer_norm(x, h.astype(jnp.bfloat16), b, keep, scale, bias, epsilon=EPS, dtype=jnp.float32)
+
+
+def _eqns(jaxpr, name):
+  """The `name` equations of `jaxpr` and of the jaxprs inside it."""
+  found = []
+  for eqn in jaxpr.eqns:
+    found += [eqn] if eqn.primitive.name == name else []
+    for param in eqn.params.values():
+      inner = getattr(param, 'jaxpr', param)
+      if hasattr(inner, 'eqns'):
+        found += _eqns(inner, name)
+  return found
+
+
+def test_under_vmap_the_mapped_axis_joins_the_batch():
+  """The train step vmaps a per-example loss: the op then runs once on the whole batch
+  (one call in the jaxpr, on all 8 x 2 examples), with the numbers of the unmapped call;
+  params that differ along the map (an ensemble) take one call per mapped element."""
+  x, h, b, keep, scale, bias = _inputs(jnp.float32, batch=16, tokens=5, width=16, drop_path=True)
+  fn = lambda x, h, keep, scale: residual_norm.add_layer_norm(x, h, b, keep, scale, bias, epsilon=EPS,
+                                                              dtype=jnp.float32)
+  split = lambda a: a.reshape(8, 2, *a.shape[1:])
+  mapped = jax.vmap(fn, in_axes=(0, 0, 0, None))
+  for got, want in zip(mapped(split(x), split(h), split(keep), scale), fn(x, h, keep, scale)):
+    np.testing.assert_allclose(got, split(want), rtol=1e-6)
+  calls = _eqns(jax.make_jaxpr(mapped)(split(x), split(h), split(keep), scale).jaxpr, 'custom_partitioning')
+  assert [c.invars[0].aval.shape for c in calls] == [x.shape]
+  scales = jnp.stack([scale, 2 * scale])
+  got = jax.vmap(fn, in_axes=(None, None, None, 0))(x, h, keep, scales)
+  for i in range(2):
+    np.testing.assert_allclose(got[1][i], fn(x, h, keep, scales[i])[1], rtol=1e-6)

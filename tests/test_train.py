@@ -240,6 +240,19 @@ def losses_of(workdir, **overrides):
   return losses(workdir)
 
 
+@pytest.mark.slow  # four runs: the slow tier
+def test_norm_impl_pallas_trains_as_xla_ops_do(tmp_path):
+  """model.norm_impl='pallas' (the jnp formulas on CPU, split per example over the 8
+  devices by custom_partitioning) gives XLA's ops' losses with data parallelism, FSDP
+  over all 8 devices (its vectors gathered) and pmap, drop path and dropout included."""
+  overrides = {'model.drop_path': 0.2, 'model.dropout': 0.1, 'total_steps': 4}
+  want = losses_of(tmp_path / 'xla', **overrides)
+  for name, more in [('jit', {}), ('fsdp', {'sharding.fsdp': 8, 'sharding.min_size': 0}),
+                     ('pmap', {'parallelism': 'pmap'})]:
+    got = losses_of(tmp_path / name, **overrides, **more, **{'model.norm_impl': 'pallas'})
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
+
+
 @pytest.mark.slow  # two runs; the fast tier resumes in test_resume_skips_a_damaged_checkpoint
 def test_resume_is_bitwise_identical(tmp_path, monkeypatch):
   overrides = dict(total_steps=6, checkpoint_every=2, **{'model.drop_path': 0.1})

@@ -170,59 +170,77 @@ def kernel_backward(new_x, mean, rstd, keep, scale, dnew_x, dy, *, h_dtype, inte
   return dx, (dh[0] if dh else dx), sums
 
 
-def _by_example(fn, static_argnums: tuple[int, ...], operands: list[str], results: list[str]):
-  """`fn` under jit on a batch split over devices: each device runs it on its own
-  examples. `operands` and `results` spell each array's axes ('b t d': batch, tokens,
-  width; 'd': a param vector); only 'b' is split, and the rest is whole everywhere, so
-  XLA never gathers the activations around the kernel. A None operand is skipped."""
-  partitioned = custom_partitioning(fn, static_argnums=static_argnums)
-  static = len(static_argnums)
+def _by_example(fn, operands: tuple[str, ...], results: tuple[str, ...]):
+  """`fn`, per example wherever it runs. `operands` and `results` spell each array's axes
+  ('b t d': batch, tokens, width; 'd': a param vector; a None operand is skipped).
 
-  def rule(*args):
-    types = args[static + 1]
-    present = operands if len(types) == len(operands) else [o for o in operands if o != 'b']  # keep=None
+  Under jit on a batch split over devices (custom_partitioning), each device runs `fn` on
+  its own examples: only 'b' is split, the rest is whole everywhere, so XLA never gathers
+  the activations around the kernel. Under vmap (the train step's per-example loss),
+  the mapped axis joins the batch axis: one call on the whole batch, not one per example.
+  """
+  partitioned = custom_partitioning(fn)
+
+  def rule(mesh, operand_types, result_types):
+    present = operands if len(operand_types) == len(operands) else [o for o in operands if o != 'b']  # keep=None
     text = f'{", ".join(present)} -> {", ".join(results)}'
     return text, {'need_replication_factors': tuple(f for f in ('t', 'd', 'k') if f in text.split())}
 
-  def partition(*args):
-    mesh, arg_shapes, result_shapes = args[static:]
+  def partition(mesh, arg_shapes, result_shapes):
     spec = arg_shapes[0].sharding.spec
     batch = spec[0] if len(spec) else None
     sharding = lambda axes: NamedSharding(mesh, P(*(batch if a == 'b' else None for a in axes.split())))
     arg_shardings = tuple(None if a is None else sharding(o) for a, o in zip(arg_shapes, operands))
-    return mesh, functools.partial(fn, *args[:static]), tuple(map(sharding, results)), arg_shardings
+    return mesh, fn, tuple(map(sharding, results)), arg_shardings
 
   partitioned.def_partition(partition, sharding_rule=rule)
-  return partitioned
+  per_example = jax.custom_batching.custom_vmap(lambda *args: partitioned(*args))
+
+  @per_example.def_vmap
+  def _(size, in_batched, *args):
+    if any(mapped for mapped, o in zip(in_batched, operands) if o == 'd'):  # params differ along the map
+      pick = lambda i: [a[i] if mapped else a for a, mapped in zip(args, in_batched)]
+      return jax.lax.map(lambda i: per_example(*pick(i)), jnp.arange(size)), (True,) * len(results)
+    joined = [a if a is None or o == 'd' else
+              (a if mapped else jnp.broadcast_to(a, (size, *a.shape))).reshape(-1, *a.shape[1 + mapped:])
+              for a, mapped, o in zip(args, in_batched, operands)]
+    outs = per_example(*joined)
+    return tuple(o.reshape(size, -1, *o.shape[1:]) for o in outs), (True,) * len(results)
+
+  return per_example
 
 
-def _on_platform(kernel, reference):
+def _on_platform(kernel, reference, **static):
   """kernel on CUDA, reference elsewhere, chosen where XLA lowers (lax.platform_dependent)."""
-  return lambda *args, **kw: jax.lax.platform_dependent(
-      *args, cuda=functools.partial(kernel, **kw), default=functools.partial(reference, **kw))
+  return lambda *args: jax.lax.platform_dependent(
+      *args, cuda=functools.partial(kernel, **static), default=functools.partial(reference, **static))
 
 
-_forward = _by_example(
-    lambda epsilon, dtype, *args: _on_platform(kernel_forward, reference_forward)(*args, epsilon=epsilon, dtype=dtype),
-    (0, 1), ['b t d', 'b t d', 'd', 'b', 'd', 'd'], ['b t d', 'b t d', 'b t', 'b t'])
-_backward = _by_example(
-    lambda h_dtype, *args: _on_platform(kernel_backward, reference_backward)(*args, h_dtype=h_dtype),
-    (0,), ['b t d', 'b t', 'b t', 'b', 'd', 'b t d', 'b t d'], ['b t d', 'b t d', 'b k d'])
+@functools.cache
+def _forward(epsilon: float, dtype):
+  return _by_example(_on_platform(kernel_forward, reference_forward, epsilon=epsilon, dtype=dtype),
+                     ('b t d', 'b t d', 'd', 'b', 'd', 'd'), ('b t d', 'b t d', 'b t', 'b t'))
+
+
+@functools.cache
+def _backward(h_dtype):
+  return _by_example(_on_platform(kernel_backward, reference_backward, h_dtype=h_dtype),
+                     ('b t d', 'b t', 'b t', 'b', 'd', 'b t d', 'b t d'), ('b t d', 'b t d', 'b k d'))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _add_layer_norm(x, h, b, keep, scale, bias, epsilon, dtype):
-  return _forward(epsilon, dtype, x, h, b, keep, scale, bias)[:2]
+  return tuple(_forward(epsilon, dtype)(x, h, b, keep, scale, bias)[:2])
 
 
 def _add_layer_norm_fwd(x, h, b, keep, scale, bias, epsilon, dtype):
-  new_x, y, mean, rstd = _forward(epsilon, dtype, x, h, b, keep, scale, bias)
+  new_x, y, mean, rstd = _forward(epsilon, dtype)(x, h, b, keep, scale, bias)
   return (new_x, y), (new_x, mean, rstd, keep, scale, b, bias)
 
 
 def _add_layer_norm_bwd(epsilon, dtype, residuals, cotangents):
   new_x, mean, rstd, keep, scale, b, bias = residuals
-  dx, dh, sums = _backward(new_x.dtype, new_x, mean, rstd, keep, scale, *cotangents)
+  dx, dh, sums = _backward(new_x.dtype)(new_x, mean, rstd, keep, scale, *cotangents)
   db, dscale, dbias = sums.sum(0)
   return (dx, dh, db.astype(b.dtype), None if keep is None else jnp.zeros_like(keep),
           dscale.astype(scale.dtype), dbias.astype(bias.dtype))
