@@ -185,7 +185,7 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'model.param_init': 'deit (the papers\') | torch | big_vision',
     'model.head_zeroinit': 'start the head at zero (big_vision\'s default; slows an inherited body)',
     'model.attention_impl': 'None (JAX\'s choice) | xla | cudnn (fused, GPU)',
-    'model.norm_impl': 'None (XLA) | pallas (attention\'s residual add + LayerNorm in one kernel on GPUs)',
+    'model.norm_impl': 'None (XLA) | pallas (each residual add + the LayerNorm after it in one kernel on GPUs)',
     'model.remat_policy': 'None (keep activations) | nothing_saveable | dots_saveable | '
                           'dots_with_no_batch_dims_saveable: recompute each block in the backward pass '
                           '(less memory, more compute; use with model.scan)',

@@ -230,11 +230,12 @@ def test_attention_impl_xla_is_the_default_computation():
 
 
 @pytest.mark.parametrize('fields', [dict(drop_path=0.5, dropout=0.1),
-                                    dict(scan=True, drop_path=0.5, remat_policy='nothing_saveable')])
+                                    dict(scan=True, drop_path=0.5, remat_policy='nothing_saveable', final_norm='pooled')])
 def test_norm_impl_pallas_is_the_same_model(fields):
-  """norm_impl='pallas' (residual_norm's fused add + LayerNorm) makes the same params and,
-  in training, the same loss and gradients, drop-path and dropout draws included; the
-  blocks' sown attention outputs (with_block_outputs) are the same too."""
+  """norm_impl='pallas' (each residual add in residual_norm's kernel with the LayerNorm
+  after it, the last one in encoder_norm's, or before it when it norms the pooled vector)
+  makes the same params and, in training, the same loss and gradients, drop-path and
+  dropout draws included; the blocks' sown outputs (with_block_outputs) are the same too."""
   x = jax.random.normal(jax.random.key(0), (4, *IMAGE_SHAPE))
   plain, fused = ViT(**TINY, **fields), ViT(**TINY, **fields, norm_impl='pallas')
   params = plain.init(jax.random.key(1), x)

@@ -1,10 +1,11 @@
-"""A pre-norm block's residual add and the LayerNorm after it, in one pass over memory.
+"""A pre-norm ViT's residual add and the LayerNorm after it, in one pass over memory.
 
   x' = x + keep * (h + b)        the residual stream, in x's dtype
   y  = (x' - mean) * rstd * scale + bias,   statistics of x' in float32
 
-`h` is a branch's matmul output before its bias `b`, and `keep` a per-example
-drop-path scale (None: 1). XLA runs this as three kernels forward (the add, the
+`h` is a branch's matmul output (attention's or the MLP's) before its bias `b`,
+and `keep` a per-example drop-path scale (None: 1); the LayerNorm is the next one
+in the model (the block's second, the next block's first, or encoder_norm). XLA runs this as three kernels forward (the add, the
 statistics, the normalization) and three backward, each reading the (tokens,
 width) tensors again; the Pallas kernels here read them once each way: forward
 reads x and h and writes x' and y; backward reads x', dy and dx' and writes dx'
@@ -34,10 +35,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 ROWS = 8  # token rows a kernel program loads at once: (8, next power of 2 >= width) tiles
 
 
+def add(x, h, b, keep):
+  """x' alone, by XLA: x + keep * (h + b) in float32, rounded to x's dtype once."""
+  s = x.astype(jnp.float32) + _keep(keep, x.ndim) * (h.astype(jnp.float32) + b.astype(jnp.float32))
+  return s.astype(x.dtype)
+
+
 def reference_forward(x, h, b, keep, scale, bias, *, epsilon: float, dtype):
   """(x', y, mean, rstd): the formulas above in jnp, as the kernel computes them."""
-  s = x.astype(jnp.float32) + _keep(keep, x.ndim) * (h.astype(jnp.float32) + b.astype(jnp.float32))
-  new_x = s.astype(x.dtype)
+  new_x = add(x, h, b, keep)
   f = new_x.astype(jnp.float32)
   mean = f.mean(-1)
   centered = f - mean[..., None]

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lgjax.models import blocks, inits
-from lgjax.models.vit import Encoder1DBlock, ViTConfig, block_class, embed, gathered, norm_and_pool
+from lgjax.models.vit import Encoder1DBlock, ViTConfig, added, block_class, embed, gathered, norm_and_pool
 
 
 class BlockRange(nn.Module):
@@ -35,7 +35,7 @@ class BlockRange(nn.Module):
                 layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6), attention_impl=c.get('attention_impl'),
                 norm_impl=c.get('norm_impl'),
                 dtype=jnp.dtype(c.get('dtype', 'float32')), name=blocks.block_name(i))(x, 0.0, True)
-    return x
+    return added(x)  # norm_impl's blocks leave their last add to the next LayerNorm
 
 
 @dataclasses.dataclass(frozen=True)

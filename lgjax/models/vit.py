@@ -31,7 +31,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -45,7 +45,7 @@ POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
 FINAL_NORMS = ('tokens', 'pooled')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')  # jax.nn.dot_product_attention's `implementation`
-NORM_IMPLS = (None, 'pallas')  # how a block adds attention's output and normalizes (residual_norm)
+NORM_IMPLS = (None, 'pallas')  # how residual adds and the LayerNorms after them run (residual_norm)
 # What each block keeps for the backward pass (names in jax.checkpoint_policies); None: all.
 REMAT_POLICIES = (None, 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
@@ -198,11 +198,14 @@ MLP_SAVED = jax.checkpoint_policies.save_from_both_policies(
 
 
 class MlpBlock(nn.Module):
+  """Dense, GELU, Dense. With `out_bias=False` it returns (output less the last Dense's
+  bias, that bias), as MultiHeadDotProductAttention does."""
   mlp_dim: int
   dropout: float = 0.0
   gelu_approximate: bool = True
   param_init: str = inits.DEFAULT
   dtype: Any = jnp.float32
+  out_bias: bool = True
 
   @functools.partial(nn.remat, policy=MLP_SAVED, static_argnums=(2,))  # self, x, deterministic
   @nn.compact
@@ -213,7 +216,13 @@ class MlpBlock(nn.Module):
     x = nn.gelu(nn.Dense(self.mlp_dim, **kw)(x), approximate=self.gelu_approximate)
     x = checkpoint_name(x, 'mlp_gelu')
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
-    return nn.Dense(width, **kw)(x)
+    out = nn.Dense(width, **kw, name='Dense_1')
+    if self.out_bias:
+      return out(x)
+    if self.is_initializing():
+      out(x)  # makes the params
+    p = self.variables['params']['Dense_1']
+    return jnp.einsum('...d,df->...f', x, jnp.asarray(p['kernel'], self.dtype)), p['bias']
 
 
 def _drop_path_mask(module: nn.Module, rate, shape) -> jax.Array:
@@ -243,8 +252,35 @@ class AddLayerNorm(nn.Module):
     return residual_norm.add_layer_norm(x, h, b, keep, scale, bias, epsilon=self.epsilon, dtype=self.dtype)
 
 
+class Residual(NamedTuple):
+  """The residual stream x + keep * (h + b), not yet added: a block with norm_impl leaves
+  its MLP branch so, and the next LayerNorm adds it in its own kernel (AddLayerNorm)."""
+  x: jax.Array
+  h: jax.Array
+  b: jax.Array
+  keep: jax.Array | None
+
+  @classmethod
+  def of(cls, x, use_drop_path: bool) -> 'Residual':
+    """x as a Residual with nothing to add (keep is ones where drop path draws one)."""
+    keep = jnp.ones(x.shape[:1], jnp.float32) if use_drop_path else None
+    return cls(x, jnp.zeros_like(x), jnp.zeros(x.shape[-1:], jnp.float32), keep)
+
+
+
+def added(x: 'jax.Array | Residual') -> jax.Array:
+  """The residual stream as an array: a Residual's add done by XLA (rounded as
+  AddLayerNorm rounds it), an array itself."""
+  return residual_norm.add(*x) if isinstance(x, Residual) else x
+
+
 class Encoder1DBlock(nn.Module):
-  """Pre-norm block: x + attn(LN(x)), then x + mlp(LN(x)). Sows both branches."""
+  """Pre-norm block: x + attn(LN(x)), then x + mlp(LN(x)). Sows both branches.
+
+  With `norm_impl`, each residual add runs in the kernel of the LayerNorm after it
+  (AddLayerNorm): the block takes and returns a Residual (an array is taken as one with
+  nothing to add), so its MLP branch is added by the next block's first LayerNorm or
+  the encoder's norm. Same params and numbers, rounded once per add instead of per op."""
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
@@ -259,17 +295,14 @@ class Encoder1DBlock(nn.Module):
   @nn.compact
   def __call__(self, x, drop_path_rate, deterministic: bool):
     no_drop_path = deterministic or not self.use_drop_path
+    if self.norm_impl is not None:
+      return self._fused(x, drop_path_rate, deterministic, no_drop_path)
     y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
-    attention = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl,
-                                             dtype=self.dtype, out_bias=self.norm_impl is None)
-    if self.norm_impl is None:
-      y = attention(y)
-      self.sow('intermediates', 'attn', y)
-      y = nn.Dropout(rate=self.dropout)(y, deterministic)
-      x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
-      y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
-    else:
-      x, y = self._add_attention_and_norm(x, *attention(y), drop_path_rate, deterministic, no_drop_path)
+    y = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl, dtype=self.dtype)(y)
+    self.sow('intermediates', 'attn', y)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
     y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init,
                  self.dtype)(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
@@ -277,17 +310,31 @@ class Encoder1DBlock(nn.Module):
     self.sow('intermediates', 'out', x)
     return x
 
-  def _add_attention_and_norm(self, x, h, b, drop_path_rate, deterministic, no_drop_path):
-    """x + drop_path(dropout(h + b)) and LayerNorm_1 of it, by AddLayerNorm: the same
-    numbers as the unfused lines, rounded once instead of at every op."""
-    self.sow('intermediates', 'attn', h + b.astype(h.dtype))  # computed only where it is kept
-    if self.dropout and not deterministic:
-      h, b = nn.Dropout(rate=self.dropout)(h + b.astype(h.dtype), deterministic), jnp.zeros_like(b)
-    keep = None
-    if not no_drop_path:
-      mask = _drop_path_mask(self, drop_path_rate, x.shape).reshape(x.shape[0])
-      keep = jnp.where(mask, 1.0 / (1.0 - drop_path_rate), 0.0).astype(jnp.float32)
-    return AddLayerNorm(self.layer_norm_epsilon, self.dtype, name='LayerNorm_1')(x, h, b, keep)
+  def _fused(self, x, drop_path_rate, deterministic, no_drop_path) -> Residual:
+    """The lines above with each add and the LayerNorm after it as AddLayerNorm. The
+    intermediates are sown as above, computed only where they are kept."""
+    norm = lambda name, r: AddLayerNorm(self.layer_norm_epsilon, self.dtype, name=name)(*r)
+
+    def branch(x, h, b):  # dropout, then drop path's per-example keep, not yet applied
+      if self.dropout and not deterministic:
+        h, b = nn.Dropout(rate=self.dropout)(h + b.astype(h.dtype), deterministic), jnp.zeros_like(b)
+      keep = None
+      if not no_drop_path:
+        mask = _drop_path_mask(self, drop_path_rate, x.shape).reshape(x.shape[0])
+        keep = jnp.where(mask, 1.0 / (1.0 - drop_path_rate), 0.0).astype(jnp.float32)
+      return Residual(x, h, b, keep)
+
+    x = x if isinstance(x, Residual) else Residual.of(x, not no_drop_path)
+    x, y = norm('LayerNorm_0', x)
+    h, b = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl,
+                                        dtype=self.dtype, out_bias=False)(y)
+    self.sow('intermediates', 'attn', h + b.astype(h.dtype))
+    x, y = norm('LayerNorm_1', branch(x, h, b))
+    h, b = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init,
+                    self.dtype, out_bias=False)(y, deterministic)
+    x = branch(x, h, b)
+    self.sow('intermediates', 'out', added(x))
+    return x
 
 
 class _ScanBlock(Encoder1DBlock):
@@ -322,6 +369,8 @@ class Encoder(nn.Module):
               use_drop_path=self.drop_path > 0, gelu_approximate=self.gelu_approximate,
               layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
               attention_impl=self.attention_impl, norm_impl=self.norm_impl, dtype=self.dtype)
+    if self.norm_impl is not None:  # the blocks pass a Residual on: one type in and out of the scan body
+      x = Residual.of(x, self.drop_path > 0 and not deterministic)
     if self.scan:
       scanned = nn.scan(
           block_class(_ScanBlock, self, self.remat_policy, scan=True), variable_axes={'params': 0, 'intermediates': 0},
@@ -332,8 +381,11 @@ class Encoder(nn.Module):
       block = block_class(Encoder1DBlock, self, self.remat_policy)  # one lifted class for every layer
       for i in range(self.depth):
         x = block(name=blocks.block_name(i), **kw)(x, float(rates[i]), deterministic)
+    if isinstance(x, Residual) and self.final_norm == 'tokens':  # the last add in the norm's kernel
+      _, y = gathered(AddLayerNorm, self)(self.layer_norm_epsilon, name='encoder_norm')(*x)
+      return norm_and_pool(y, lambda t: t, self.pool_type, self.final_norm)
     norm = gathered(nn.LayerNorm, self)(epsilon=self.layer_norm_epsilon, name='encoder_norm')
-    return norm_and_pool(x, norm, self.pool_type, self.final_norm)
+    return norm_and_pool(added(x), norm, self.pool_type, self.final_norm)
 
 
 def embed(module: nn.Module, image, config) -> jax.Array:
@@ -389,10 +441,12 @@ class ViT(nn.Module):
   first steps, before the head knows the classes; benchmarks/transfer.py).
   `attention_impl` picks jax.nn.dot_product_attention's kernel: None (JAX's
   choice, XLA today), 'xla', or 'cudnn' (fused, GPU only, bf16/fp16).
-  `norm_impl` 'pallas' adds each block's attention output to the residual
-  stream and takes the LayerNorm after it in one Pallas kernel on GPUs
+  `norm_impl` 'pallas' runs each residual add and the LayerNorm after it
+  (the next block's first, or encoder_norm) as one Pallas kernel on GPUs
   (`lgjax.models.residual_norm`; the same formulas in jnp elsewhere), where
-  XLA makes three kernels each way; None: XLA's ops.
+  XLA makes three kernels each way; None: XLA's ops. The blocks then hand
+  each other the stream with its last add pending (`Residual`), so a
+  remat_policy keeps two (tokens, width) tensors per block, not one.
   `remat_policy` (None: keep every activation for the backward pass) names a
   jax.checkpoint_policies policy each block is rematerialized under:
   'nothing_saveable' keeps only each block's input (the least memory, about
