@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # bf16 train-step MFU on one GPU, one process per row (benchmarks/train_throughput.py, cuDNN
-# attention): DeiT-S at gpu_check's batch 1024, the same with ViT.norm_impl='pallas' (each residual
-# add and the LayerNorm after it as one kernel: kernel_bytes predicts 17 % fewer elementwise bytes),
-# with cuBLASLt GEMMs (bias and residual
-# in their epilogues: kernel_bytes predicts 11 % fewer elementwise + copy bytes) and at batch
-# 2048, ViT-B at 512, then a profile of DeiT-S's 1024 step with every kernel's row and the
-# compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s. About 6 minutes (7 with BASELINE).
+# attention): DeiT-S at gpu_check's batch 1024; with ViT.norm_impl='pallas' (each residual add and
+# the LayerNorm after it as one kernel: kernel_bytes predicts 17 % fewer elementwise bytes), alone,
+# with cuBLASLt GEMMs (bias in their epilogues: 5 % fewer elementwise + copy bytes again) and at
+# batch 2048; ViT-B at 512 without and with it; then a profile of DeiT-S's 1024 step with it, every
+# kernel's row and the compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s.
+# About 7 minutes (8 with BASELINE).
 # With BASELINE=DIR (a checkout of an earlier commit, e.g. `git worktree add .baseline COMMIT`,
 # carried to the GPU machine), DeiT-S 1024 also runs on that code, before and after this tree's
 # row, to measure a change side by side. Measured before (gpu_h200.md): batch 512-2048, XLA's
@@ -27,9 +27,10 @@ cublaslt="--xla_gpu_enable_triton_gemm=false --xla_gpu_enable_cublaslt=true"
 run "$deit_s" 1024
 [ -n "${BASELINE:-}" ] && run "$deit_s" 1024 "" "$BASELINE"
 run "$deit_s --norm-impl pallas" 1024
-run "$deit_s" 1024 "$cublaslt"
-run "$deit_s" 2048
+run "$deit_s --norm-impl pallas" 1024 "$cublaslt"
+run "$deit_s --norm-impl pallas" 2048
 run "$vit_b" 512
-echo "## profile, DeiT-S batch 1024" | tee -a "$OUT/gpu_sweep.md"
-timeout 120 $PY -m benchmarks.profile_step $deit_s --batch 1024 --top 30 --out "$OUT/profile_deit_s" 2>&1 \
+run "$vit_b --norm-impl pallas" 512
+echo "## profile, DeiT-S batch 1024, norm_impl='pallas'" | tee -a "$OUT/gpu_sweep.md"
+timeout 120 $PY -m benchmarks.profile_step $deit_s --norm-impl pallas --batch 1024 --top 30 --out "$OUT/profile_deit_s" 2>&1 \
   | grep -v "^W\|^I" | tail -42 | tee -a "$OUT/gpu_sweep.md"

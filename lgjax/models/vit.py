@@ -267,7 +267,6 @@ class Residual(NamedTuple):
     return cls(x, jnp.zeros_like(x), jnp.zeros(x.shape[-1:], jnp.float32), keep)
 
 
-
 def added(x: 'jax.Array | Residual') -> jax.Array:
   """The residual stream as an array: a Residual's add done by XLA (rounded as
   AddLayerNorm rounds it), an array itself."""
