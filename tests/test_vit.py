@@ -229,8 +229,11 @@ def test_attention_impl_xla_is_the_default_computation():
                                 ViT(**TINY, attention_impl='xla').apply(params, x))
 
 
-@pytest.mark.parametrize('fields', [dict(drop_path=0.5, dropout=0.1),
-                                    dict(scan=True, drop_path=0.5, remat_policy='nothing_saveable', final_norm='pooled')])
+@pytest.mark.parametrize('fields', [
+    dict(drop_path=0.5, dropout=0.1),
+    pytest.param(dict(scan=True, drop_path=0.5, remat_policy='nothing_saveable', final_norm='pooled'),
+                 marks=pytest.mark.slow),  # the same blocks under scan and remat: the slow tier
+])
 def test_norm_impl_pallas_is_the_same_model(fields):
   """norm_impl='pallas' (each residual add in residual_norm's kernel with the LayerNorm
   after it, the last one in encoder_norm's, or before it when it norms the pooled vector)
