@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bf16 train-step MFU on one GPU, one process per row (benchmarks/train_throughput.py, cuDNN
 # attention): DeiT-S at gpu_check's batch 1024; with ViT.norm_impl='pallas' (each residual add and
-# the LayerNorm after it as one kernel: kernel_bytes predicts 17 % fewer elementwise bytes), alone,
+# the LayerNorm after it as one kernel: kernel_bytes predicts 16 % fewer elementwise bytes), alone,
 # with cuBLASLt GEMMs (bias in their epilogues: 5 % fewer elementwise + copy bytes again) and at
 # batch 2048; ViT-B at 512 without and with it; then a profile of DeiT-S's 1024 step with it, every
 # kernel's row and the compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s.

@@ -12,8 +12,9 @@ from lgjax.models import residual_norm
 EPS = 1e-6
 
 
-def _inputs(dtype, batch=3, tokens=37, width=48, drop_path=False):
-  """Tokens not a multiple of the kernel's 16 rows and a width not a power of 2: the masks work."""
+def _inputs(dtype, batch=3, tokens=70, width=48, drop_path=False):
+  """Tokens not a multiple of the kernels' 8 rows, over two backward chunks of 64 (the second
+  mostly past the end), and a width not a power of 2: the masks work."""
   k = jax.random.split(jax.random.key(0), 6)
   x, h = (jax.random.normal(key, (batch, tokens, width), dtype) for key in k[:2])
   b, bias = (jax.random.normal(key, (width,)) for key in k[2:4])
@@ -106,8 +107,8 @@ def test_a_batch_split_over_devices_stays_split():
 
 def test_mismatched_inputs_are_refused():
   x, h, b, keep, scale, bias = _inputs(jnp.float32)
-  with pytest.raises(ValueError, match=r'x and h must have one shape and dtype, got \(3, 37, 48\) float32 '
-                                       r'and \(3, 37, 48\) bfloat16'):
+  with pytest.raises(ValueError, match=r'x and h must have one shape and dtype, got \(3, 70, 48\) float32 '
+                                       r'and \(3, 70, 48\) bfloat16'):
     residual_norm.add_layer_norm(x, h.astype(jnp.bfloat16), b, keep, scale, bias, epsilon=EPS, dtype=jnp.float32)
 
 

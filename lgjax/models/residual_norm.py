@@ -10,13 +10,13 @@ statistics, the normalization) and three backward, each reading the (tokens,
 width) tensors again; the Pallas kernels here read them once each way: forward
 reads x and h and writes x' and y; backward reads x', dy and dx' and writes dx'
 (and keep * dx' for h, with drop path), with the column sums for scale, bias and
-b as per-example partial sums. On CUDA the kernels run; on other platforms the
+b as partial sums per CHUNK tokens of each example. On CUDA the kernels run; on other platforms the
 same formulas run as jnp (`lax.platform_dependent` picks at lowering), so a
 model that uses this compiles everywhere.
 
 `add_layer_norm` takes (..., width) arrays whose leading axis is the batch, and a
-kernel program works within one example (forward: ROWS tokens of it; backward: all
-of it, summing its columns as it goes), so a batch split over devices runs the
+kernel program works within one example (forward: ROWS tokens of it; backward: CHUNK
+tokens, summing its columns as it goes), so a batch split over devices runs the
 kernels on each device's examples (`custom_partitioning`), never gathering
 activations. Tile sizes and warps are set by reasoning, not yet timed on a GPU.
 """
@@ -33,6 +33,10 @@ from jax.experimental.pallas import triton as plgpu
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 ROWS = 8  # token rows a kernel program loads at once: (8, next power of 2 >= width) tiles
+# Tokens a backward program sums over: DeiT's 196 make 4 programs an example, so that even
+# 128 examples a device (a data-parallel share) keep a GPU's 132 SMs busy, for partial sums
+# of 4 x 3 x width floats an example (3 % of the kernel's bytes).
+CHUNK = 8 * ROWS
 
 
 def add(x, h, b, keep):
@@ -55,14 +59,19 @@ def reference_forward(x, h, b, keep, scale, bias, *, epsilon: float, dtype):
 def reference_backward(new_x, mean, rstd, keep, scale, dnew_x, dy, *, h_dtype):
   """(dx, dh, sums) from x' and its statistics and the cotangents of x' and y (batch,
   tokens, width): LayerNorm's gradient added to the residual's, then split over x and h;
-  sums[i] are example i's column sums for b, scale and bias (batch, 3, width)."""
+  sums[i, c] are the column sums for b, scale and bias over chunk c (CHUNK tokens) of
+  example i: (batch, chunks, 3, width)."""
   xhat = (new_x.astype(jnp.float32) - mean[..., None]) * rstd[..., None]
   dy = dy.astype(jnp.float32)
   g = dy * scale.astype(jnp.float32)
   total = dnew_x.astype(jnp.float32) + rstd[..., None] * (
       g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
   dh = _keep(keep, new_x.ndim) * total
-  sums = jnp.stack([dh.sum(1), (dy * xhat).sum(1), dy.sum(1)], axis=1)
+  batch, tokens, width = new_x.shape
+  chunks = pl.cdiv(tokens, CHUNK)
+  by_chunk = lambda a: jnp.pad(a, ((0, 0), (0, chunks * CHUNK - tokens), (0, 0))).reshape(
+      batch, chunks, CHUNK, width).sum(2)
+  sums = jnp.stack([by_chunk(dh), by_chunk(dy * xhat), by_chunk(dy)], axis=2)
   return total.astype(new_x.dtype), dh.astype(h_dtype), sums
 
 
@@ -116,7 +125,7 @@ def _forward_kernel(x_ref, h_ref, b_ref, keep_ref, scale_ref, bias_ref,
 def _backward_kernel(new_x_ref, mean_ref, rstd_ref, keep_ref, scale_ref, dnew_x_ref, dy_ref,
                      dx_ref, *rest):
   dh_ref, sums_ref = rest if keep_ref is not None else (None, *rest)
-  example = pl.program_id(0)
+  example, chunk = pl.program_id(0), pl.program_id(1)
   tokens, width = new_x_ref.shape[1:]
   scale = _vector(scale_ref, width)
   keep = 1.0 if keep_ref is None else plgpu.load(keep_ref.at[example]).astype(jnp.float32)
@@ -145,10 +154,11 @@ def _backward_kernel(new_x_ref, mean_ref, rstd_ref, keep_ref, scale_ref, dnew_x_
       plgpu.store(out, dh.astype(dh_ref.dtype), mask=mask)
     return db + jnp.sum(dh, axis=0), dscale + jnp.sum(dy * xhat, axis=0), dbias + jnp.sum(dy, axis=0)
 
-  sums = jax.lax.fori_loop(0, pl.cdiv(tokens, ROWS), body, (zeros, zeros, zeros))
+  first = chunk * (CHUNK // ROWS)
+  sums = jax.lax.fori_loop(first, first + CHUNK // ROWS, body, (zeros, zeros, zeros))  # rows past tokens: masked
   cols = jnp.arange(pl.next_power_of_2(width))
   for i, total in enumerate(sums):
-    plgpu.store(sums_ref.at[example, i, cols], total, mask=cols < width)
+    plgpu.store(sums_ref.at[example, chunk, i, cols], total, mask=cols < width)
 
 
 def kernel_forward(x, h, b, keep, scale, bias, *, epsilon: float, dtype, interpret: bool = False):
@@ -163,14 +173,14 @@ def kernel_forward(x, h, b, keep, scale, bias, *, epsilon: float, dtype, interpr
 
 
 def kernel_backward(new_x, mean, rstd, keep, scale, dnew_x, dy, *, h_dtype, interpret: bool = False):
-  """reference_backward by the Pallas kernel, less the column sums' last step: (dx, dh,
-  sums), where sums[i] (3, width) are example i's partial sums for b, scale and bias."""
+  """reference_backward by the Pallas kernel: one program per CHUNK tokens of an example."""
   batch, tokens, width = new_x.shape
   out_shape = [jax.ShapeDtypeStruct(new_x.shape, new_x.dtype)]
   if keep is not None:
     out_shape.append(jax.ShapeDtypeStruct(new_x.shape, h_dtype))
-  out_shape.append(jax.ShapeDtypeStruct((batch, 3, width), jnp.float32))
-  dx, *dh, sums = pl.pallas_call(_backward_kernel, out_shape=out_shape, grid=(batch,),
+  chunks = pl.cdiv(tokens, CHUNK)
+  out_shape.append(jax.ShapeDtypeStruct((batch, chunks, 3, width), jnp.float32))
+  dx, *dh, sums = pl.pallas_call(_backward_kernel, out_shape=out_shape, grid=(batch, chunks),
                                  compiler_params=_warps(width), interpret=interpret,
                                  name='add_layer_norm_bwd')(new_x, mean, rstd, keep, scale, dnew_x, dy)
   return dx, (dh[0] if dh else dx), sums
@@ -190,7 +200,8 @@ def _by_example(fn, operands: tuple[str, ...], results: tuple[str, ...]):
   def rule(mesh, operand_types, result_types):
     present = operands if len(operand_types) == len(operands) else [o for o in operands if o != 'b']  # keep=None
     text = f'{", ".join(present)} -> {", ".join(results)}'
-    return text, {'need_replication_factors': tuple(f for f in ('t', 'd', 'k') if f in text.split())}
+    used = set(text.replace(',', ' ').split())
+    return text, {'need_replication_factors': tuple(f for f in ('t', 'd', 'c', 'k') if f in used)}
 
   def partition(mesh, arg_shapes, result_shapes):
     spec = arg_shapes[0].sharding.spec
@@ -231,7 +242,7 @@ def _forward(epsilon: float, dtype):
 @functools.cache
 def _backward(h_dtype):
   return _by_example(_on_platform(kernel_backward, reference_backward, h_dtype=h_dtype),
-                     ('b t d', 'b t', 'b t', 'b', 'd', 'b t d', 'b t d'), ('b t d', 'b t d', 'b k d'))
+                     ('b t d', 'b t', 'b t', 'b', 'd', 'b t d', 'b t d'), ('b t d', 'b t d', 'b c k d'))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
@@ -247,7 +258,7 @@ def _add_layer_norm_fwd(x, h, b, keep, scale, bias, epsilon, dtype):
 def _add_layer_norm_bwd(epsilon, dtype, residuals, cotangents):
   new_x, mean, rstd, keep, scale, b, bias = residuals
   dx, dh, sums = _backward(new_x.dtype)(new_x, mean, rstd, keep, scale, *cotangents)
-  db, dscale, dbias = sums.sum(0)
+  db, dscale, dbias = sums.sum((0, 1))
   return (dx, dh, db.astype(b.dtype), None if keep is None else jnp.zeros_like(keep),
           dscale.astype(scale.dtype), dbias.astype(bias.dtype))
 
