@@ -3,7 +3,8 @@
 # attention): DeiT-S at gpu_check's batch 1024; with ViT.norm_impl='pallas' (each residual add and
 # the LayerNorm after it as one kernel: kernel_bytes predicts 16 % fewer elementwise bytes), alone,
 # with cuBLASLt GEMMs (bias in their epilogues: 5 % fewer elementwise + copy bytes again) and at
-# batch 2048; ViT-B at 512 without and with it; then a profile of DeiT-S's 1024 step with it, every
+# batch 2048; ViT-B at 512 without and with it; its kernels alone against XLA's ops
+# (benchmarks/norm_bench.py); then a profile of DeiT-S's 1024 step with it, every
 # kernel's row and the compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s.
 # About 7 minutes (8 with BASELINE).
 # With BASELINE=DIR (a checkout of an earlier commit, e.g. `git worktree add .baseline COMMIT`,
@@ -31,6 +32,8 @@ run "$deit_s --norm-impl pallas" 1024 "$cublaslt"
 run "$deit_s --norm-impl pallas" 2048
 run "$vit_b" 512
 run "$vit_b --norm-impl pallas" 512
+echo "## residual_norm's kernels alone (DeiT-S's activations)" | tee -a "$OUT/gpu_sweep.md"
+timeout 60 $PY -m benchmarks.norm_bench 2>&1 | grep -v "^W\|^I" | tail -7 | tee -a "$OUT/gpu_sweep.md"
 echo "## profile, DeiT-S batch 1024, norm_impl='pallas'" | tee -a "$OUT/gpu_sweep.md"
 timeout 120 $PY -m benchmarks.profile_step $deit_s --norm-impl pallas --batch 1024 --top 30 --out "$OUT/profile_deit_s" 2>&1 \
   | grep -v "^W\|^I" | tail -42 | tee -a "$OUT/gpu_sweep.md"

@@ -182,3 +182,15 @@ def test_kernel_bytes_without_the_cuda_plugin_says_what_to_install():
   run = subprocess.run([sys.executable, '-m', 'benchmarks.kernel_bytes', '--depth', '1', '--batch', '2'],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert run.returncode == 1 and f'pip install "jax[cuda12]=={jax.__version__}"' in run.stderr, run.stderr
+
+
+@pytest.mark.slow  # a command's wiring: the slow tier
+def test_norm_bench_times_both_implementations():
+  from conftest import ROOT
+  run = subprocess.run([sys.executable, '-m', 'benchmarks.norm_bench', '--batch', '2', '--tokens', '5', '--width', '16',
+                        '--rounds', '1'], capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert run.returncode == 0, run.stderr[-2000:]
+  rows = [line.split('|')[1:-1] for line in run.stdout.splitlines() if line.startswith('| ') and 'ms' not in line]
+  names = [r[0].strip() for r in rows]
+  assert names == [f'{impl}: {part}' for impl in ('XLA ops', 'residual_norm') for part in ('forward', 'forward + backward')]
+  assert all(float(r[1]) > 0 for r in rows) and [r[3].strip() for r in rows[:2]] == ['1.00x', '1.00x']
