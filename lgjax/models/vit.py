@@ -321,7 +321,7 @@ class Encoder1DBlock(nn.Module):
       if not no_drop_path:
         mask = _drop_path_mask(self, drop_path_rate, x.shape).reshape(x.shape[0])
         keep = jnp.where(mask, 1.0 / (1.0 - drop_path_rate), 0.0).astype(jnp.float32)
-      return Residual(x, h, b, keep)
+      return Residual(x, h, jnp.asarray(b, jnp.float32), keep)  # one carry type, whatever the params' dtype
 
     x = x if isinstance(x, Residual) else Residual.of(x, not no_drop_path)
     x, y = norm('LayerNorm_0', x)
