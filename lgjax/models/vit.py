@@ -31,7 +31,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -290,18 +290,24 @@ class Encoder1DBlock(nn.Module):
   attention_impl: str | None = None
   norm_impl: str | None = None
   dtype: Any = jnp.float32
+  # Under nn.scan, autodiff keeps what the scanned body's backward reads as stacked arrays,
+  # XLA's fusions aside: each LayerNorm's float32 input, centred input and square, 1.7x an
+  # unscanned step's temporaries. Rematerialized, a LayerNorm keeps only its input, which
+  # the stream keeps anyway. (Unscanned, XLA's fusions do better without.)
+  remat_norms: ClassVar[bool] = False
 
   @nn.compact
   def __call__(self, x, drop_path_rate, deterministic: bool):
     no_drop_path = deterministic or not self.use_drop_path
     if self.norm_impl is not None:
       return self._fused(x, drop_path_rate, deterministic, no_drop_path)
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
+    norm = nn.remat(nn.LayerNorm, policy=jax.checkpoint_policies.nothing_saveable) if self.remat_norms else nn.LayerNorm
+    y = norm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='LayerNorm_0')(x)
     y = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl, dtype=self.dtype)(y)
     self.sow('intermediates', 'attn', y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
+    y = norm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='LayerNorm_1')(x)
     y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init,
                  self.dtype)(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
@@ -338,6 +344,7 @@ class Encoder1DBlock(nn.Module):
 
 class _ScanBlock(Encoder1DBlock):
   """Scan body: carries x, takes the block's drop-path rate as scanned input."""
+  remat_norms: ClassVar[bool] = True
 
   def __call__(self, x, drop_path_rate, deterministic: bool):
     return super().__call__(x, drop_path_rate, deterministic), None
@@ -426,7 +433,8 @@ class ViT(nn.Module):
   `pool_type` 'gap' averages tokens (TLEG's default, no cls token); 'tok'
   prepends a learned `cls` token and reads it out. `drop_path` is the largest
   stochastic-depth rate (linear over depth as in DeiT). `scan` runs the blocks
-  with `nn.scan` so compile time stays flat in depth.
+  with `nn.scan` so compile time stays flat in depth; its blocks rematerialize
+  their LayerNorms, so that it keeps about what an unscanned model keeps.
 
   Fields that let lgjax compute what other codebases' ViTs compute (defaults
   are big_vision's): `gelu_approximate` (False: timm's exact-erf GELU),
