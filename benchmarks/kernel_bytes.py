@@ -3,7 +3,8 @@
 Compiles the step `profile_step` traces (`common.train_step`) for an H100 or H200 that
 is not here (XLA's deviceless compilation, from a target description of the chip) and
 reads the kernels out of the compiled HLO: each fusion or library call is one kernel, and its operands
-and outputs are what it reads from and writes to HBM, at least. Memory-bound kernels
+and outputs are what it reads from and writes to HBM, at least. It also prints XLA's memory analysis
+of the step (temporaries and arguments per device). Memory-bound kernels
 (LayerNorm, GELU, bias and residual adds, bias gradients) take about their bytes over
 the HBM rate, so a change to the model or to XLA's flags can be judged by the bytes
 it saves before a GPU is lent; a profile on the GPU confirms it. On an H200, DeiT-S's
@@ -111,8 +112,9 @@ def block_kernels(found: list[Kernel], block: int) -> list[tuple[str, str, Kerne
   return rows
 
 
-def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int) -> str:
-  """The compiled HLO of benchmarks.common.train_step for `chip`, from shapes alone."""
+def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int) -> jax.stages.Compiled:
+  """benchmarks.common.train_step compiled for `chip`, from shapes alone (its HLO: .as_text();
+  its memory: .memory_analysis())."""
   jax.config.update('jax_platforms', 'cpu')  # before any backend starts: the CUDA plugin then looks for no GPU
   try:
     topology = topologies.get_topology_desc(platform='cuda', topology='1x1x1',
@@ -127,7 +129,7 @@ def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int)
   rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=backend.sharded)
   batch = {'image': rows((batch_size, *image_shape), jnp.float32), 'label': rows((batch_size,), jnp.int32),
            'index': rows((batch_size,), jnp.int32)}
-  return fn.lower(state, batch, None).compile().as_text()
+  return fn.lower(state, batch, None).compile()
 
 
 def main():
@@ -139,11 +141,14 @@ def main():
   p.add_argument('--out', default=None, help='directory for the compiled HLO')
   args = p.parse_args()
   cfg = common.model_config(vars(args), num_classes=1000)
-  hlo = compile_for(args.chip, cfg, (args.image, args.image, 3), args.batch)
+  compiled = compile_for(args.chip, cfg, (args.image, args.image, 3), args.batch)
+  hlo, memory = compiled.as_text(), compiled.memory_analysis()
   found = kernels(hlo)
   print(f'ViT width {args.width} depth {args.depth} heads {args.heads}, {args.image}px/p{args.patch}, '
         f'batch {args.batch}, {args.dtype}, attention {args.attention_impl}, norm {args.norm_impl or "xla"}: the train step compiled for '
-        f'{CHIPS[args.chip]["name"]}, {len(found)} kernels')
+        f'{CHIPS[args.chip]["name"]}, {len(found)} kernels; XLA\'s memory analysis: '
+        f'{memory.temp_size_in_bytes / 1e9:.2f} GB of temporaries, {memory.argument_size_in_bytes / 1e9:.2f} GB '
+        f'of arguments')
   print(f'| kernels | count | GB moved | ms at {args.rate_tbps} TB/s (memory-bound ones) |\n|---|---|---|---|')
   for kind, (count, size) in by_kind(found).items():
     ms = f'{size / args.rate_tbps / 1e9:.1f}' if kind in ('elementwise / reduction', 'copy') else '(compute-bound)'
