@@ -5,19 +5,21 @@
 
 `h` is a branch's matmul output (attention's or the MLP's) before its bias `b`,
 and `keep` a per-example drop-path scale (None: 1); the LayerNorm is the next one
-in the model (the block's second, the next block's first, or encoder_norm). XLA runs this as three kernels forward (the add, the
-statistics, the normalization) and three backward, each reading the (tokens,
-width) tensors again; the Pallas kernels here read them once each way: forward
-reads x and h and writes x' and y; backward reads x', dy and dx' and writes dx'
-(and keep * dx' for h, with drop path), with the column sums for scale, bias and
-b as partial sums per CHUNK tokens of each example. On CUDA the kernels run; on other platforms the
-same formulas run as jnp (`lax.platform_dependent` picks at lowering), so a
-model that uses this compiles everywhere.
+in the model (the block's second, the next block's first, or encoder_norm).
+
+XLA runs this as three kernels forward (the add, the statistics, the
+normalization) and three backward, each reading the (tokens, width) tensors
+again. The Pallas kernels here read them once each way: forward reads x and h
+and writes x' and y; backward reads x', dy and dx' and writes dx' (and keep * dx'
+for h, with drop path), with the column sums for scale, bias and b as partial
+sums per CHUNK tokens of each example. On CUDA the kernels run; on other
+platforms the same formulas run as jnp (`lax.platform_dependent` picks at
+lowering), so a model that uses this compiles everywhere.
 
 `add_layer_norm` takes (..., width) arrays whose leading axis is the batch, and a
-kernel program works within one example (forward: ROWS tokens of it; backward: CHUNK
-tokens, summing its columns as it goes), so a batch split over devices runs the
-kernels on each device's examples (`custom_partitioning`), never gathering
+kernel program works within one example (forward: ROWS tokens of it; backward:
+CHUNK tokens, summing its columns as it goes), so a batch split over devices runs
+the kernels on each device's examples (`custom_partitioning`), never gathering
 activations. Tile sizes and warps are set by reasoning, not yet timed on a GPU.
 """
 
