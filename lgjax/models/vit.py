@@ -325,7 +325,7 @@ class Encoder1DBlock(nn.Module):
         h, b = nn.Dropout(rate=self.dropout)(h + b.astype(h.dtype), deterministic), jnp.zeros_like(b)
       keep = None
       if not no_drop_path:
-        mask = _drop_path_mask(self, drop_path_rate, x.shape).reshape(x.shape[0])
+        mask = _drop_path_mask(self, drop_path_rate, x.shape[:1])
         keep = jnp.where(mask, 1.0 / (1.0 - drop_path_rate), 0.0).astype(jnp.float32)
       return Residual(x, h, jnp.asarray(b, jnp.float32), keep)  # one carry type, whatever the params' dtype
 
