@@ -49,6 +49,18 @@ if ROOT not in __import__('sys').path:
   __import__('sys').path.insert(0, ROOT)
 
 
+def jaxpr_eqns(jaxpr, name):
+  """The `name` equations of `jaxpr` and of the jaxprs inside it."""
+  found = []
+  for eqn in jaxpr.eqns:
+    found += [eqn] if eqn.primitive.name == name else []
+    for param in eqn.params.values():
+      inner = getattr(param, 'jaxpr', param)
+      if hasattr(inner, 'eqns'):
+        found += jaxpr_eqns(inner, name)
+  return found
+
+
 def losses(workdir):
   """The training loss of every logged step of the run in `workdir`, in step order."""
   from lgjax.train import reporting

@@ -116,16 +116,17 @@ def test_sequence_fields_are_settable_from_the_command_line():
 
 @pytest.mark.parametrize('recipe', [*RECIPES, 'pool_distill', 'stitched', 'wave_aux', 'wave_scalers'])
 def test_every_recipe_takes_the_vits_runtime_fields_from_the_command_line(recipe):
-  """attention_impl (cuDNN's fused attention on GPUs), norm_impl and remat_policy are unset
-  (None) in the presets, and settable: a field a preset leaves out cannot be set with
-  --config.model.X."""
+  """attention_impl (cuDNN's fused attention on GPUs), norm_impl, mlp_impl and remat_policy
+  are unset (None) in the presets, and settable: a field a preset leaves out cannot be set
+  with --config.model.X."""
   from lgjax.models import ViTConfig
+  fields = ('attention_impl', 'norm_impl', 'mlp_impl', 'remat_policy')
   defaults = parse(recipe).model
-  assert (defaults.attention_impl, defaults.norm_impl, defaults.remat_policy) == (None, None, None)
-  model = parse(recipe, '--config.model.attention_impl=cudnn', '--config.model.norm_impl=pallas',
-                '--config.model.remat_policy=dots_saveable').model
+  assert [defaults[f] for f in fields] == [None] * 4
+  values = ('cudnn', 'pallas', 'pallas', 'dots_saveable')
+  model = parse(recipe, *(f'--config.model.{f}={v}' for f, v in zip(fields, values))).model
   config = ViTConfig.of({**model.to_dict(), 'num_classes': 5})
-  assert (config.attention_impl, config.norm_impl, config.remat_policy) == ('cudnn', 'pallas', 'dots_saveable')
+  assert tuple(getattr(config, f) for f in fields) == values
 
 
 @pytest.mark.parametrize('flag, message', [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from conftest import jaxpr_eqns
 from lgjax.models import residual_norm
 
 EPS = 1e-6
@@ -110,18 +111,6 @@ def test_mismatched_inputs_are_refused():
     residual_norm.add_layer_norm(x, h.astype(jnp.bfloat16), b, keep, scale, bias, epsilon=EPS, dtype=jnp.float32)
 
 
-def _eqns(jaxpr, name):
-  """The `name` equations of `jaxpr` and of the jaxprs inside it."""
-  found = []
-  for eqn in jaxpr.eqns:
-    found += [eqn] if eqn.primitive.name == name else []
-    for param in eqn.params.values():
-      inner = getattr(param, 'jaxpr', param)
-      if hasattr(inner, 'eqns'):
-        found += _eqns(inner, name)
-  return found
-
-
 def test_under_vmap_the_mapped_axis_joins_the_batch():
   """The train step vmaps a per-example loss: the op then runs once on the whole batch
   (one call in the jaxpr, on all 8 x 2 examples), with the numbers of the unmapped call;
@@ -133,7 +122,7 @@ def test_under_vmap_the_mapped_axis_joins_the_batch():
   mapped = jax.vmap(fn, in_axes=(0, 0, 0, None))
   for got, want in zip(mapped(split(x), split(h), split(keep), scale), fn(x, h, keep, scale)):
     np.testing.assert_allclose(got, split(want), rtol=1e-6)
-  calls = _eqns(jax.make_jaxpr(mapped)(split(x), split(h), split(keep), scale).jaxpr, 'custom_partitioning')
+  calls = jaxpr_eqns(jax.make_jaxpr(mapped)(split(x), split(h), split(keep), scale).jaxpr, 'custom_partitioning')
   assert [c.invars[0].aval.shape for c in calls] == [x.shape]
   scales = jnp.stack([scale, 2 * scale])
   got = jax.vmap(fn, in_axes=(None, None, None, 0))(x, h, keep, scales)

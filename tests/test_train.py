@@ -240,16 +240,20 @@ def losses_of(workdir, **overrides):
   return losses(workdir)
 
 
-@pytest.mark.slow  # four runs: the slow tier
-def test_norm_impl_pallas_trains_as_xla_ops_do(tmp_path):
-  """model.norm_impl='pallas' (the jnp formulas on CPU, split per example over the 8
-  devices by custom_partitioning) gives XLA's ops' losses with data parallelism, FSDP
-  over all 8 devices (its vectors gathered) and pmap, drop path and dropout included."""
-  overrides = {'model.drop_path': 0.2, 'model.dropout': 0.1, 'total_steps': 4}
+@pytest.mark.slow  # four runs each: the slow tier
+@pytest.mark.parametrize('kernels,dropout', [
+    ({'model.norm_impl': 'pallas'}, 0.1),
+    ({'model.norm_impl': 'pallas', 'model.mlp_impl': 'pallas'}, 0.0),  # dropout in the MLP runs XLA's
+])
+def test_pallas_kernels_train_as_xla_ops_do(tmp_path, kernels, dropout):
+  """model.norm_impl and mlp_impl='pallas' (the jnp formulas on CPU, split per example over
+  the 8 devices by custom_partitioning) give XLA's ops' losses with data parallelism, FSDP
+  over all 8 devices (its params gathered) and pmap, drop path and dropout included."""
+  overrides = {'model.drop_path': 0.2, 'model.dropout': dropout, 'total_steps': 4}
   want = losses_of(tmp_path / 'xla', **overrides)
   for name, more in [('jit', {}), ('fsdp', {'sharding.fsdp': 8, 'sharding.min_size': 0}),
                      ('pmap', {'parallelism': 'pmap'})]:
-    got = losses_of(tmp_path / name, **overrides, **more, **{'model.norm_impl': 'pallas'})
+    got = losses_of(tmp_path / name, **overrides, **more, **kernels)
     np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
 
 

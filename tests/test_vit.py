@@ -100,8 +100,8 @@ def test_forward_matches_numpy_reference():
 
 def test_mlp_keeps_two_hidden_tensors_and_plain_gradients(capsys):
   """The MLP keeps, of its (tokens, mlp_dim) tensors, only the first matmul's output and the
-  GELU's output for the backward pass (vit.MLP_SAVED), and its gradients are those of the
-  same MLP written as plain jnp ops, which autodiff keeps more of."""
+  GELU's output for the backward pass (vit.MLP_SAVED; PallasMlpBlock's custom VJP), and its
+  gradients are those of the same MLP written as plain jnp ops, which autodiff keeps more of."""
   mlp = vit.MlpBlock(mlp_dim=64)
   x = jax.random.normal(jax.random.key(0), (2, 5, 16))
   params = mlp.init(jax.random.key(1), x, True)
@@ -118,6 +118,13 @@ def test_mlp_keeps_two_hidden_tensors_and_plain_gradients(capsys):
   print_saved_residuals(plain, params, x)
   assert sum('[2,5,64]' in line for line in capsys.readouterr().out.splitlines()) > 2  # what it saves
   got, want = jax.jit(jax.grad(loss, (0, 1)))(params, x), jax.jit(jax.grad(plain, (0, 1)))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+  # PallasMlpBlock (mlp_impl): the same two, as its kernel writes them (h and the GELU's g).
+  fused = vit.PallasMlpBlock(mlp_dim=64)
+  fused_loss = lambda p, x: jnp.sum(jnp.sin(fused.apply(p, x, True)))
+  print_saved_residuals(fused_loss, params, x)
+  assert sum('[2,5,64]' in line for line in capsys.readouterr().out.splitlines()) == 2
+  got = jax.jit(jax.grad(fused_loss, (0, 1)))(params, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
 
 
@@ -234,6 +241,7 @@ def param_shapes_as_zeros(config):
     ('drop_path', 1.0, 'drop_path must be in [0, 1), got 1.0'),
     ('attention_impl', 'flash', "attention_impl must be one of (None, 'xla', 'cudnn'), got 'flash'"),
     ('norm_impl', 'triton', "norm_impl must be one of (None, 'pallas'), got 'triton'"),
+    ('mlp_impl', 'cublaslt', "mlp_impl must be one of (None, 'pallas'), got 'cublaslt'"),
     ('remat_policy', 'everything', "remat_policy must be one of (None, 'nothing_saveable', 'dots_saveable', "
                                    "'dots_with_no_batch_dims_saveable'), got 'everything'"),
 ])
@@ -249,18 +257,24 @@ def test_attention_impl_xla_is_the_default_computation():
                                 ViT(**TINY, attention_impl='xla').apply(params, x))
 
 
+KERNELS = [dict(norm_impl='pallas'), dict(mlp_impl='pallas'), dict(norm_impl='pallas', mlp_impl='pallas')]
+
+
+@pytest.mark.parametrize('kernels', KERNELS)
 @pytest.mark.parametrize('fields', [
     dict(drop_path=0.5, dropout=0.1),
+    dict(drop_path=0.5),  # without dropout in training, mlp_impl's kernels run in the step too
     pytest.param(dict(scan=True, drop_path=0.5, remat_policy='nothing_saveable', final_norm='pooled'),
                  marks=pytest.mark.slow),  # the same blocks under scan and remat: the slow tier
 ])
-def test_norm_impl_pallas_is_the_same_model(fields):
+def test_pallas_kernels_make_the_same_model(fields, kernels):
   """norm_impl='pallas' (each residual add in residual_norm's kernel with the LayerNorm
   after it, the last one in encoder_norm's, or before it when it norms the pooled vector)
-  makes the same params and, in training, the same loss and gradients, drop-path and
-  dropout draws included; the blocks' sown outputs (with_block_outputs) are the same too."""
+  and mlp_impl='pallas' (gelu_mlp's matmuls with the bias and GELU in them) make the same
+  params and, in training, the same loss and gradients, drop-path and dropout draws
+  included; the blocks' sown outputs (with_block_outputs) are the same too."""
   x = jax.random.normal(jax.random.key(0), (4, *IMAGE_SHAPE))
-  plain, fused = ViT(**TINY, **fields), ViT(**TINY, **fields, norm_impl='pallas')
+  plain, fused = ViT(**TINY, **fields), ViT(**TINY, **fields, **kernels)
   params = plain.init(jax.random.key(1), x)
   jax.tree.map(np.testing.assert_array_equal, params, fused.init(jax.random.key(1), x))
   params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(2), v.shape), params)  # LN params too
@@ -275,6 +289,21 @@ def test_norm_impl_pallas_is_the_same_model(fields):
   # Params in bfloat16 (as some users serve them): a scanned model's carried bias stays float32.
   half = jax.tree.map(lambda v: v.astype(jnp.bfloat16), params)
   np.testing.assert_allclose(fused.apply(half, x), plain.apply(half, x), atol=1e-2)
+
+
+@pytest.mark.parametrize('kernels', KERNELS[1:])
+def test_pallas_kernels_in_bfloat16_are_as_accurate_as_xla_ops(kernels):
+  """In bfloat16 the kernels round in other places than XLA's ops (once, from float32 sums):
+  the gradients stay as close to the float32 model's as XLA's are."""
+  x = jax.random.normal(jax.random.key(0), (4, *IMAGE_SHAPE))
+  params = ViT(**TINY).init(jax.random.key(1), x)
+  params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(2), v.shape), params)
+  grads = lambda model: jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(model.apply(p, x)))))(params)
+  want = grads(ViT(**TINY))
+  error = lambda got: max(jax.tree.leaves(jax.tree.map(
+      lambda g, w: float(jnp.linalg.norm(g - w) / jnp.linalg.norm(w)), got, want)))
+  xla, ours = error(grads(ViT(**TINY, dtype='bfloat16'))), error(grads(ViT(**TINY, dtype='bfloat16', **kernels)))
+  assert xla < 0.03 and ours < 1.25 * xla, (ours, xla)
 
 
 @pytest.mark.parametrize('scan,policy', [(False, 'dots_saveable'), (True, 'nothing_saveable')])

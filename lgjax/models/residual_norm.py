@@ -19,8 +19,8 @@ lowering), so a model that uses this compiles everywhere.
 `add_layer_norm` takes (..., width) arrays whose leading axis is the batch, and a
 kernel program works within one example (forward: ROWS tokens of it; backward:
 CHUNK tokens, summing its columns as it goes), so a batch split over devices runs
-the kernels on each device's examples (`custom_partitioning`), never gathering
-activations. Tile sizes and warps are set by reasoning, not yet timed on a GPU.
+the kernels on each device's examples, never gathering activations
+(batched_kernels). Tile sizes and warps are set by reasoning, not yet timed on a GPU.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plgpu
-from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lgjax.models import batched_kernels
 
 ROWS = 8  # token rows a kernel program loads at once: (8, next power of 2 >= width) tiles
 # Tokens a backward program sums over: DeiT's 196 make 4 programs an example, so that even
@@ -188,63 +188,18 @@ def kernel_backward(new_x, mean, rstd, keep, scale, dnew_x, dy, *, h_dtype, inte
   return dx, (dh[0] if dh else dx), sums
 
 
-def _by_example(fn, operands: tuple[str, ...], results: tuple[str, ...]):
-  """`fn`, per example wherever it runs. `operands` and `results` spell each array's axes
-  ('b t d': batch, tokens, width; 'd': a param vector; a None operand is skipped).
-
-  Under jit on a batch split over devices (custom_partitioning), each device runs `fn` on
-  its own examples: only 'b' is split, the rest is whole everywhere, so XLA never gathers
-  the activations around the kernel. Under vmap (the train step's per-example loss),
-  the mapped axis joins the batch axis: one call on the whole batch, not one per example.
-  """
-  partitioned = custom_partitioning(fn)
-
-  def rule(mesh, operand_types, result_types):
-    present = operands if len(operand_types) == len(operands) else [o for o in operands if o != 'b']  # keep=None
-    text = f'{", ".join(present)} -> {", ".join(results)}'
-    used = set(text.replace(',', ' ').split())
-    return text, {'need_replication_factors': tuple(f for f in ('t', 'd', 'c', 'k') if f in used)}
-
-  def partition(mesh, arg_shapes, result_shapes):
-    spec = arg_shapes[0].sharding.spec
-    batch = spec[0] if len(spec) else None
-    sharding = lambda axes: NamedSharding(mesh, P(*(batch if a == 'b' else None for a in axes.split())))
-    arg_shardings = tuple(None if a is None else sharding(o) for a, o in zip(arg_shapes, operands))
-    return mesh, fn, tuple(map(sharding, results)), arg_shardings
-
-  partitioned.def_partition(partition, sharding_rule=rule)
-  per_example = jax.custom_batching.custom_vmap(lambda *args: partitioned(*args))
-
-  @per_example.def_vmap
-  def _(size, in_batched, *args):
-    if any(mapped for mapped, o in zip(in_batched, operands) if o == 'd'):  # params differ along the map
-      pick = lambda i: [a[i] if mapped else a for a, mapped in zip(args, in_batched)]
-      return jax.lax.map(lambda i: per_example(*pick(i)), jnp.arange(size)), (True,) * len(results)
-    joined = [a if a is None or o == 'd' else
-              (a if mapped else jnp.broadcast_to(a, (size, *a.shape))).reshape(-1, *a.shape[1 + mapped:])
-              for a, mapped, o in zip(args, in_batched, operands)]
-    outs = per_example(*joined)
-    return tuple(o.reshape(size, -1, *o.shape[1:]) for o in outs), (True,) * len(results)
-
-  return per_example
-
-
-def _on_platform(kernel, reference, **static):
-  """kernel on CUDA, reference elsewhere, chosen where XLA lowers (lax.platform_dependent)."""
-  return lambda *args: jax.lax.platform_dependent(
-      *args, cuda=functools.partial(kernel, **static), default=functools.partial(reference, **static))
-
-
 @functools.cache
 def _forward(epsilon: float, dtype):
-  return _by_example(_on_platform(kernel_forward, reference_forward, epsilon=epsilon, dtype=dtype),
-                     ('b t d', 'b t d', 'd', 'b', 'd', 'd'), ('b t d', 'b t d', 'b t', 'b t'))
+  return batched_kernels.by_example(
+      batched_kernels.on_platform(kernel_forward, reference_forward, epsilon=epsilon, dtype=dtype),
+      ('b t d', 'b t d', 'd', 'b', 'd', 'd'), ('b t d', 'b t d', 'b t', 'b t'))
 
 
 @functools.cache
 def _backward(h_dtype):
-  return _by_example(_on_platform(kernel_backward, reference_backward, h_dtype=h_dtype),
-                     ('b t d', 'b t', 'b t', 'b', 'd', 'b t d', 'b t d'), ('b t d', 'b t d', 'b c k d'))
+  return batched_kernels.by_example(
+      batched_kernels.on_platform(kernel_backward, reference_backward, h_dtype=h_dtype),
+      ('b t d', 'b t', 'b t', 'b', 'd', 'b t d', 'b t d'), ('b t d', 'b t d', 'b c k d'))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))

@@ -39,13 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from lgjax.models import blocks, inits, residual_norm
+from lgjax.models import blocks, gelu_mlp, inits, residual_norm
 
 POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
 FINAL_NORMS = ('tokens', 'pooled')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')  # jax.nn.dot_product_attention's `implementation`
 NORM_IMPLS = (None, 'pallas')  # how residual adds and the LayerNorms after them run (residual_norm)
+MLP_IMPLS = (None, 'pallas')  # how the MLP's bias and GELU run: XLA's kernels or the matmuls' (gelu_mlp)
 # What each block keeps for the backward pass (names in jax.checkpoint_policies); None: all.
 REMAT_POLICIES = (None, 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
@@ -122,6 +123,8 @@ def check_config(config: dict[str, Any]) -> None:
     raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {get("attention_impl")!r}.')
   if get('norm_impl') not in NORM_IMPLS:
     raise ValueError(f'norm_impl must be one of {NORM_IMPLS}, got {get("norm_impl")!r}.')
+  if get('mlp_impl') not in MLP_IMPLS:
+    raise ValueError(f'mlp_impl must be one of {MLP_IMPLS}, got {get("mlp_impl")!r}.')
   if get('remat_policy') not in REMAT_POLICIES:
     raise ValueError(f'remat_policy must be one of {REMAT_POLICIES}, got {get("remat_policy")!r}.')
   for k in ('num_classes', 'mlp_dim'):
@@ -225,6 +228,25 @@ class MlpBlock(nn.Module):
     return jnp.einsum('...d,df->...f', x, jnp.asarray(p['kernel'], self.dtype)), p['bias']
 
 
+class PallasMlpBlock(MlpBlock):
+  """MlpBlock with the first Dense's bias and the GELU in the matmuls' epilogues on GPUs
+  (gelu_mlp.mlp; its jnp formulas elsewhere): the same params and numbers, and the same
+  two hidden tensors kept. No dropout between GELU and Dense_1: with dropout on,
+  Encoder1DBlock runs MlpBlock instead."""
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    scheme = inits.get(self.param_init)
+    kw = dict(kernel_init=scheme.kernel, bias_init=scheme.mlp_bias, dtype=self.dtype)
+    if self.is_initializing():  # makes MlpBlock's params
+      nn.Dense(x.shape[-1], **kw, name='Dense_1')(nn.Dense(self.mlp_dim, **kw, name='Dense_0')(x))
+    p = self.variables['params']
+    y = gelu_mlp.mlp(jnp.asarray(x, self.dtype), p['Dense_0']['kernel'], p['Dense_0']['bias'],
+                     p['Dense_1']['kernel'], approximate=self.gelu_approximate)
+    bias = p['Dense_1']['bias']
+    return y + jnp.asarray(bias, self.dtype) if self.out_bias else (y, bias)
+
+
 def _drop_path_mask(module: nn.Module, rate, shape) -> jax.Array:
   """Which examples keep their residual branch (probability 1 - `rate`), broadcastable to `shape`."""
   return jax.random.bernoulli(module.make_rng('dropout'), 1.0 - rate, (shape[0],) + (1,) * (len(shape) - 1))
@@ -289,6 +311,7 @@ class Encoder1DBlock(nn.Module):
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
   norm_impl: str | None = None
+  mlp_impl: str | None = None
   dtype: Any = jnp.float32
   # Under nn.scan, autodiff keeps what the scanned body's backward reads as stacked arrays,
   # XLA's fusions aside: each LayerNorm's float32 input, centred input and square, 1.7x an
@@ -308,8 +331,7 @@ class Encoder1DBlock(nn.Module):
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
     y = norm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='LayerNorm_1')(x)
-    y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init,
-                 self.dtype)(y, deterministic)
+    y = self._mlp(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
     self.sow('intermediates', 'out', x)
@@ -335,11 +357,17 @@ class Encoder1DBlock(nn.Module):
                                         dtype=self.dtype, out_bias=False)(y)
     self.sow('intermediates', 'attn', h + b.astype(h.dtype))
     x, y = norm('LayerNorm_1', branch(x, h, b))
-    h, b = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init,
-                    self.dtype, out_bias=False)(y, deterministic)
+    h, b = self._mlp(y, deterministic, out_bias=False)
     x = branch(x, h, b)
     self.sow('intermediates', 'out', added(x))
     return x
+
+  def _mlp(self, y, deterministic: bool, out_bias: bool = True):
+    """MlpBlock_0, as PallasMlpBlock with mlp_impl unless dropout is on inside it."""
+    fused = self.mlp_impl is not None and (deterministic or not self.dropout)
+    return (PallasMlpBlock if fused else MlpBlock)(
+        self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init, self.dtype, out_bias=out_bias,
+        name='MlpBlock_0')(y, deterministic)
 
 
 class _ScanBlock(Encoder1DBlock):
@@ -364,6 +392,7 @@ class Encoder(nn.Module):
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
   norm_impl: str | None = None
+  mlp_impl: str | None = None
   remat_policy: str | None = None
   dtype: Any = jnp.float32
 
@@ -374,7 +403,8 @@ class Encoder(nn.Module):
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
               use_drop_path=self.drop_path > 0, gelu_approximate=self.gelu_approximate,
               layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
-              attention_impl=self.attention_impl, norm_impl=self.norm_impl, dtype=self.dtype)
+              attention_impl=self.attention_impl, norm_impl=self.norm_impl, mlp_impl=self.mlp_impl,
+              dtype=self.dtype)
     if self.norm_impl is not None:  # the blocks pass a Residual on: one type in and out of the scan body
       x = Residual.of(x, self.drop_path > 0 and not deterministic)
     if self.scan:
@@ -454,6 +484,11 @@ class ViT(nn.Module):
   XLA makes three kernels each way; None: XLA's ops. The blocks then hand
   each other the stream with its last add pending (`Residual`), so a
   remat_policy keeps two (tokens, width) tensors per block, not one.
+  `mlp_impl` 'pallas' runs the MLP's first bias and GELU in its matmuls'
+  epilogues on GPUs, forward and backward (`lgjax.models.gelu_mlp`; jnp
+  elsewhere), where XLA makes them a kernel each way; None: XLA's ops.
+  Dropout inside the MLP runs XLA's. Under a remat_policy other than
+  None its kernels' outputs count as not dots: they are recomputed.
   `remat_policy` (None: keep every activation for the backward pass) names a
   jax.checkpoint_policies policy each block is rematerialized under:
   'nothing_saveable' keeps only each block's input (the least memory, about
@@ -481,6 +516,7 @@ class ViT(nn.Module):
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
   norm_impl: str | None = None
+  mlp_impl: str | None = None
   remat_policy: str | None = None
   dtype: Any = 'float32'
 
@@ -500,7 +536,7 @@ class ViT(nn.Module):
                 final_norm=self.final_norm, gelu_approximate=self.gelu_approximate,
                 layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
                 attention_impl=self.attention_impl, norm_impl=self.norm_impl,
-                remat_policy=self.remat_policy, dtype=dtype,
+                mlp_impl=self.mlp_impl, remat_policy=self.remat_policy, dtype=dtype,
                 name='Transformer')(x, not train)
     if self.num_classes:
       head_init = nn.initializers.zeros if self.head_zeroinit else inits.get(self.param_init).head_kernel

@@ -1,0 +1,221 @@
+"""A Transformer MLP's hidden layer with its bias and GELU in the matmuls' epilogues.
+
+  h = x @ w1 + b1,   g = gelu(h),   z = g @ w2       (the caller adds z's bias)
+
+XLA runs the bias and GELU as a kernel of their own after the first matmul (reading
+h, writing g), and their gradient as one after the second's input gradient (reading
+dg and h, writing dh): 3 (tokens, mlp_dim) tensors of traffic forward and backward
+each that only a GEMM epilogue removes. The Pallas kernels here are those GEMMs:
+
+  forward   (x, w1, b1) -> (h, g)                        h and g kept for the backward
+  backward  (dz, w2, h) -> dh = (dz @ w2.T) * gelu'(h)   with dh's column sums for b1
+
+the other matmuls (z, and the gradients of w2, w1 and x) stay XLA's. Forward they
+write h and g from the accumulator (2 tensors where XLA moves 4), backward dh (3
+where XLA moves 5, with the bias gradient's read of dh). Tiles of BLOCK_M x BLOCK_N
+outputs, BLOCK_K deep per step, N fastest so that a row block of x stays in L2 while
+all its column blocks are computed; Triton makes Hopper's wgmma of them (PTX checked),
+but the sizes are reasoned, not yet timed. On other platforms, or widths the tiles do
+not fit (a width not a multiple of 16), the same formulas run as jnp; a batch split
+over devices runs on each device's examples (batched_kernels).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from lgjax.models import batched_kernels
+
+BLOCK_M, BLOCK_N, BLOCK_K = 128, 128, 64
+WARPS, STAGES = 8, 3  # two warpgroups on a 128 x 128 tile; three K steps in flight
+
+
+def gelu(h, approximate: bool):
+  """jax.nn.gelu, with erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): Pallas's
+  Triton lowering has no erf, and the kernels and their reference must agree."""
+  if approximate:
+    return jax.nn.gelu(h, approximate=True)
+  return 0.5 * h * (1.0 + _erf(h * math.sqrt(0.5)))
+
+
+def gelu_grad(h, approximate: bool):
+  """d gelu(h) / dh, by the formula (the backward kernel computes it from h alone)."""
+  if approximate:
+    c = math.sqrt(2.0 / math.pi)
+    t = jnp.tanh(c * (h + 0.044715 * h * h * h))
+    return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h * h)
+  return 0.5 * (1.0 + _erf(h * math.sqrt(0.5))) + h * jnp.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)
+
+
+def _erf(x):
+  a = jnp.abs(x)
+  t = 1.0 / (1.0 + 0.3275911 * a)
+  poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+  return jnp.sign(x) * (1.0 - poly * jnp.exp(-a * a))
+
+
+
+def blocks(width: int, hidden: int) -> tuple[int, int] | None:
+  """(BLOCK_N, BLOCK_K) for matmuls over `width` into `hidden` columns, or None where the
+  kernels do not fit (K steps of 16 at least, for bf16 wgmma)."""
+  block_k = next((b for b in (BLOCK_K, 32, 16) if width % b == 0), None)
+  return None if block_k is None else (min(BLOCK_N, max(16, pl.next_power_of_2(hidden))), block_k)
+
+
+def slots(tokens: int, block_m: int) -> int:
+  """Row blocks that can start within one example: the backward's column sums are kept
+  per example (batch, slots, hidden), so that they split over devices with the batch."""
+  return pl.cdiv(tokens, block_m)
+
+
+def reference_forward(x, w1, b1, *, approximate: bool, block_m: int = BLOCK_M):
+  """(h, g) for x (batch, tokens, width), in x's dtype from float32 sums."""
+  del block_m
+  h = jnp.einsum('btd,df->btf', x, w1, preferred_element_type=jnp.float32) + b1.astype(jnp.float32)
+  return h.astype(x.dtype), gelu(h, approximate).astype(x.dtype)
+
+
+def reference_backward(dz, w2, h, *, approximate: bool, block_m: int = BLOCK_M):
+  """(dh, sums): dh = (dz @ w2.T) * gelu'(h), and its column sums per example (batch,
+  slots, hidden; here all in slot 0)."""
+  dg = jnp.einsum('btd,fd->btf', dz, w2, preferred_element_type=jnp.float32)
+  dh = dg * gelu_grad(h.astype(jnp.float32), approximate)
+  batch, tokens, hidden = h.shape
+  sums = jnp.zeros((batch, slots(tokens, block_m), hidden), jnp.float32).at[:, 0].set(dh.sum(1))
+  return dh.astype(h.dtype), sums
+
+
+def _matmul(a_ref, b_ref, block_k: int, out_shape, trans_b: bool = False):
+  """a_ref's rows times b_ref's columns (rows with trans_b), BLOCK_K deep a step, in float32."""
+  def step(i, acc):
+    k = pl.ds(i * block_k, block_k)
+    b = b_ref[:, k] if trans_b else b_ref[k, :]
+    return acc + plgpu.dot(a_ref[:, k], b, trans_b=trans_b)
+  return jax.lax.fori_loop(0, a_ref.shape[1] // block_k, step, jnp.zeros(out_shape, jnp.float32))
+
+
+def _forward_kernel(x_ref, w_ref, b_ref, h_ref, g_ref, *, block_k: int, approximate: bool):
+  h = _matmul(x_ref, w_ref, block_k, h_ref.shape) + b_ref[...].astype(jnp.float32)[None, :]
+  h_ref[...] = h.astype(h_ref.dtype)
+  g_ref[...] = gelu(h, approximate).astype(g_ref.dtype)
+
+
+def _backward_kernel(dz_ref, w_ref, h_ref, dh_ref, sums_ref, *, block_k: int, approximate: bool, rows: int):
+  block_m = dh_ref.shape[0]
+  dh = _matmul(dz_ref, w_ref, block_k, dh_ref.shape, trans_b=True) * gelu_grad(
+      h_ref[...].astype(jnp.float32), approximate)
+  dh_ref[...] = dh.astype(dh_ref.dtype)
+  valid = pl.program_id(1) * block_m + jnp.arange(block_m) < rows  # the last row block overhangs
+  sums_ref[...] = jnp.sum(jnp.where(valid[:, None], dh, 0.0), axis=0)[None, :]
+
+
+def _call(kernel, operands, out_shape, in_blocks, out_blocks, grid, name, interpret):
+  """A pallas_call over (column block, row block), columns fastest: a row block of the
+  activations is read from HBM once and from L2 by the other column blocks."""
+  spec = lambda shape_and_index: pl.BlockSpec(*shape_and_index)
+  return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=list(map(spec, in_blocks)),
+                        out_specs=list(map(spec, out_blocks)), interpret=interpret, name=name,
+                        compiler_params=plgpu.CompilerParams(num_warps=WARPS, num_stages=STAGES))(*operands)
+
+
+def kernel_forward(x, w1, b1, *, approximate: bool, block_m: int = BLOCK_M, interpret: bool = False):
+  """reference_forward by the Pallas kernel; `interpret` runs it off-GPU (tests)."""
+  batch, tokens, width = x.shape
+  hidden, rows = w1.shape[1], batch * tokens
+  block_n, block_k = blocks(width, hidden)
+  tile = ((block_m, block_n), lambda j, i: (i, j))
+  h, g = _call(functools.partial(_forward_kernel, block_k=block_k, approximate=approximate),
+               (x.reshape(rows, width), w1, b1), [jax.ShapeDtypeStruct((rows, hidden), x.dtype)] * 2,
+               [((block_m, width), lambda j, i: (i, 0)), ((width, block_n), lambda j, i: (0, j)),
+                ((block_n,), lambda j, i: (j,))], [tile, tile],
+               (pl.cdiv(hidden, block_n), pl.cdiv(rows, block_m)), 'gelu_mlp_fwd', interpret)
+  return h.reshape(batch, tokens, hidden), g.reshape(batch, tokens, hidden)
+
+
+def kernel_backward(dz, w2, h, *, approximate: bool, block_m: int = BLOCK_M, interpret: bool = False):
+  """reference_backward by the Pallas kernel: its column sums are per row block, then
+  placed in the slot of the example the block starts in."""
+  batch, tokens, width = dz.shape
+  hidden, rows = h.shape[-1], batch * tokens
+  block_n, block_k = blocks(width, hidden)
+  tile = ((block_m, block_n), lambda j, i: (i, j))
+  row_blocks = pl.cdiv(rows, block_m)
+  dh, sums = _call(functools.partial(_backward_kernel, block_k=block_k, approximate=approximate, rows=rows),
+                   (dz.reshape(rows, width), w2, h.reshape(rows, hidden)),
+                   [jax.ShapeDtypeStruct((rows, hidden), h.dtype),
+                    jax.ShapeDtypeStruct((row_blocks, hidden), jnp.float32)],
+                   [((block_m, width), lambda j, i: (i, 0)), ((block_n, width), lambda j, i: (j, 0)), tile],
+                   [tile, ((1, block_n), lambda j, i: (i, j))],
+                   (pl.cdiv(hidden, block_n), row_blocks), 'gelu_mlp_bwd', interpret)
+  # Row block r starts in example r * block_m // tokens; an example's blocks take its slots in order.
+  # (jnp, not numpy, index arrays: custom_partitioning takes no constants.)
+  example = jnp.arange(batch)[:, None]
+  index = -(-example * tokens // block_m) + jnp.arange(slots(tokens, block_m))[None, :]
+  starts_inside = index * block_m < (example + 1) * tokens
+  sums = jnp.where(starts_inside[..., None], sums[jnp.minimum(index, row_blocks - 1)], 0.0)
+  return dh.reshape(batch, tokens, hidden), sums
+
+
+def _kernel_or_reference(kernel, reference, fits: bool, **static):
+  if fits:
+    return batched_kernels.on_platform(kernel, reference, **static)
+  return lambda *args: reference(*args, **static)
+
+
+@functools.cache
+def _forward(approximate: bool, fits: bool):
+  return batched_kernels.by_example(
+      _kernel_or_reference(kernel_forward, reference_forward, fits, approximate=approximate),
+      ('b t d', 'd f', 'f'), ('b t f', 'b t f'))
+
+
+@functools.cache
+def _backward(approximate: bool, fits: bool):
+  return batched_kernels.by_example(
+      _kernel_or_reference(kernel_backward, reference_backward, fits, approximate=approximate),
+      ('b t d', 'f d', 'b t f'), ('b t f', 'b s f'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _mlp(x, w1, b1, w2, approximate):
+  return _mlp_fwd(x, w1, b1, w2, approximate)[0]
+
+
+def _fits(w1, w2) -> bool:
+  """Both kernels' matmuls fit the tiles: over x's width forward, over z's backward."""
+  return blocks(*w1.shape) is not None and blocks(w2.shape[1], w2.shape[0]) is not None
+
+
+def _mlp_fwd(x, w1, b1, w2, approximate):
+  h, g = _forward(approximate, _fits(w1, w2))(x, w1, b1)
+  return jnp.einsum('btf,fd->btd', g, w2), (x, w1, b1, w2, h, g)
+
+
+def _mlp_bwd(approximate, residuals, dz):
+  x, w1, b1, w2, h, g = residuals
+  dh, sums = _backward(approximate, _fits(w1, w2))(dz, w2, h)
+  return (jnp.einsum('btf,df->btd', dh, w1), jnp.einsum('btd,btf->df', x, dh),
+          sums.sum((0, 1)).astype(b1.dtype), jnp.einsum('btf,btd->fd', g, dz))
+
+
+_mlp.defvjp(_mlp_fwd, _mlp_bwd)
+
+
+def mlp(x, w1, b1, w2, *, approximate: bool = True):
+  """gelu(x @ w1 + b1) @ w2 as the module docstring says, for x (batch, ..., width), w1
+  (width, hidden), b1 (hidden,), w2 (hidden, out); the matmuls in x's dtype (w1 and w2 are
+  cast to it), h and the GELU from float32 sums. Keeps h and g for the backward, as a
+  rematerialized MlpBlock keeps its matmul's and GELU's outputs."""
+  width, hidden = x.shape[-1], w1.shape[-1]
+  if w1.shape != (width, hidden) or b1.shape != (hidden,) or w2.ndim != 2 or w2.shape[0] != hidden:
+    raise ValueError(f'gelu_mlp.mlp: expected w1 ({width}, hidden), b1 (hidden,) and w2 (hidden, out) for x of '
+                     f'width {width}, got {w1.shape}, {b1.shape} and {w2.shape}.')
+  flat = x.reshape(x.shape[0], -1, width)
+  z = _mlp(flat, w1.astype(x.dtype), b1, w2.astype(x.dtype), bool(approximate))
+  return z.reshape(*x.shape[:-1], w2.shape[1])
