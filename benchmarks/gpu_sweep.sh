@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # bf16 train-step MFU on one GPU, one process per row (benchmarks/train_throughput.py, cuDNN
-# attention): DeiT-S at gpu_check's batch 1024; with ViT.norm_impl='pallas' (each residual add and
-# the LayerNorm after it as one kernel: kernel_bytes predicts 16 % fewer elementwise bytes), alone,
-# with cuBLASLt GEMMs (bias in their epilogues: 5 % fewer elementwise + copy bytes again) and at
-# batch 2048; ViT-B at 512 without and with it; its kernels alone against XLA's ops
-# (benchmarks/norm_bench.py); then a profile of DeiT-S's 1024 step with it, every
-# kernel's row and the compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s.
+# attention): DeiT-S at gpu_check's batch 1024, plain; with ViT.norm_impl='pallas' (each residual
+# add and the LayerNorm after it as one kernel: kernel_bytes predicts 16 % fewer elementwise bytes);
+# with mlp_impl='pallas' too (the MLP's bias and GELU in its matmuls' epilogues: 43 % fewer again,
+# 12 % fewer bytes in all), alone, with cuBLASLt GEMMs and at batch 2048; ViT-B at 512 without and
+# with both; the kernels alone against XLA's ops (benchmarks/kernel_bench.py); then a profile of
+# DeiT-S's 1024 step with both, every kernel's row and the compiled HLO (its fusions are the
+# kernels) written to $OUT/profile_deit_s.
 # About 7 minutes (8 with BASELINE).
 # With BASELINE=DIR (a checkout of an earlier commit, e.g. `git worktree add .baseline COMMIT`,
 # carried to the GPU machine), DeiT-S 1024 also runs on that code, before and after this tree's
@@ -27,13 +28,15 @@ cublaslt="--xla_gpu_enable_triton_gemm=false --xla_gpu_enable_cublaslt=true"
 [ -n "${BASELINE:-}" ] && run "$deit_s" 1024 "" "$BASELINE"
 run "$deit_s" 1024
 [ -n "${BASELINE:-}" ] && run "$deit_s" 1024 "" "$BASELINE"
+kernels="--norm-impl pallas --mlp-impl pallas"
 run "$deit_s --norm-impl pallas" 1024
-run "$deit_s --norm-impl pallas" 1024 "$cublaslt"
-run "$deit_s --norm-impl pallas" 2048
+run "$deit_s $kernels" 1024
+run "$deit_s $kernels" 1024 "$cublaslt"
+run "$deit_s $kernels" 2048
 run "$vit_b" 512
-run "$vit_b --norm-impl pallas" 512
-echo "## residual_norm's kernels alone (DeiT-S's activations)" | tee -a "$OUT/gpu_sweep.md"
-timeout 60 $PY -m benchmarks.norm_bench 2>&1 | grep -v "^W\|^I" | tail -7 | tee -a "$OUT/gpu_sweep.md"
-echo "## profile, DeiT-S batch 1024, norm_impl='pallas'" | tee -a "$OUT/gpu_sweep.md"
-timeout 120 $PY -m benchmarks.profile_step $deit_s --norm-impl pallas --batch 1024 --top 30 --out "$OUT/profile_deit_s" 2>&1 \
+run "$vit_b $kernels" 512
+echo "## the Pallas kernels alone (DeiT-S's activations)" | tee -a "$OUT/gpu_sweep.md"
+timeout 90 $PY -m benchmarks.kernel_bench 2>&1 | grep -v "^W\|^I" | tail -11 | tee -a "$OUT/gpu_sweep.md"
+echo "## profile, DeiT-S batch 1024, norm_impl and mlp_impl 'pallas'" | tee -a "$OUT/gpu_sweep.md"
+timeout 120 $PY -m benchmarks.profile_step $deit_s $kernels --batch 1024 --top 30 --out "$OUT/profile_deit_s" 2>&1 \
   | grep -v "^W\|^I" | tail -42 | tee -a "$OUT/gpu_sweep.md"

@@ -85,8 +85,8 @@ def kind_of(op: profile_step.HloOp) -> str:
     return 'attention'
   if op.matmul or re.search(r'gemm|matmul|cublas|conv', target):
     return 'GEMM'
-  if 'triton' in target:  # a Pallas kernel (lgjax.models.residual_norm's): memory-bound like a fusion
-    return 'elementwise / reduction'
+  if 'triton' in target:  # a Pallas kernel: gelu_mlp's GEMMs, or residual_norm's (memory-bound like a fusion)
+    return 'GEMM' if 'gelu_mlp' in op.where else 'elementwise / reduction'
   if op.opcode in ('copy', 'transpose') or (op.opcode == 'fusion' and set(op.fuses.split()) <= {'copy', 'transpose'}):
     return 'copy'
   return 'elementwise / reduction' if op.opcode == 'fusion' else 'other'
@@ -145,7 +145,7 @@ def main():
   hlo, memory = compiled.as_text(), compiled.memory_analysis()
   found = kernels(hlo)
   print(f'ViT width {args.width} depth {args.depth} heads {args.heads}, {args.image}px/p{args.patch}, '
-        f'batch {args.batch}, {args.dtype}, attention {args.attention_impl}, norm {args.norm_impl or "xla"}: the train step compiled for '
+        f'batch {args.batch}, {args.dtype}, attention {args.attention_impl}, norm {args.norm_impl or "xla"}, mlp {args.mlp_impl or "xla"}: the train step compiled for '
         f'{CHIPS[args.chip]["name"]}, {len(found)} kernels; XLA\'s memory analysis: '
         f'{memory.temp_size_in_bytes / 1e9:.2f} GB of temporaries, {memory.argument_size_in_bytes / 1e9:.2f} GB '
         f'of arguments')

@@ -185,12 +185,15 @@ def test_kernel_bytes_without_the_cuda_plugin_says_what_to_install():
 
 
 @pytest.mark.slow  # a command's wiring: the slow tier
-def test_norm_bench_times_both_implementations():
+def test_kernel_bench_times_both_implementations_of_each_kernel():
   from conftest import ROOT
-  run = subprocess.run([sys.executable, '-m', 'benchmarks.norm_bench', '--batch', '2', '--tokens', '5', '--width', '16',
+  run = subprocess.run([sys.executable, '-m', 'benchmarks.kernel_bench', '--batch', '2', '--tokens', '5', '--width', '16',
                         '--rounds', '1'], capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert run.returncode == 0, run.stderr[-2000:]
   rows = [line.split('|')[1:-1] for line in run.stdout.splitlines() if line.startswith('| ') and 'ms' not in line]
   names = [r[0].strip() for r in rows]
-  assert names == [f'{impl}: {part}' for impl in ('XLA ops', 'residual_norm') for part in ('forward', 'forward + backward')]
-  assert all(float(r[1]) > 0 for r in rows) and [r[3].strip() for r in rows[:2]] == ['1.00x', '1.00x']
+  assert names == [f'{op}, {impl}: {part}' for op, kernel in (('norm', 'residual_norm'), ('MLP', 'gelu_mlp'))
+                   for impl in ('XLA ops', kernel) for part in ('forward', 'forward + backward')]
+  assert all(float(r[1]) > 0 for r in rows)
+  assert [r[3].strip() for r in rows[:2] + rows[4:6]] == ['1.00x'] * 4
+  assert [r[2].split()[-1] for r in rows] == ['GB/s'] * 4 + ['TFLOP/s'] * 4
