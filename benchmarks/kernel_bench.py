@@ -11,6 +11,7 @@ against XLA's ops as the model runs them without the kernels, timed in turns:
 On a GPU the kernels run; elsewhere their jnp formulas run through XLA.
 
   python -m benchmarks.kernel_bench [--batch 1024 --tokens 196 --width 384 --dtype bfloat16] [--rounds 5]
+      [--mlp-tiles 128x128x64x8x3,64x256x64x8x4]   (gelu_mlp.Tiles: block_m x block_n x block_k x warps x stages)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import interleaved_times
-from lgjax.models import residual_norm, vit
+from lgjax.models import gelu_mlp, residual_norm, vit
 
 EPS = 1e-6
 
@@ -38,14 +39,21 @@ def fused_norm(x, h, b, scale, bias):
   return residual_norm.add_layer_norm(x, h, b, None, scale, bias, epsilon=EPS, dtype=x.dtype)
 
 
-def mlp(module_class, width: int, dtype):
-  """module_class (vit.MlpBlock or vit.PallasMlpBlock) applied as the model applies it."""
-  module = module_class(4 * width, dtype=dtype)
-  return lambda params, x: module.apply(params, x, True)
+def xla_mlp(params, x):
+  """vit.MlpBlock as the model applies it without mlp_impl."""
+  return vit.MlpBlock(params['params']['Dense_0']['bias'].shape[0], dtype=x.dtype).apply(params, x, True)
 
 
-def runs(x, dtype, keys):
-  """name -> (fn of no args, work it does, unit of the rate)."""
+def fused_mlp(tiles: gelu_mlp.Tiles):
+  """vit.PallasMlpBlock's computation, with `tiles`."""
+  def fn(params, x):
+    d0, d1 = params['params']['Dense_0'], params['params']['Dense_1']
+    return gelu_mlp.mlp(x, d0['kernel'], d0['bias'], d1['kernel'], tiles=tiles) + d1['bias'].astype(x.dtype)
+  return fn
+
+
+def runs(x, dtype, keys, tiles):
+  """name -> (fn of no args, work it does, unit of the rate, the name of XLA's run)."""
   width = x.shape[-1]
   h, dnew_x, dy = (jax.random.normal(k, x.shape, dtype) for k in keys[:3])
   b, scale = jax.random.normal(keys[3], (width,)), 1.0 + jax.random.normal(keys[4], (width,))
@@ -53,15 +61,16 @@ def runs(x, dtype, keys):
   for name, fn in (('XLA ops', xla_norm), ('residual_norm', fused_norm)):
     forward = jax.jit(fn)
     both = jax.jit(lambda *a, fn=fn: jax.vjp(fn, *a)[1]((dnew_x, dy)))
-    found[f'norm, {name}: forward'] = (lambda f=forward: f(x, h, b, scale, bias), 4 * tensor / 1e9, 'GB/s')
-    found[f'norm, {name}: forward + backward'] = (lambda f=both: f(x, h, b, scale, bias), 8 * tensor / 1e9, 'GB/s')
+    for part, fn, work in (('forward', forward, 4), ('forward + backward', both, 8)):
+      found[f'norm, {name}: {part}'] = (lambda f=fn: f(x, h, b, scale, bias), work * tensor / 1e9, 'GB/s',
+                                        f'norm, XLA ops: {part}')
   params = vit.MlpBlock(4 * width).init(keys[5], x[:1], True)
   flops = 4 * x.size * 4 * width / 1e12
-  for name, cls in (('XLA ops', vit.MlpBlock), ('gelu_mlp', vit.PallasMlpBlock)):
-    forward = jax.jit(mlp(cls, width, dtype))
-    both = jax.jit(lambda p, x, fn=forward: jax.vjp(fn, p, x)[1](dy))
-    found[f'MLP, {name}: forward'] = (lambda f=forward: f(params, x), flops, 'TFLOP/s')
-    found[f'MLP, {name}: forward + backward'] = (lambda f=both: f(params, x), 3 * flops, 'TFLOP/s')
+  for name, fn in (('XLA ops', xla_mlp), *((f'gelu_mlp {t}', fused_mlp(t)) for t in tiles)):
+    forward = jax.jit(fn)
+    both = jax.jit(lambda p, x, fn=fn: jax.vjp(fn, p, x)[1](dy))
+    for part, fn, work in (('forward', forward, 1), ('forward + backward', both, 3)):
+      found[f'MLP, {name}: {part}'] = (lambda f=fn: f(params, x), work * flops, 'TFLOP/s', f'MLP, XLA ops: {part}')
   return found
 
 
@@ -72,21 +81,24 @@ def main():
   p.add_argument('--width', type=int, default=384)
   p.add_argument('--dtype', default='bfloat16')
   p.add_argument('--rounds', type=int, default=5)
+  p.add_argument('--mlp-tiles', default=None, help='gelu_mlp tiles to time, comma-separated '
+                 '(default: gelu_mlp.TILES, what the model runs)')
   args = p.parse_args()
+  tiles = [gelu_mlp.TILES] if args.mlp_tiles is None else [
+      gelu_mlp.Tiles(*map(int, t.split('x'))) for t in args.mlp_tiles.split(',')]
   dtype = jnp.dtype(args.dtype)
   keys = jax.random.split(jax.random.key(0), 7)
   x = jax.random.normal(keys[6], (args.batch, args.tokens, args.width), dtype)
-  found = runs(x, dtype, keys)
-  times = interleaved_times({name: fn for name, (fn, _, _) in found.items()}, args.rounds)
+  found = runs(x, dtype, keys, tiles)
+  times = interleaved_times({name: fn for name, (fn, *_) in found.items()}, args.rounds)
   where = 'Pallas kernels' if jax.default_backend() == 'gpu' else 'jnp formulas (no GPU here)'
   print(f'({args.batch}, {args.tokens}, {args.width}) {args.dtype} on {jax.devices()[0].device_kind}; the kernels '
         f'run their {where}. Rate: GB/s of the fused kernels\' bytes, or TFLOP/s of the MLP\'s matmuls')
-  print(f'| {"run":<40} | {"ms":>8} | {"rate":>14} | {"vs XLA":>7} |')
-  print(f'|{"-" * 42}|{"-" * 10}|{"-" * 16}|{"-" * 9}|')
+  print(f'| {"run":<52} | {"ms":>8} | {"rate":>14} | {"vs XLA":>7} |')
+  print(f'|{"-" * 54}|{"-" * 10}|{"-" * 16}|{"-" * 9}|')
   for name, t in times.items():
-    _, work, unit = found[name]
-    base = times[name.replace('residual_norm', 'XLA ops').replace('gelu_mlp', 'XLA ops')]
-    print(f'| {name:<40} | {t * 1e3:8.3f} | {work / t:6.4g} {unit:>7} | {base / t:6.2f}x |')
+    _, work, unit, base = found[name]
+    print(f'| {name:<52} | {t * 1e3:8.3f} | {work / t:6.4g} {unit:>7} | {times[base] / t:6.2f}x |')
 
 
 if __name__ == '__main__':

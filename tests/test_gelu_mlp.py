@@ -60,15 +60,16 @@ def test_gelu_and_its_gradient_match_jax():
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize('approximate,block_m', [(True, 16), (False, 128)])
-def test_kernels_compute_the_jnp_formulas(dtype, approximate, block_m):
+@pytest.mark.parametrize('approximate,tiles', [
+    (True, gelu_mlp.Tiles(block_m=16)), (False, gelu_mlp.TILES), (True, gelu_mlp.Tiles(32, 32, 16))])
+def test_kernels_compute_the_jnp_formulas(dtype, approximate, tiles):
   """The Pallas kernels, interpreted, against reference_forward / reference_backward. With
   16-row blocks, 120 rows make 8 blocks, some straddling two examples, one starting where an
   example does: each block's column sums land in one slot of the example it starts in, and
-  they total the reference's."""
+  they total the reference's. 32 x 32 blocks, 16 deep: 3 column blocks, 3 K steps."""
   x, w1, b1, w2 = _inputs(dtype)
   w1, w2 = w1.astype(dtype), w2.astype(dtype)
-  kw = dict(approximate=approximate, block_m=block_m)
+  kw = dict(approximate=approximate, tiles=tiles)
   want = gelu_mlp.reference_forward(x, w1, b1, **kw)
   got = gelu_mlp.kernel_forward(x, w1, b1, **kw, interpret=True)
   tol = dict(atol=1e-5, rtol=1e-5) if dtype == jnp.float32 else dict(atol=2 ** -7, rtol=2 ** -7)
@@ -91,16 +92,19 @@ def test_row_blocks_within_examples_sum_per_example():
   x, w1, b1, w2 = _inputs(jnp.float32, batch=3, tokens=32)
   h, _ = gelu_mlp.reference_forward(x, w1, b1, approximate=True)
   dz = jax.random.normal(jax.random.key(2), x.shape[:2] + (w2.shape[1],))
-  dh, sums = gelu_mlp.kernel_backward(dz, w2, h, approximate=True, block_m=16, interpret=True)
+  dh, sums = gelu_mlp.kernel_backward(dz, w2, h, approximate=True, tiles=gelu_mlp.Tiles(block_m=16), interpret=True)
   assert sums.shape == (3, 2, 96)
   np.testing.assert_allclose(sums.sum(1), dh.sum(1), rtol=1e-5, atol=1e-4)
 
 
 def test_the_kernels_fit_widths_of_16s():
-  """K steps of 64, 32 or 16 (wgmma's bf16 depth); other widths run the jnp formulas."""
-  assert gelu_mlp.blocks(384, 1536) == (128, 64)
-  assert gelu_mlp.blocks(48, 96) == (128, 16)
-  assert gelu_mlp.blocks(40, 160) is None
+  """K steps of 64, 32 or 16 (wgmma's bf16 depth) that divide the width, blocks no wider than
+  the columns need; other widths run the jnp formulas."""
+  tiles = gelu_mlp.TILES
+  assert gelu_mlp.fit(tiles, 384, 1536) == tiles
+  assert gelu_mlp.fit(tiles, 48, 96) == tiles._replace(block_k=16)
+  assert gelu_mlp.fit(tiles._replace(block_n=256), 64, 48) == tiles._replace(block_n=64)
+  assert gelu_mlp.fit(tiles, 40, 160) is None
   x, w1, b1, w2 = _inputs(jnp.float32, width=40)
   np.testing.assert_allclose(gelu_mlp.mlp(x, w1, b1, w2), _textbook(*map(np.float64, (x, w1, b1, w2)), True),
                              atol=2e-5)

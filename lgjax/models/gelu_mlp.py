@@ -12,9 +12,9 @@ each that only a GEMM epilogue removes. The Pallas kernels here are those GEMMs:
 
 the other matmuls (z, and the gradients of w2, w1 and x) stay XLA's. Forward they
 write h and g from the accumulator (2 tensors where XLA moves 4), backward dh (3
-where XLA moves 5, with the bias gradient's read of dh). Tiles of BLOCK_M x BLOCK_N
-outputs, BLOCK_K deep per step, N fastest so that a row block of x stays in L2 while
-all its column blocks are computed; Triton makes Hopper's wgmma of them (PTX checked),
+where XLA moves 5, with the bias gradient's read of dh). A program computes one Tiles
+output block, block_k deep a step, columns fastest so that a row block of x stays in L2
+while all its column blocks are computed; Triton makes Hopper's wgmma of them (PTX checked),
 but the sizes are reasoned, not yet timed. On other platforms, or widths the tiles do
 not fit (a width not a multiple of 16), the same formulas run as jnp; a batch split
 over devices runs on each device's examples (batched_kernels).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +33,22 @@ from jax.experimental.pallas import triton as plgpu
 
 from lgjax.models import batched_kernels
 
-BLOCK_M, BLOCK_N, BLOCK_K = 128, 128, 64
-WARPS, STAGES = 8, 3  # two warpgroups on a 128 x 128 tile; three K steps in flight
+
+
+class Tiles(NamedTuple):
+  """A kernel program's output block (block_m rows, block_n columns), the depth of one
+  matmul step, and Triton's warps and pipeline stages."""
+  block_m: int = 128
+  block_n: int = 128
+  block_k: int = 64
+  warps: int = 8
+  stages: int = 3
+
+  def __str__(self):
+    return f'{self.block_m}x{self.block_n}x{self.block_k} w{self.warps} s{self.stages}'
+
+
+TILES = Tiles()  # two warpgroups on a 128 x 128 block, three K steps in flight: ptxas fits two an SM
 
 
 def gelu(h, approximate: bool):
@@ -61,11 +76,13 @@ def _erf(x):
 
 
 
-def blocks(width: int, hidden: int) -> tuple[int, int] | None:
-  """(BLOCK_N, BLOCK_K) for matmuls over `width` into `hidden` columns, or None where the
-  kernels do not fit (K steps of 16 at least, for bf16 wgmma)."""
-  block_k = next((b for b in (BLOCK_K, 32, 16) if width % b == 0), None)
-  return None if block_k is None else (min(BLOCK_N, max(16, pl.next_power_of_2(hidden))), block_k)
+def fit(tiles: Tiles, width: int, hidden: int) -> Tiles | None:
+  """`tiles` for matmuls over `width` into `hidden` columns: K steps that divide width (of
+  16 at least, bf16 wgmma's depth), columns no wider than hidden needs. None: none fits."""
+  block_k = next((b for b in (tiles.block_k, 32, 16) if b <= tiles.block_k and width % b == 0), None)
+  if block_k is None:
+    return None
+  return tiles._replace(block_n=min(tiles.block_n, max(16, pl.next_power_of_2(hidden))), block_k=block_k)
 
 
 def slots(tokens: int, block_m: int) -> int:
@@ -74,25 +91,25 @@ def slots(tokens: int, block_m: int) -> int:
   return pl.cdiv(tokens, block_m)
 
 
-def reference_forward(x, w1, b1, *, approximate: bool, block_m: int = BLOCK_M):
+def reference_forward(x, w1, b1, *, approximate: bool, tiles: Tiles = TILES):
   """(h, g) for x (batch, tokens, width), in x's dtype from float32 sums."""
-  del block_m
+  del tiles
   h = jnp.einsum('btd,df->btf', x, w1, preferred_element_type=jnp.float32) + b1.astype(jnp.float32)
   return h.astype(x.dtype), gelu(h, approximate).astype(x.dtype)
 
 
-def reference_backward(dz, w2, h, *, approximate: bool, block_m: int = BLOCK_M):
+def reference_backward(dz, w2, h, *, approximate: bool, tiles: Tiles = TILES):
   """(dh, sums): dh = (dz @ w2.T) * gelu'(h), and its column sums per example (batch,
   slots, hidden; here all in slot 0)."""
   dg = jnp.einsum('btd,fd->btf', dz, w2, preferred_element_type=jnp.float32)
   dh = dg * gelu_grad(h.astype(jnp.float32), approximate)
   batch, tokens, hidden = h.shape
-  sums = jnp.zeros((batch, slots(tokens, block_m), hidden), jnp.float32).at[:, 0].set(dh.sum(1))
+  sums = jnp.zeros((batch, slots(tokens, tiles.block_m), hidden), jnp.float32).at[:, 0].set(dh.sum(1))
   return dh.astype(h.dtype), sums
 
 
 def _matmul(a_ref, b_ref, block_k: int, out_shape, trans_b: bool = False):
-  """a_ref's rows times b_ref's columns (rows with trans_b), BLOCK_K deep a step, in float32."""
+  """a_ref's rows times b_ref's columns (rows with trans_b), block_k deep a step, in float32."""
   def step(i, acc):
     k = pl.ds(i * block_k, block_k)
     b = b_ref[:, k] if trans_b else b_ref[k, :]
@@ -115,35 +132,37 @@ def _backward_kernel(dz_ref, w_ref, h_ref, dh_ref, sums_ref, *, block_k: int, ap
   sums_ref[...] = jnp.sum(jnp.where(valid[:, None], dh, 0.0), axis=0)[None, :]
 
 
-def _call(kernel, operands, out_shape, in_blocks, out_blocks, grid, name, interpret):
+def _call(kernel, operands, out_shape, in_blocks, out_blocks, grid, tiles, name, interpret):
   """A pallas_call over (column block, row block), columns fastest: a row block of the
   activations is read from HBM once and from L2 by the other column blocks."""
   spec = lambda shape_and_index: pl.BlockSpec(*shape_and_index)
   return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=list(map(spec, in_blocks)),
                         out_specs=list(map(spec, out_blocks)), interpret=interpret, name=name,
-                        compiler_params=plgpu.CompilerParams(num_warps=WARPS, num_stages=STAGES))(*operands)
+                        compiler_params=plgpu.CompilerParams(num_warps=tiles.warps, num_stages=tiles.stages))(*operands)
 
 
-def kernel_forward(x, w1, b1, *, approximate: bool, block_m: int = BLOCK_M, interpret: bool = False):
+def kernel_forward(x, w1, b1, *, approximate: bool, tiles: Tiles = TILES, interpret: bool = False):
   """reference_forward by the Pallas kernel; `interpret` runs it off-GPU (tests)."""
   batch, tokens, width = x.shape
   hidden, rows = w1.shape[1], batch * tokens
-  block_n, block_k = blocks(width, hidden)
+  tiles = fit(tiles, width, hidden)
+  block_m, block_n, block_k = tiles[:3]
   tile = ((block_m, block_n), lambda j, i: (i, j))
   h, g = _call(functools.partial(_forward_kernel, block_k=block_k, approximate=approximate),
                (x.reshape(rows, width), w1, b1), [jax.ShapeDtypeStruct((rows, hidden), x.dtype)] * 2,
                [((block_m, width), lambda j, i: (i, 0)), ((width, block_n), lambda j, i: (0, j)),
                 ((block_n,), lambda j, i: (j,))], [tile, tile],
-               (pl.cdiv(hidden, block_n), pl.cdiv(rows, block_m)), 'gelu_mlp_fwd', interpret)
+               (pl.cdiv(hidden, block_n), pl.cdiv(rows, block_m)), tiles, 'gelu_mlp_fwd', interpret)
   return h.reshape(batch, tokens, hidden), g.reshape(batch, tokens, hidden)
 
 
-def kernel_backward(dz, w2, h, *, approximate: bool, block_m: int = BLOCK_M, interpret: bool = False):
+def kernel_backward(dz, w2, h, *, approximate: bool, tiles: Tiles = TILES, interpret: bool = False):
   """reference_backward by the Pallas kernel: its column sums are per row block, then
   placed in the slot of the example the block starts in."""
   batch, tokens, width = dz.shape
   hidden, rows = h.shape[-1], batch * tokens
-  block_n, block_k = blocks(width, hidden)
+  tiles = fit(tiles, width, hidden)
+  block_m, block_n, block_k = tiles[:3]
   tile = ((block_m, block_n), lambda j, i: (i, j))
   row_blocks = pl.cdiv(rows, block_m)
   dh, sums = _call(functools.partial(_backward_kernel, block_k=block_k, approximate=approximate, rows=rows),
@@ -152,7 +171,7 @@ def kernel_backward(dz, w2, h, *, approximate: bool, block_m: int = BLOCK_M, int
                     jax.ShapeDtypeStruct((row_blocks, hidden), jnp.float32)],
                    [((block_m, width), lambda j, i: (i, 0)), ((block_n, width), lambda j, i: (j, 0)), tile],
                    [tile, ((1, block_n), lambda j, i: (i, j))],
-                   (pl.cdiv(hidden, block_n), row_blocks), 'gelu_mlp_bwd', interpret)
+                   (pl.cdiv(hidden, block_n), row_blocks), tiles, 'gelu_mlp_bwd', interpret)
   # Row block r starts in example r * block_m // tokens; an example's blocks take its slots in order.
   # (jnp, not numpy, index arrays: custom_partitioning takes no constants.)
   example = jnp.arange(batch)[:, None]
@@ -169,37 +188,37 @@ def _kernel_or_reference(kernel, reference, fits: bool, **static):
 
 
 @functools.cache
-def _forward(approximate: bool, fits: bool):
+def _forward(approximate: bool, tiles: Tiles, fits: bool):
   return batched_kernels.by_example(
-      _kernel_or_reference(kernel_forward, reference_forward, fits, approximate=approximate),
+      _kernel_or_reference(kernel_forward, reference_forward, fits, approximate=approximate, tiles=tiles),
       ('b t d', 'd f', 'f'), ('b t f', 'b t f'))
 
 
 @functools.cache
-def _backward(approximate: bool, fits: bool):
+def _backward(approximate: bool, tiles: Tiles, fits: bool):
   return batched_kernels.by_example(
-      _kernel_or_reference(kernel_backward, reference_backward, fits, approximate=approximate),
+      _kernel_or_reference(kernel_backward, reference_backward, fits, approximate=approximate, tiles=tiles),
       ('b t d', 'f d', 'b t f'), ('b t f', 'b s f'))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _mlp(x, w1, b1, w2, approximate):
-  return _mlp_fwd(x, w1, b1, w2, approximate)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _mlp(x, w1, b1, w2, approximate, tiles):
+  return _mlp_fwd(x, w1, b1, w2, approximate, tiles)[0]
 
 
-def _fits(w1, w2) -> bool:
+def _fits(tiles, w1, w2) -> bool:
   """Both kernels' matmuls fit the tiles: over x's width forward, over z's backward."""
-  return blocks(*w1.shape) is not None and blocks(w2.shape[1], w2.shape[0]) is not None
+  return fit(tiles, *w1.shape) is not None and fit(tiles, w2.shape[1], w2.shape[0]) is not None
 
 
-def _mlp_fwd(x, w1, b1, w2, approximate):
-  h, g = _forward(approximate, _fits(w1, w2))(x, w1, b1)
+def _mlp_fwd(x, w1, b1, w2, approximate, tiles):
+  h, g = _forward(approximate, tiles, _fits(tiles, w1, w2))(x, w1, b1)
   return jnp.einsum('btf,fd->btd', g, w2), (x, w1, b1, w2, h, g)
 
 
-def _mlp_bwd(approximate, residuals, dz):
+def _mlp_bwd(approximate, tiles, residuals, dz):
   x, w1, b1, w2, h, g = residuals
-  dh, sums = _backward(approximate, _fits(w1, w2))(dz, w2, h)
+  dh, sums = _backward(approximate, tiles, _fits(tiles, w1, w2))(dz, w2, h)
   return (jnp.einsum('btf,df->btd', dh, w1), jnp.einsum('btd,btf->df', x, dh),
           sums.sum((0, 1)).astype(b1.dtype), jnp.einsum('btf,btd->fd', g, dz))
 
@@ -207,15 +226,16 @@ def _mlp_bwd(approximate, residuals, dz):
 _mlp.defvjp(_mlp_fwd, _mlp_bwd)
 
 
-def mlp(x, w1, b1, w2, *, approximate: bool = True):
+def mlp(x, w1, b1, w2, *, approximate: bool = True, tiles: Tiles = TILES):
   """gelu(x @ w1 + b1) @ w2 as the module docstring says, for x (batch, ..., width), w1
   (width, hidden), b1 (hidden,), w2 (hidden, out); the matmuls in x's dtype (w1 and w2 are
   cast to it), h and the GELU from float32 sums. Keeps h and g for the backward, as a
-  rematerialized MlpBlock keeps its matmul's and GELU's outputs."""
+  rematerialized MlpBlock keeps its matmul's and GELU's outputs. `tiles`: the kernels'
+  blocks (benchmarks/kernel_bench.py times others)."""
   width, hidden = x.shape[-1], w1.shape[-1]
   if w1.shape != (width, hidden) or b1.shape != (hidden,) or w2.ndim != 2 or w2.shape[0] != hidden:
     raise ValueError(f'gelu_mlp.mlp: expected w1 ({width}, hidden), b1 (hidden,) and w2 (hidden, out) for x of '
                      f'width {width}, got {w1.shape}, {b1.shape} and {w2.shape}.')
   flat = x.reshape(x.shape[0], -1, width)
-  z = _mlp(flat, w1.astype(x.dtype), b1, w2.astype(x.dtype), bool(approximate))
+  z = _mlp(flat, w1.astype(x.dtype), b1, w2.astype(x.dtype), bool(approximate), Tiles(*tiles))
   return z.reshape(*x.shape[:-1], w2.shape[1])
