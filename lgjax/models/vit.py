@@ -363,8 +363,11 @@ class Encoder1DBlock(nn.Module):
     return x
 
   def _mlp(self, y, deterministic: bool, out_bias: bool = True):
-    """MlpBlock_0, as PallasMlpBlock with mlp_impl unless dropout is on inside it."""
-    fused = self.mlp_impl is not None and (deterministic or not self.dropout)
+    """MlpBlock_0, as PallasMlpBlock with mlp_impl where the block draws no randomness. With
+    dropout or drop path in training the train step vmaps a per-example loss (step.py), and
+    under vmap a custom VJP's weight gradients are made per example, then summed: (batch,
+    width, mlp_dim) twice a block. XLA's MLP runs there; it has no dropout inside anyway."""
+    fused = self.mlp_impl is not None and (deterministic or not (self.dropout or self.use_drop_path))
     return (PallasMlpBlock if fused else MlpBlock)(
         self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init, self.dtype, out_bias=out_bias,
         name='MlpBlock_0')(y, deterministic)
@@ -487,8 +490,10 @@ class ViT(nn.Module):
   `mlp_impl` 'pallas' runs the MLP's first bias and GELU in its matmuls'
   epilogues on GPUs, forward and backward (`lgjax.models.gelu_mlp`; jnp
   elsewhere), where XLA makes them a kernel each way; None: XLA's ops.
-  Dropout inside the MLP runs XLA's. Under a remat_policy other than
-  None its kernels' outputs count as not dots: they are recomputed.
+  In training with dropout or drop path the blocks run XLA's MLP (under
+  the train step's per-example vmap the kernels' weight gradients would be
+  per example). Under a remat_policy other than None the kernels' outputs
+  count as not dots: they are recomputed.
   `remat_policy` (None: keep every activation for the backward pass) names a
   jax.checkpoint_policies policy each block is rematerialized under:
   'nothing_saveable' keeps only each block's input (the least memory, about
