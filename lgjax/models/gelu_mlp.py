@@ -108,28 +108,61 @@ def reference_backward(dz, w2, h, *, approximate: bool, tiles: Tiles = TILES):
   return dh.astype(h.dtype), sums
 
 
-def _matmul(a_ref, b_ref, block_k: int, out_shape, trans_b: bool = False):
-  """a_ref's rows times b_ref's columns (rows with trans_b), block_k deep a step, in float32."""
+def _in_bounds(axis: int, block: int, size: int):
+  """Which of this program's `block` indices along grid axis `axis` fall inside `size`, or
+  None where the blocks tile it exactly. Pallas's Triton lowering does not mask a block
+  that overhangs its array: its loads would read past the end and its stores write there."""
+  return None if size % block == 0 else pl.program_id(axis) * block + jnp.arange(block) < size
+
+
+def _mask(rows, cols, shape):
+  """The (rows, cols) mask of a 2-D block from either axis' in-bounds vector (None: all)."""
+  found = [m for m in (None if rows is None else rows[:, None], None if cols is None else cols[None, :])
+           if m is not None]
+  return None if not found else jnp.broadcast_to(functools.reduce(jnp.logical_and, found), shape)
+
+
+def _load(ref, rows=None, cols=None):
+  """ref's block in float32 or its dtype, out-of-bounds rows / columns read as 0."""
+  mask = _mask(rows, cols, ref.shape) if len(ref.shape) == 2 else cols
+  return ref[...] if mask is None else plgpu.load(ref, mask=mask, other=0.0)
+
+
+def _store(ref, value, rows=None, cols=None):
+  mask = _mask(rows, cols, ref.shape)
+  if mask is None:
+    ref[...] = value.astype(ref.dtype)
+  else:
+    plgpu.store(ref, value.astype(ref.dtype), mask=mask)
+
+
+def _matmul(a_ref, b_ref, block_k: int, out_shape, rows, cols, trans_b: bool = False):
+  """a_ref's rows times b_ref's columns (rows with trans_b), block_k deep a step, in float32;
+  rows of a and columns of b past their arrays' ends count as 0."""
   def step(i, acc):
     k = pl.ds(i * block_k, block_k)
-    b = b_ref[:, k] if trans_b else b_ref[k, :]
-    return acc + plgpu.dot(a_ref[:, k], b, trans_b=trans_b)
+    a = _load(a_ref.at[:, k], rows=rows)
+    b = _load(b_ref.at[:, k], rows=cols) if trans_b else _load(b_ref.at[k, :], cols=cols)
+    return acc + plgpu.dot(a, b, trans_b=trans_b)
   return jax.lax.fori_loop(0, a_ref.shape[1] // block_k, step, jnp.zeros(out_shape, jnp.float32))
 
 
-def _forward_kernel(x_ref, w_ref, b_ref, h_ref, g_ref, *, block_k: int, approximate: bool):
-  h = _matmul(x_ref, w_ref, block_k, h_ref.shape) + b_ref[...].astype(jnp.float32)[None, :]
-  h_ref[...] = h.astype(h_ref.dtype)
-  g_ref[...] = gelu(h, approximate).astype(g_ref.dtype)
+def _forward_kernel(x_ref, w_ref, b_ref, h_ref, g_ref, *, block_k: int, approximate: bool, shape):
+  rows, cols = _in_bounds(1, h_ref.shape[0], shape[0]), _in_bounds(0, h_ref.shape[1], shape[1])
+  h = _matmul(x_ref, w_ref, block_k, h_ref.shape, rows, cols) + _load(b_ref, cols=cols).astype(jnp.float32)[None, :]
+  _store(h_ref, h, rows, cols)
+  _store(g_ref, gelu(h, approximate), rows, cols)
 
 
-def _backward_kernel(dz_ref, w_ref, h_ref, dh_ref, sums_ref, *, block_k: int, approximate: bool, rows: int):
-  block_m = dh_ref.shape[0]
-  dh = _matmul(dz_ref, w_ref, block_k, dh_ref.shape, trans_b=True) * gelu_grad(
-      h_ref[...].astype(jnp.float32), approximate)
-  dh_ref[...] = dh.astype(dh_ref.dtype)
-  valid = pl.program_id(1) * block_m + jnp.arange(block_m) < rows  # the last row block overhangs
-  sums_ref[...] = jnp.sum(jnp.where(valid[:, None], dh, 0.0), axis=0)[None, :]
+def _backward_kernel(dz_ref, w_ref, h_ref, dh_ref, sums_ref, *, block_k: int, approximate: bool, shape):
+  rows, cols = _in_bounds(1, dh_ref.shape[0], shape[0]), _in_bounds(0, dh_ref.shape[1], shape[1])
+  dh = _matmul(dz_ref, w_ref, block_k, dh_ref.shape, rows, cols, trans_b=True) * gelu_grad(
+      _load(h_ref, rows, cols).astype(jnp.float32), approximate)
+  _store(dh_ref, dh, rows, cols)
+  # Masked even where the blocks tile the rows exactly: ptxas then keeps 104 registers, not 140
+  # (two programs an SM, not one).
+  valid = pl.program_id(1) * dh_ref.shape[0] + jnp.arange(dh_ref.shape[0]) < shape[0]
+  _store(sums_ref, jnp.sum(jnp.where(valid[:, None], dh, 0.0), axis=0)[None, :], cols=cols)
 
 
 def _call(kernel, operands, out_shape, in_blocks, out_blocks, grid, tiles, name, interpret):
@@ -148,7 +181,7 @@ def kernel_forward(x, w1, b1, *, approximate: bool, tiles: Tiles = TILES, interp
   tiles = fit(tiles, width, hidden)
   block_m, block_n, block_k = tiles[:3]
   tile = ((block_m, block_n), lambda j, i: (i, j))
-  h, g = _call(functools.partial(_forward_kernel, block_k=block_k, approximate=approximate),
+  h, g = _call(functools.partial(_forward_kernel, block_k=block_k, approximate=approximate, shape=(rows, hidden)),
                (x.reshape(rows, width), w1, b1), [jax.ShapeDtypeStruct((rows, hidden), x.dtype)] * 2,
                [((block_m, width), lambda j, i: (i, 0)), ((width, block_n), lambda j, i: (0, j)),
                 ((block_n,), lambda j, i: (j,))], [tile, tile],
@@ -165,7 +198,8 @@ def kernel_backward(dz, w2, h, *, approximate: bool, tiles: Tiles = TILES, inter
   block_m, block_n, block_k = tiles[:3]
   tile = ((block_m, block_n), lambda j, i: (i, j))
   row_blocks = pl.cdiv(rows, block_m)
-  dh, sums = _call(functools.partial(_backward_kernel, block_k=block_k, approximate=approximate, rows=rows),
+  dh, sums = _call(functools.partial(_backward_kernel, block_k=block_k, approximate=approximate,
+                                     shape=(rows, hidden)),
                    (dz.reshape(rows, width), w2, h.reshape(rows, hidden)),
                    [jax.ShapeDtypeStruct((rows, hidden), h.dtype),
                     jax.ShapeDtypeStruct((row_blocks, hidden), jnp.float32)],
