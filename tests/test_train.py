@@ -241,16 +241,15 @@ def losses_of(workdir, **overrides):
 
 
 @pytest.mark.slow  # four runs each: the slow tier
-@pytest.mark.parametrize('kernels,random', [
+@pytest.mark.parametrize('kernels,dropout', [
     ({'model.norm_impl': 'pallas'}, 0.1),
-    # nothing random: the batched loss, where mlp_impl's kernels run (with randomness, XLA's MLP)
-    ({'model.norm_impl': 'pallas', 'model.mlp_impl': 'pallas'}, 0.0),
+    ({'model.norm_impl': 'pallas', 'model.mlp_impl': 'pallas'}, 0.0),  # (dropout inside the MLP: XLA's)
 ])
-def test_pallas_kernels_train_as_xla_ops_do(tmp_path, kernels, random):
+def test_pallas_kernels_train_as_xla_ops_do(tmp_path, kernels, dropout):
   """model.norm_impl and mlp_impl='pallas' (the jnp formulas on CPU, split per example over
   the 8 devices by custom_partitioning) give XLA's ops' losses with data parallelism, FSDP
   over all 8 devices (its params gathered) and pmap, drop path and dropout included."""
-  overrides = {'model.drop_path': 2 * random, 'model.dropout': random, 'total_steps': 4}
+  overrides = {'model.drop_path': 0.2, 'model.dropout': dropout, 'total_steps': 4}
   want = losses_of(tmp_path / 'xla', **overrides)
   for name, more in [('jit', {}), ('fsdp', {'sharding.fsdp': 8, 'sharding.min_size': 0}),
                      ('pmap', {'parallelism': 'pmap'})]:
@@ -581,12 +580,31 @@ def _collectives_in_loops(hlo: str) -> list[str]:
           if re.search(r'(all-reduce|all-gather|reduce-scatter)(-start)?\(', line)]
 
 
+def test_a_random_model_runs_the_batch_at_once_its_draws_per_example():
+  """With dropout and drop path the loss still runs batched (.batched), each example's draws
+  from its index (vit.draws_per_example): its losses are the same in any batch it shares, in
+  any order, and they differ from the deterministic loss's (the draws happen)."""
+  smoothing = ml_collections.ConfigDict(dict(label_smoothing=0.1, alpha=0.0, temperature=1.0))
+  model = ViT(**TINY, drop_path=0.3, dropout=0.1)
+  loss = step_lib.classification_loss(model, smoothing).batched
+  batch = _random_batch(8)
+  params = model.init(jax.random.key(0), batch['image'][:1])['params']
+  losses = jax.jit(loss)
+  rows = lambda index: losses(params, None, batch['image'][index], batch['label'][index], batch['index'][index],
+                              jax.random.key(5))[0]
+  whole = rows(np.arange(8))
+  np.testing.assert_allclose(rows(np.arange(4, 8)), whole[4:], rtol=1e-5)
+  np.testing.assert_allclose(rows(np.arange(8)[::-1]), whole[::-1], rtol=1e-5)
+  deterministic = step_lib.classification_loss(ViT(**TINY), smoothing).batched(
+      params, None, batch['image'], batch['label'], batch['index'], jax.random.key(5))[0]
+  assert np.abs(whole - deterministic).max() > 1e-3
+
+
 def test_a_model_without_randomness_runs_the_batch_at_once():
   """No dropout or drop path: the loss runs batched, with the per-example path's numbers."""
   smoothing = ml_collections.ConfigDict(dict(label_smoothing=0.1, alpha=0.0, temperature=1.0))
   fast = step_lib.classification_loss(ViT(**TINY), smoothing)
   assert hasattr(fast, 'batched')
-  assert not hasattr(step_lib.classification_loss(ViT(**TINY, drop_path=0.1), smoothing), 'batched')
   per_example = lambda *args: fast(*args)  # the same loss without .batched: the vmapped path
   batch = _random_batch(8)
   params = ViT(**TINY).init(jax.random.key(0), batch['image'][:1])['params']

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import IMAGE_SHAPE, TINY, random_like
+from conftest import IMAGE_SHAPE, TINY, jaxpr_eqns, random_like
 from lgjax import checkpoint
 from lgjax import tree as tree_lib
 from jax.ad_checkpoint import print_saved_residuals
@@ -289,6 +289,25 @@ def test_pallas_kernels_make_the_same_model(fields, kernels):
   # Params in bfloat16 (as some users serve them): a scanned model's carried bias stays float32.
   half = jax.tree.map(lambda v: v.astype(jnp.bfloat16), params)
   np.testing.assert_allclose(fused.apply(half, x), plain.apply(half, x), atol=1e-2)
+
+
+def test_mlp_impl_runs_its_kernels_in_training_where_draws_are_per_example():
+  """With drop path in training, mlp_impl's kernels (a custom VJP a block) run where the
+  draws are per example in a batch (draws_per_example: the train step's batched loss), and
+  not bare, where a train step vmaps the model one example at a time."""
+  model = ViT(**TINY, drop_path=0.3, mlp_impl='pallas')
+  x = jnp.zeros((4, *IMAGE_SHAPE))
+  params = model.init(jax.random.key(0), x)
+  train = lambda p, x: model.apply(p, x, train=True, rngs={'dropout': jax.random.key(1)})
+
+  def batched(p, x):
+    with vit.draws_per_example(jnp.arange(4)):
+      return train(p, x)
+  kernels = lambda fn: len(jaxpr_eqns(jax.make_jaxpr(fn)(params, x).jaxpr, 'custom_vjp_call'))
+  assert (kernels(batched), kernels(train)) == (TINY['depth'], 0)
+  with pytest.raises(ValueError, match=r'ids must be shaped \(batch,\) = \(4,\), got \(3,\)'):
+    with vit.draws_per_example(jnp.arange(3)):
+      train(params, x)
 
 
 def test_pallas_kernels_in_bfloat16_are_as_accurate_as_xla_ops():

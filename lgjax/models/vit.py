@@ -52,6 +52,7 @@ REMAT_POLICIES = (None, 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch
 
 
 _WEIGHT_SHARDING = contextvars.ContextVar('lgjax_weight_sharding', default=None)
+_EXAMPLE_IDS = contextvars.ContextVar('lgjax_example_ids', default=None)
 
 
 @contextlib.contextmanager
@@ -64,6 +65,43 @@ def gathered_weights(sharding: jax.sharding.Sharding):
     yield
   finally:
     _WEIGHT_SHARDING.reset(token)
+
+
+@contextlib.contextmanager
+def draws_per_example(ids: jax.Array):
+  """Within it, a model's dropout and drop-path draws for batch row i come from its key
+  folded with ids[i] (e.g. the example's index in the dataset): the same whichever other
+  examples share the batch, device or micro-batch. So a train step can run a random model
+  on a whole batch at once, rather than vmap it one example at a time. Enter it inside
+  jitted code, around the model's apply; `ids` is an int array of the batch's length."""
+  token = _EXAMPLE_IDS.set(ids)
+  try:
+    yield
+  finally:
+    _EXAMPLE_IDS.reset(token)
+
+
+def _bernoulli(key: jax.Array, p, shape) -> jax.Array:
+  """Bernoulli(p) draws of `shape`, batch first: in one draw, or within draws_per_example
+  one per row, from fold_in(key, id)."""
+  ids = _EXAMPLE_IDS.get()
+  if ids is None:
+    return jax.random.bernoulli(key, p, shape)
+  if ids.shape != tuple(shape[:1]):
+    raise ValueError(f'draws_per_example: ids must be shaped (batch,) = {tuple(shape[:1])}, got {ids.shape}.')
+  return jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i), p, shape[1:]))(ids)
+
+
+class Dropout(nn.Dropout):
+  """nn.Dropout (its name, key and numbers), drawing its mask per example within
+  draws_per_example."""
+
+  def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+    deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
+    if deterministic or self.rate in (0.0, 1.0) or self.broadcast_dims or _EXAMPLE_IDS.get() is None:
+      return super().__call__(inputs, deterministic, rng)
+    keep = _bernoulli(self.make_rng(self.rng_collection) if rng is None else rng, 1.0 - self.rate, inputs.shape)
+    return jax.lax.select(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs))
 
 
 def as_used(variables: Any) -> Any:
@@ -218,7 +256,7 @@ class MlpBlock(nn.Module):
     width = x.shape[-1]
     x = nn.gelu(nn.Dense(self.mlp_dim, **kw)(x), approximate=self.gelu_approximate)
     x = checkpoint_name(x, 'mlp_gelu')
-    x = nn.Dropout(rate=self.dropout)(x, deterministic)
+    x = Dropout(rate=self.dropout)(x, deterministic)
     out = nn.Dense(width, **kw, name='Dense_1')
     if self.out_bias:
       return out(x)
@@ -249,7 +287,7 @@ class PallasMlpBlock(MlpBlock):
 
 def _drop_path_mask(module: nn.Module, rate, shape) -> jax.Array:
   """Which examples keep their residual branch (probability 1 - `rate`), broadcastable to `shape`."""
-  return jax.random.bernoulli(module.make_rng('dropout'), 1.0 - rate, (shape[0],) + (1,) * (len(shape) - 1))
+  return _bernoulli(module.make_rng('dropout'), 1.0 - rate, (shape[0],) + (1,) * (len(shape) - 1))
 
 
 def _drop_path(module: nn.Module, x, rate, deterministic: bool):
@@ -328,11 +366,11 @@ class Encoder1DBlock(nn.Module):
     y = norm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='LayerNorm_0')(x)
     y = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl, dtype=self.dtype)(y)
     self.sow('intermediates', 'attn', y)
-    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    y = Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
     y = norm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='LayerNorm_1')(x)
     y = self._mlp(y, deterministic)
-    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    y = Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
     self.sow('intermediates', 'out', x)
     return x
@@ -344,7 +382,7 @@ class Encoder1DBlock(nn.Module):
 
     def branch(x, h, b):  # dropout, then drop path's per-example keep, not yet applied
       if self.dropout and not deterministic:
-        h, b = nn.Dropout(rate=self.dropout)(h + b.astype(h.dtype), deterministic), jnp.zeros_like(b)
+        h, b = Dropout(rate=self.dropout)(h + b.astype(h.dtype), deterministic), jnp.zeros_like(b)
       keep = None
       if not no_drop_path:
         mask = _drop_path_mask(self, drop_path_rate, x.shape[:1])
@@ -363,11 +401,13 @@ class Encoder1DBlock(nn.Module):
     return x
 
   def _mlp(self, y, deterministic: bool, out_bias: bool = True):
-    """MlpBlock_0, as PallasMlpBlock with mlp_impl where the block draws no randomness. With
-    dropout or drop path in training the train step vmaps a per-example loss (step.py), and
-    under vmap a custom VJP's weight gradients are made per example, then summed: (batch,
-    width, mlp_dim) twice a block. XLA's MLP runs there; it has no dropout inside anyway."""
-    fused = self.mlp_impl is not None and (deterministic or not (self.dropout or self.use_drop_path))
+    """MlpBlock_0, as PallasMlpBlock with mlp_impl where the block draws no randomness or
+    draws it per example in a batch (draws_per_example, the train step's batched loss).
+    Otherwise a train step vmaps a per-example loss (step.py), and under vmap a custom
+    VJP's weight gradients are made per example, then summed: (batch, width, mlp_dim) twice
+    a block. XLA's MLP runs there, and with dropout inside the MLP."""
+    random = not deterministic and (self.dropout or self.use_drop_path)
+    fused = self.mlp_impl is not None and not (random and (self.dropout or _EXAMPLE_IDS.get() is None))
     return (PallasMlpBlock if fused else MlpBlock)(
         self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init, self.dtype, out_bias=out_bias,
         name='MlpBlock_0')(y, deterministic)
@@ -534,7 +574,7 @@ class ViT(nn.Module):
   def __call__(self, image, *, train: bool = False):
     dtype = jnp.dtype(self.dtype)
     x = embed(self, image, self)
-    x = nn.Dropout(rate=self.dropout)(x, not train)
+    x = Dropout(rate=self.dropout)(x, not train)
     x = Encoder(depth=self.depth, num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim or 4 * self.width, dropout=self.dropout,
                 drop_path=self.drop_path, scan=self.scan, pool_type=self.pool_type,

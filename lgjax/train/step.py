@@ -3,7 +3,9 @@
 The loss is written per example and vmapped: example i of a global batch draws
 its dropout / drop-path randomness from fold_in(fold_in(rng, step), index_i),
 so the numbers do not depend on how the batch is split over devices, hosts
-(jit or pmap backend) or gradient-accumulation micro-batches.
+(jit or pmap backend) or gradient-accumulation micro-batches. A loss with a
+`.batched` form (classification_loss's) runs on the whole batch instead, its
+draws keyed by the same indices (lgjax.models.vit.draws_per_example).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from lgjax.data import to_float
+from lgjax.models import vit
 from lgjax.train import losses
 
 PyTree = Any
@@ -39,10 +42,12 @@ ExampleLoss = Callable[..., tuple[jax.Array, jax.Array]]
 
 `params` are the model params (the kind's to_params already applied), `rng`
 is the example's own key, `step_rng` the step's (the same for every example,
-e.g. to pick one stitched spec per step). A loss that draws no randomness may
-carry `.batched(params, teacher_params, images, labels) -> (losses, logits)`,
-the same numbers for a whole batch; the step then uses it, since XLA compiles
-the plain batched model to fewer layout copies than the vmapped batch of one."""
+e.g. to pick one stitched spec per step). A loss may carry
+`.batched(params, teacher_params, images, labels, indices, step_rng) -> (losses,
+logits)` for a whole batch, drawing example i's randomness from its index alone (so
+that, like the vmapped loss, it does not depend on how the batch is split); the step
+then uses it: XLA compiles the plain batched model to fewer layout copies than the
+vmapped batch of one, and custom VJPs (gelu_mlp's) are not batched per example."""
 
 
 def classification_loss(model, loss_config: Any, teacher=None) -> ExampleLoss:
@@ -50,18 +55,23 @@ def classification_loss(model, loss_config: Any, teacher=None) -> ExampleLoss:
   kw = dict(label_smoothing=loss_config.label_smoothing, alpha=loss_config.alpha,
             temperature=loss_config.temperature)
 
-  def batched(params, teacher_params, images, labels, rngs=None):
+  def apply(params, teacher_params, images, labels, rngs):
     logits = model.apply({'params': params}, images, train=True, rngs=rngs)
     t_logits = None if teacher is None else teacher.apply({'params': teacher_params}, images)
     return losses.classification_loss(logits, labels, t_logits, **kw), logits
 
+  def batched(params, teacher_params, images, labels, indices, step_rng):
+    with vit.draws_per_example(indices):  # dropout / drop path: example i's from fold_in(key, index_i)
+      return apply(params, teacher_params, images, labels, {'dropout': step_rng})
+
   def example_loss(params, teacher_params, image, label, rng, step_rng):
+    """The loss alone on one example, its draws from its own key: the same numbers as
+    .batched without randomness, other draws (as likely) with it."""
     del step_rng
-    per_example, logits = batched(params, teacher_params, image[None], label[None], {'dropout': rng})
+    per_example, logits = apply(params, teacher_params, image[None], label[None], {'dropout': rng})
     return per_example[0], logits[0]
 
-  if getattr(model, 'dropout', None) == 0 and getattr(model, 'drop_path', None) == 0:  # nothing random
-    example_loss.batched = batched
+  example_loss.batched = batched
   return example_loss
 
 
@@ -101,7 +111,8 @@ def make_train_step(*, example_loss: ExampleLoss, to_params: Callable,
 
     images = to_float(batch['image'])
     if hasattr(example_loss, 'batched'):
-      per_example, logits = example_loss.batched(params, teacher_params, images, batch['label'])
+      per_example, logits = example_loss.batched(params, teacher_params, images, batch['label'], batch['index'],
+                                                 step_rng)
     else:
       per_example, logits = jax.vmap(one)(images, batch['label'], batch['index'])
     correct = jnp.argmax(logits, -1) == batch['label']
