@@ -2,22 +2,21 @@
 
   h = x @ w1 + b1,   g = gelu(h),   z = g @ w2       (the caller adds z's bias)
 
-XLA runs the bias and GELU as a kernel of their own after the first matmul (reading
-h, writing g), and their gradient as one after the second's input gradient (reading
-dg and h, writing dh): 3 (tokens, mlp_dim) tensors of traffic forward and backward
-each that only a GEMM epilogue removes. The Pallas kernels here are those GEMMs:
+XLA's forward GEMM writes h, then a kernel of its own reads h and writes g: 3
+(tokens, mlp_dim) tensors of traffic. Its backward GEMM writes dg, then a kernel reads
+dg and h and writes dh, summing dh for b1's gradient: 4. Only GEMM epilogues remove
+the extra passes. The Pallas kernels here are those GEMMs:
 
   forward   (x, w1, b1) -> (h, g)                        h and g kept for the backward
   backward  (dz, w2, h) -> dh = (dz @ w2.T) * gelu'(h)   with dh's column sums for b1
 
-the other matmuls (z, and the gradients of w2, w1 and x) stay XLA's. Forward they
-write h and g from the accumulator (2 tensors where XLA moves 4), backward dh (3
-where XLA moves 5, with the bias gradient's read of dh). A program computes one Tiles
-output block, block_k deep a step, columns fastest so that a row block of x stays in L2
-while all its column blocks are computed; Triton makes Hopper's wgmma of them (PTX checked),
-but the sizes are reasoned, not yet timed. On other platforms, or widths the tiles do
-not fit (a width not a multiple of 16), the same formulas run as jnp; a batch split
-over devices runs on each device's examples (batched_kernels).
+2 tensors each way; the other matmuls (z, and the gradients of w2, w1 and x) stay XLA's.
+A program computes one Tiles output block, block_k deep a step, columns fastest so that
+a row block of x stays in L2 while all its column blocks are computed; Triton makes
+Hopper's wgmma of them (PTX checked), but the sizes are reasoned, not yet timed. On
+other platforms, or widths the tiles do not fit (not a multiple of 16), the same
+formulas run as jnp; a batch split over devices runs on each device's examples
+(batched_kernels).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from lgjax.models import batched_kernels
-
 
 
 class Tiles(NamedTuple):
@@ -73,7 +71,6 @@ def _erf(x):
   t = 1.0 / (1.0 + 0.3275911 * a)
   poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
   return jnp.sign(x) * (1.0 - poly * jnp.exp(-a * a))
-
 
 
 def fit(tiles: Tiles, width: int, hidden: int) -> Tiles | None:

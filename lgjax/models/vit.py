@@ -530,10 +530,11 @@ class ViT(nn.Module):
   `mlp_impl` 'pallas' runs the MLP's first bias and GELU in its matmuls'
   epilogues on GPUs, forward and backward (`lgjax.models.gelu_mlp`; jnp
   elsewhere), where XLA makes them a kernel each way; None: XLA's ops.
-  In training with dropout or drop path the blocks run XLA's MLP (under
-  the train step's per-example vmap the kernels' weight gradients would be
-  per example). Under a remat_policy other than None the kernels' outputs
-  count as not dots: they are recomputed.
+  In training with dropout, or with drop path unless its draws are per
+  example in the batch (`draws_per_example`, as the train step's loss runs
+  it), the blocks run XLA's MLP: vmapped one example at a time, the
+  kernels' weight gradients would be per example. Under a remat_policy other
+  than None the kernels' outputs count as not dots: they are recomputed.
   `remat_policy` (None: keep every activation for the backward pass) names a
   jax.checkpoint_policies policy each block is rematerialized under:
   'nothing_saveable' keeps only each block's input (the least memory, about
