@@ -263,7 +263,7 @@ BOTH = dict(norm_impl='pallas', mlp_impl='pallas')
 @pytest.mark.parametrize('fields,kernels', [
     (dict(drop_path=0.5, dropout=0.1), dict(norm_impl='pallas')),  # (random in training: XLA's MLP)
     (dict(), dict(mlp_impl='pallas')),  # nothing random in training: mlp_impl's kernels run there too
-    (dict(), BOTH),
+    pytest.param(dict(), BOTH, marks=pytest.mark.slow),  # each alone in the fast tier
     pytest.param(dict(scan=True, drop_path=0.5, remat_policy='nothing_saveable', final_norm='pooled'), BOTH,
                  marks=pytest.mark.slow),  # the same blocks under scan and remat: the slow tier
 ])
