@@ -310,6 +310,25 @@ def test_mlp_impl_runs_its_kernels_in_training_where_draws_are_per_example():
       train(params, x)
 
 
+def test_draws_per_example_do_not_depend_on_the_batch():
+  """Within draws_per_example, row i's dropout and drop-path draws come from its id alone:
+  the same outputs beside other examples and in any order (scanned: each layer its own key;
+  unscanned in test_train's loss), and other draws than the whole-batch ones."""
+  model = ViT(**TINY, drop_path=0.3, dropout=0.2, scan=True)
+  x = jax.random.normal(jax.random.key(0), (6, *IMAGE_SHAPE))
+  params = model.init(jax.random.key(1), x)
+
+  @jax.jit
+  def train(x, ids):
+    with vit.draws_per_example(ids):
+      return model.apply(params, x, train=True, rngs={'dropout': jax.random.key(2)})
+  ids = jnp.array([5, 9, 2, 11, 7, 3])
+  whole = train(x, ids)
+  np.testing.assert_allclose(train(x[::-1], ids[::-1])[::-1], whole, atol=1e-6)
+  np.testing.assert_allclose(train(x.at[:3].set(0.0), ids.at[:3].set(40))[3:], whole[3:], atol=1e-6)
+  assert np.abs(whole - model.apply(params, x, train=True, rngs={'dropout': jax.random.key(2)})).max() > 1e-3
+
+
 def test_pallas_kernels_in_bfloat16_are_as_accurate_as_xla_ops():
   """In bfloat16 the kernels round in other places than XLA's ops (once, from float32 sums):
   the gradients stay as close to the float32 model's as XLA's are."""
