@@ -66,15 +66,17 @@ def add_model_args(parser, *, width: int = 192, depth: int = 12, heads: int = 3,
   parser.add_argument('--attention-impl', default=attention_impl, choices=('xla', 'cudnn'), help='ViT.attention_impl')
   parser.add_argument('--norm-impl', default=None, choices=('pallas',), help='ViT.norm_impl')
   parser.add_argument('--mlp-impl', default=None, choices=('pallas',), help='ViT.mlp_impl')
+  parser.add_argument('--drop-path', type=float, default=0.0, help='ViT.drop_path (the DeiT recipes: 0.1)')
 
 
 def model_config(dims: dict, num_classes: int, **fields) -> dict:
   """The ViT config of a benchmark's dims (add_model_args' flags as vars(args), or a dict
-  with patch, width, depth, heads and optionally dtype, attention_impl, norm_impl, mlp_impl), `fields` added."""
+  with patch, width, depth, heads and optionally dtype, attention_impl, norm_impl, mlp_impl,
+  drop_path), `fields` added."""
   return dict(num_classes=num_classes, patch_size=dims['patch'], width=dims['width'], depth=dims['depth'],
               num_heads=dims['heads'], mlp_dim=4 * dims['width'], dtype=dims.get('dtype', 'float32'),
               attention_impl=dims.get('attention_impl'), norm_impl=dims.get('norm_impl'),
-              mlp_impl=dims.get('mlp_impl'), **fields)
+              mlp_impl=dims.get('mlp_impl'), drop_path=dims.get('drop_path', 0.0), **fields)
 
 
 def train_once(config, workdir: str) -> str:

@@ -3,11 +3,11 @@
 # attention): DeiT-S at gpu_check's batch 1024, plain; with ViT.norm_impl='pallas' (each residual
 # add and the LayerNorm after it as one kernel: kernel_bytes predicts 16 % fewer elementwise bytes);
 # with mlp_impl='pallas' too (the MLP's bias and GELU in its matmuls' epilogues: 43 % fewer again,
-# 12 % fewer bytes in all), alone, with cuBLASLt GEMMs and at batch 2048; ViT-B at 512 without and
-# with both; the kernels alone against XLA's ops (benchmarks/kernel_bench.py); then a profile of
-# DeiT-S's 1024 step with both, every kernel's row and the compiled HLO (its fusions are the
-# kernels) written to $OUT/profile_deit_s.
-# About 7 minutes (8 with BASELINE).
+# 12 % fewer bytes in all), alone, with cuBLASLt GEMMs, at batch 2048 and with the DeiT recipes'
+# drop path 0.1; ViT-B at 512 without and with both; the kernels alone against XLA's ops
+# (benchmarks/kernel_bench.py); then a profile of DeiT-S's 1024 step with both, every kernel's
+# row and the compiled HLO (its fusions are the kernels) written to $OUT/profile_deit_s.
+# About 8 minutes (9 with BASELINE).
 # With BASELINE=DIR (a checkout of an earlier commit, e.g. `git worktree add .baseline COMMIT`,
 # carried to the GPU machine), DeiT-S 1024 also runs on that code, before and after this tree's
 # row, to measure a change side by side. Measured before (gpu_h200.md): batch 512-2048, XLA's
@@ -33,6 +33,7 @@ run "$deit_s --norm-impl pallas" 1024
 run "$deit_s $kernels" 1024
 run "$deit_s $kernels" 1024 "$cublaslt"
 run "$deit_s $kernels" 2048
+run "$deit_s $kernels --drop-path 0.1" 1024  # the DeiT recipe's drop path: batched, draws per example
 run "$vit_b" 512
 run "$vit_b $kernels" 512
 # gelu_mlp's tiles: the default and the others ptxas fits without spills (256x128 w16: 96 bytes forward).

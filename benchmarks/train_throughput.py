@@ -52,7 +52,8 @@ def main():
   spec = (flops.chip_peak(kind, args.dtype) or 0) / 1e9
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
-        f'attention {args.attention_impl or "default"}, norm {args.norm_impl or "xla"}, mlp {args.mlp_impl or "xla"}, batch {args.batch} in {accum} micro-batch(es), {args.dtype}, '
+        f'attention {args.attention_impl or "default"}, norm {args.norm_impl or "xla"}, mlp {args.mlp_impl or "xla"}, '
+        f'drop path {args.drop_path}, batch {args.batch} in {accum} micro-batch(es), {args.dtype}, '
         f'{jax.device_count()} x {kind}; {args.dtype} matmul peak {peak:.0f} GFLOP/s, timed in turns '
         f'(MFU = "of peak"' + (f'; "of spec": of the datasheet\'s {spec:.0f} GFLOP/s per chip)' if spec else ')'))
   print(f'| {"step":<32} | {"images/s":>9} | {"GFLOP/s":>8} | {"of peak":>7} | {"of spec":>7} | {"vs plain":>8} |')
