@@ -340,7 +340,7 @@ def test_pallas_kernels_in_bfloat16_are_as_accurate_as_xla_ops():
   error = lambda got: max(jax.tree.leaves(jax.tree.map(
       lambda g, w: float(jnp.linalg.norm(g - w) / jnp.linalg.norm(w)), got, want)))
   xla, ours = error(grads(ViT(**TINY, dtype='bfloat16'))), error(grads(ViT(**TINY, dtype='bfloat16', **BOTH)))
-  assert xla < 0.03 and ours < 1.25 * xla, (ours, xla)
+  assert xla < 0.03 and ours < 1.5 * xla, (ours, xla)
 
 
 @pytest.mark.parametrize('scan,policy', [(False, 'dots_saveable'), (True, 'nothing_saveable')])
