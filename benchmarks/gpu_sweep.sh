@@ -40,7 +40,7 @@ run "$vit_b $kernels" 512
 echo "## the Pallas kernels alone (DeiT-S's activations), gelu_mlp in 5 tilings" | tee -a "$OUT/gpu_sweep.md"
 timeout 120 $PY -m benchmarks.kernel_bench \
   --mlp-tiles 128x128x64x8x3,128x128x64x8x4,64x256x64x8x4,128x64x64x4x4,256x128x64x16x3 2>&1 \
-  | grep -v "^W\|^I" | tail -19 | tee -a "$OUT/gpu_sweep.md"
+  | grep -v "^W\|^I" | tail -24 | tee -a "$OUT/gpu_sweep.md"
 echo "## profile, DeiT-S batch 1024, norm_impl and mlp_impl 'pallas'" | tee -a "$OUT/gpu_sweep.md"
 timeout 120 $PY -m benchmarks.profile_step $deit_s $kernels --batch 1024 --top 30 --out "$OUT/profile_deit_s" 2>&1 \
   | grep -v "^W\|^I" | tail -42 | tee -a "$OUT/gpu_sweep.md"

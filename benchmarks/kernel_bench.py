@@ -69,6 +69,11 @@ def runs(x, dtype, keys, tiles):
   for name, fn in (('XLA ops', xla_mlp), *((f'gelu_mlp {t}', fused_mlp(t)) for t in tiles)):
     forward = jax.jit(fn)
     both = jax.jit(lambda p, x, fn=fn: jax.vjp(fn, p, x)[1](dy))
+    try:  # a tiling Triton cannot compile (e.g. out of shared memory) is reported, not fatal
+      forward.lower(params, x).compile(), both.lower(params, x).compile()
+    except Exception as e:  # noqa: BLE001 (Triton's and XLA's errors have no common type)
+      print(f'MLP, {name}: does not compile here ({type(e).__name__}: {str(e)[:200]})')
+      continue
     for part, fn, work in (('forward', forward, 1), ('forward + backward', both, 3)):
       found[f'MLP, {name}: {part}'] = (lambda f=fn: f(params, x), work * flops, 'TFLOP/s', f'MLP, XLA ops: {part}')
   return found
