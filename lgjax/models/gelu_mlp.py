@@ -120,12 +120,13 @@ def _mask(rows, cols, shape):
 
 
 def _load(ref, rows=None, cols=None):
-  """ref's block in float32 or its dtype, out-of-bounds rows / columns read as 0."""
+  """ref's block, its rows / columns past the array's end (the in-bounds vectors False) read as 0."""
   mask = _mask(rows, cols, ref.shape) if len(ref.shape) == 2 else cols
   return ref[...] if mask is None else plgpu.load(ref, mask=mask, other=0.0)
 
 
 def _store(ref, value, rows=None, cols=None):
+  """value into ref's block, in its dtype, where rows and columns are in bounds."""
   mask = _mask(rows, cols, ref.shape)
   if mask is None:
     ref[...] = value.astype(ref.dtype)
