@@ -2,6 +2,7 @@ import dataclasses
 import json
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -308,6 +309,22 @@ def test_mlp_impl_runs_its_kernels_in_training_where_draws_are_per_example():
   with pytest.raises(ValueError, match=r'ids must be shaped \(batch,\) = \(4,\), got \(3,\)'):
     with vit.draws_per_example(jnp.arange(3)):
       train(params, x)
+
+
+def test_dropout_is_flax_dropout_outside_draws_per_example():
+  """vit.Dropout outside draws_per_example is nn.Dropout: inside a module, the same
+  automatic name, hence the same key, hence the same mask."""
+  class Twice(nn.Module):
+    dropout: type
+
+    @nn.compact
+    def __call__(self, x):
+      return self.dropout(0.3)(x, False) + self.dropout(0.3)(x, False)
+
+  x = jnp.ones((4, 5, 8))
+  got, want = (Twice(cls).apply({}, x, rngs={'dropout': jax.random.key(1)}) for cls in (vit.Dropout, nn.Dropout))
+  np.testing.assert_array_equal(got, want)
+  assert 0 < float((got == 0).mean()) < 1
 
 
 def test_draws_per_example_do_not_depend_on_the_batch():
