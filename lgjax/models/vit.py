@@ -147,24 +147,18 @@ def check_config(config: dict[str, Any]) -> None:
     raise ValueError(f'width must be an integer >= 1, got {width!r}.')
   if not isinstance(heads, (int, np.integer)) or heads < 1 or width % heads:
     raise ValueError(f'num_heads must be a positive divisor of width={width}, got {heads!r}.')
-  if get('posemb') not in POSEMBS:
-    raise ValueError(f'posemb must be one of {POSEMBS}, got {get("posemb")!r}.')
-  if get('pool_type') not in POOL_TYPES:
-    raise ValueError(f'pool_type must be one of {POOL_TYPES}, got {get("pool_type")!r}.')
-  if get('final_norm') not in FINAL_NORMS:
-    raise ValueError(f'final_norm must be one of {FINAL_NORMS}, got {get("final_norm")!r}.')
+  def check_choice(*fields_and_choices):
+    for k, choices in fields_and_choices:
+      if get(k) not in choices:
+        raise ValueError(f'{k} must be one of {choices}, got {get(k)!r}.')
+
+  check_choice(('posemb', POSEMBS), ('pool_type', POOL_TYPES), ('final_norm', FINAL_NORMS))
   for k in ('dropout', 'drop_path'):
     if not 0.0 <= get(k) < 1.0:
       raise ValueError(f'{k} must be in [0, 1), got {get(k)!r}.')
   inits.get(get('param_init'))
-  if get('attention_impl') not in ATTENTION_IMPLS:
-    raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {get("attention_impl")!r}.')
-  if get('norm_impl') not in NORM_IMPLS:
-    raise ValueError(f'norm_impl must be one of {NORM_IMPLS}, got {get("norm_impl")!r}.')
-  if get('mlp_impl') not in MLP_IMPLS:
-    raise ValueError(f'mlp_impl must be one of {MLP_IMPLS}, got {get("mlp_impl")!r}.')
-  if get('remat_policy') not in REMAT_POLICIES:
-    raise ValueError(f'remat_policy must be one of {REMAT_POLICIES}, got {get("remat_policy")!r}.')
+  check_choice(('attention_impl', ATTENTION_IMPLS), ('norm_impl', NORM_IMPLS), ('mlp_impl', MLP_IMPLS),
+               ('remat_policy', REMAT_POLICIES))
   for k in ('num_classes', 'mlp_dim'):
     if get(k) is not None and (isinstance(get(k), bool) or not isinstance(get(k), (int, np.integer))):
       raise ValueError(f'{k} must be an integer or None, got {get(k)!r}.')
