@@ -27,8 +27,9 @@ def by_example(fn, operands: tuple[str, ...], results: tuple[str, ...]):
 
   Under jit on a batch split over devices (custom_partitioning), each device runs `fn` on
   its own examples: only 'b' is split, the rest is whole everywhere, so XLA never gathers
-  the activations around the kernel. Under vmap (the train step's per-example loss),
-  the mapped axis joins the batch axis: one call on the whole batch, not one per example.
+  the activations around the kernel. Under vmap (a loss written per example, as the
+  Learngene Pool's), the mapped axis joins the batch axis: one call on the whole batch,
+  not one per example.
   """
   partitioned = custom_partitioning(fn)
 

@@ -213,23 +213,19 @@ def kernel_backward(dz, w2, h, *, approximate: bool, tiles: Tiles = TILES, inter
   return dh.reshape(batch, tokens, hidden), sums
 
 
-def _kernel_or_reference(kernel, reference, fits: bool, **static):
-  if fits:
-    return batched_kernels.on_platform(kernel, reference, **static)
-  return lambda *args: reference(*args, **static)
-
-
 @functools.cache
 def _forward(approximate: bool, tiles: Tiles, fits: bool):
+  kernel = kernel_forward if fits else reference_forward  # widths the tiles do not fit: jnp on CUDA too
   return batched_kernels.by_example(
-      _kernel_or_reference(kernel_forward, reference_forward, fits, approximate=approximate, tiles=tiles),
+      batched_kernels.on_platform(kernel, reference_forward, approximate=approximate, tiles=tiles),
       ('b t d', 'd f', 'f'), ('b t f', 'b t f'))
 
 
 @functools.cache
 def _backward(approximate: bool, tiles: Tiles, fits: bool):
+  kernel = kernel_backward if fits else reference_backward
   return batched_kernels.by_example(
-      _kernel_or_reference(kernel_backward, reference_backward, fits, approximate=approximate, tiles=tiles),
+      batched_kernels.on_platform(kernel, reference_backward, approximate=approximate, tiles=tiles),
       ('b t d', 'f d', 'b t f'), ('b t f', 'b s f'))
 
 
