@@ -11,10 +11,7 @@ the extra passes. The Pallas kernels here are those GEMMs:
   backward  (dz, w2, h) -> dh = (dz @ w2.T) * gelu'(h)   with dh's column sums for b1
 
 2 tensors each way; the other matmuls (z, and the gradients of w2, w1 and x) stay XLA's.
-A program computes one Tiles output block, block_k deep a step, columns fastest so that
-a row block of x stays in L2 while all its column blocks are computed; Triton makes
-Hopper's wgmma of them (PTX checked), but the sizes are reasoned, not yet timed. On
-other platforms, or widths the tiles do not fit (not a multiple of 16), the same
+The GEMMs are pallas_gemm's (tiles reasoned, not yet timed). On other platforms, or widths the tiles do not fit (not a multiple of 16), the same
 formulas run as jnp; a batch split over devices runs on each device's examples
 (batched_kernels).
 """
@@ -23,30 +20,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
-from lgjax.models import batched_kernels
+from lgjax.models import batched_kernels, pallas_gemm
+from lgjax.models.pallas_gemm import TILES, Tiles, fit, in_bounds, load, store
 
-
-class Tiles(NamedTuple):
-  """A kernel program's output block (block_m rows, block_n columns), the depth of one
-  matmul step, and Triton's warps and pipeline stages."""
-  block_m: int = 128
-  block_n: int = 128
-  block_k: int = 64
-  warps: int = 8
-  stages: int = 3
-
-  def __str__(self):
-    return f'{self.block_m}x{self.block_n}x{self.block_k} w{self.warps} s{self.stages}'
-
-
-TILES = Tiles()  # two warpgroups on a 128 x 128 block, three K steps in flight: ptxas fits two an SM
+__all__ = ['TILES', 'Tiles', 'fit', 'gelu', 'gelu_grad', 'kernel_backward', 'kernel_forward', 'mlp',
+           'reference_backward', 'reference_forward']
 
 
 def gelu(h, approximate: bool):
@@ -73,21 +56,6 @@ def _erf(x):
   return jnp.sign(x) * (1.0 - poly * jnp.exp(-a * a))
 
 
-def fit(tiles: Tiles, width: int, hidden: int) -> Tiles | None:
-  """`tiles` for matmuls over `width` into `hidden` columns: K steps that divide width (of
-  16 at least, bf16 wgmma's depth), columns no wider than hidden needs. None: none fits."""
-  block_k = next((b for b in (tiles.block_k, 32, 16) if b <= tiles.block_k and width % b == 0), None)
-  if block_k is None:
-    return None
-  return tiles._replace(block_n=min(tiles.block_n, max(16, pl.next_power_of_2(hidden))), block_k=block_k)
-
-
-def slots(tokens: int, block_m: int) -> int:
-  """Row blocks that can start within one example: the backward's column sums are kept
-  per example (batch, slots, hidden), so that they split over devices with the batch."""
-  return pl.cdiv(tokens, block_m)
-
-
 def reference_forward(x, w1, b1, *, approximate: bool, tiles: Tiles = TILES):
   """(h, g) for x (batch, tokens, width), in x's dtype from float32 sums."""
   del tiles
@@ -100,91 +68,30 @@ def reference_backward(dz, w2, h, *, approximate: bool, tiles: Tiles = TILES):
   slots, hidden; here all in slot 0)."""
   dg = jnp.einsum('btd,fd->btf', dz, w2, preferred_element_type=jnp.float32)
   dh = dg * gelu_grad(h.astype(jnp.float32), approximate)
-  batch, tokens, hidden = h.shape
-  sums = jnp.zeros((batch, slots(tokens, tiles.block_m), hidden), jnp.float32).at[:, 0].set(dh.sum(1))
-  return dh.astype(h.dtype), sums
-
-
-def _in_bounds(axis: int, block: int, size: int):
-  """Which of this program's `block` indices along grid axis `axis` fall inside `size`, or
-  None where the blocks tile it exactly. Pallas's Triton lowering does not mask a block
-  that overhangs its array: its loads would read past the end and its stores write there."""
-  return None if size % block == 0 else pl.program_id(axis) * block + jnp.arange(block) < size
-
-
-def _mask(rows, cols, shape):
-  """The (rows, cols) mask of a 2-D block from either axis' in-bounds vector (None: all)."""
-  found = [m for m in (None if rows is None else rows[:, None], None if cols is None else cols[None, :])
-           if m is not None]
-  return None if not found else jnp.broadcast_to(functools.reduce(jnp.logical_and, found), shape)
-
-
-def _load(ref, rows=None, cols=None):
-  """ref's block, its rows / columns past the array's end (the in-bounds vectors False) read as 0."""
-  mask = _mask(rows, cols, ref.shape) if len(ref.shape) == 2 else cols
-  return ref[...] if mask is None else plgpu.load(ref, mask=mask, other=0.0)
-
-
-def _store(ref, value, rows=None, cols=None):
-  """value into ref's block, in its dtype, where rows and columns are in bounds."""
-  mask = _mask(rows, cols, ref.shape)
-  if mask is None:
-    ref[...] = value.astype(ref.dtype)
-  else:
-    plgpu.store(ref, value.astype(ref.dtype), mask=mask)
-
-
-def _matmul(a_ref, b_ref, block_k: int, out_shape, rows, cols, trans_b: bool = False):
-  """a_ref's rows times b_ref's columns (rows with trans_b), block_k deep a step, in float32;
-  rows of a and columns of b past their arrays' ends count as 0."""
-  def step(i, acc):
-    k = pl.ds(i * block_k, block_k)
-    a = _load(a_ref.at[:, k], rows=rows)
-    b = _load(b_ref.at[:, k], rows=cols) if trans_b else _load(b_ref.at[k, :], cols=cols)
-    return acc + plgpu.dot(a, b, trans_b=trans_b)
-  return jax.lax.fori_loop(0, a_ref.shape[1] // block_k, step, jnp.zeros(out_shape, jnp.float32))
+  return dh.astype(h.dtype), pallas_gemm.reference_sums(dh, tiles.block_m)
 
 
 def _forward_kernel(x_ref, w_ref, b_ref, h_ref, g_ref, *, block_k: int, approximate: bool, shape):
-  rows, cols = _in_bounds(1, h_ref.shape[0], shape[0]), _in_bounds(0, h_ref.shape[1], shape[1])
-  h = _matmul(x_ref, w_ref, block_k, h_ref.shape, rows, cols) + _load(b_ref, cols=cols).astype(jnp.float32)[None, :]
-  _store(h_ref, h, rows, cols)
-  _store(g_ref, gelu(h, approximate), rows, cols)
+  h, rows, cols = pallas_gemm.biased_matmul(x_ref, w_ref, b_ref, block_k, h_ref.shape, shape)
+  store(h_ref, h, rows, cols)
+  store(g_ref, gelu(h, approximate), rows, cols)
 
 
 def _backward_kernel(dz_ref, w_ref, h_ref, dh_ref, sums_ref, *, block_k: int, approximate: bool, shape):
-  rows, cols = _in_bounds(1, dh_ref.shape[0], shape[0]), _in_bounds(0, dh_ref.shape[1], shape[1])
-  dh = _matmul(dz_ref, w_ref, block_k, dh_ref.shape, rows, cols, trans_b=True) * gelu_grad(
-      _load(h_ref, rows, cols).astype(jnp.float32), approximate)
-  _store(dh_ref, dh, rows, cols)
+  rows, cols = in_bounds(1, dh_ref.shape[0], shape[0]), in_bounds(0, dh_ref.shape[1], shape[1])
+  dg = pallas_gemm.matmul(dz_ref, w_ref, block_k, jnp.zeros(dh_ref.shape, jnp.float32), rows, cols, trans_b=True)
+  dh = dg * gelu_grad(load(h_ref, rows, cols).astype(jnp.float32), approximate)
+  store(dh_ref, dh, rows, cols)
   # Masked even where the blocks tile the rows exactly: ptxas then keeps 104 registers, not 140
   # (two programs an SM, not one).
   valid = pl.program_id(1) * dh_ref.shape[0] + jnp.arange(dh_ref.shape[0]) < shape[0]
-  _store(sums_ref, jnp.sum(jnp.where(valid[:, None], dh, 0.0), axis=0)[None, :], cols=cols)
-
-
-def _call(kernel, operands, out_shape, in_blocks, out_blocks, grid, tiles, name, interpret):
-  """A pallas_call over (column block, row block), columns fastest: a row block of the
-  activations is read from HBM once and from L2 by the other column blocks."""
-  spec = lambda shape_and_index: pl.BlockSpec(*shape_and_index)
-  return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=list(map(spec, in_blocks)),
-                        out_specs=list(map(spec, out_blocks)), interpret=interpret, name=name,
-                        compiler_params=plgpu.CompilerParams(num_warps=tiles.warps, num_stages=tiles.stages))(*operands)
+  store(sums_ref, jnp.sum(jnp.where(valid[:, None], dh, 0.0), axis=0)[None, :], cols=cols)
 
 
 def kernel_forward(x, w1, b1, *, approximate: bool, tiles: Tiles = TILES, interpret: bool = False):
   """reference_forward by the Pallas kernel; `interpret` runs it off-GPU (tests)."""
-  batch, tokens, width = x.shape
-  hidden, rows = w1.shape[1], batch * tokens
-  tiles = fit(tiles, width, hidden)
-  block_m, block_n, block_k = tiles[:3]
-  tile = ((block_m, block_n), lambda j, i: (i, j))
-  h, g = _call(functools.partial(_forward_kernel, block_k=block_k, approximate=approximate, shape=(rows, hidden)),
-               (x.reshape(rows, width), w1, b1), [jax.ShapeDtypeStruct((rows, hidden), x.dtype)] * 2,
-               [((block_m, width), lambda j, i: (i, 0)), ((width, block_n), lambda j, i: (0, j)),
-                ((block_n,), lambda j, i: (j,))], [tile, tile],
-               (pl.cdiv(hidden, block_n), pl.cdiv(rows, block_m)), tiles, 'gelu_mlp_fwd', interpret)
-  return h.reshape(batch, tokens, hidden), g.reshape(batch, tokens, hidden)
+  return tuple(pallas_gemm.biased_call(functools.partial(_forward_kernel, approximate=approximate), x, w1, b1, 2,
+                                       tiles, 'gelu_mlp_fwd', interpret))
 
 
 def kernel_backward(dz, w2, h, *, approximate: bool, tiles: Tiles = TILES, interpret: bool = False):
@@ -196,21 +103,14 @@ def kernel_backward(dz, w2, h, *, approximate: bool, tiles: Tiles = TILES, inter
   block_m, block_n, block_k = tiles[:3]
   tile = ((block_m, block_n), lambda j, i: (i, j))
   row_blocks = pl.cdiv(rows, block_m)
-  dh, sums = _call(functools.partial(_backward_kernel, block_k=block_k, approximate=approximate,
-                                     shape=(rows, hidden)),
-                   (dz.reshape(rows, width), w2, h.reshape(rows, hidden)),
-                   [jax.ShapeDtypeStruct((rows, hidden), h.dtype),
-                    jax.ShapeDtypeStruct((row_blocks, hidden), jnp.float32)],
-                   [((block_m, width), lambda j, i: (i, 0)), ((block_n, width), lambda j, i: (j, 0)), tile],
-                   [tile, ((1, block_n), lambda j, i: (i, j))],
-                   (pl.cdiv(hidden, block_n), row_blocks), tiles, 'gelu_mlp_bwd', interpret)
-  # Row block r starts in example r * block_m // tokens; an example's blocks take its slots in order.
-  # (jnp, not numpy, index arrays: custom_partitioning takes no constants.)
-  example = jnp.arange(batch)[:, None]
-  index = -(-example * tokens // block_m) + jnp.arange(slots(tokens, block_m))[None, :]
-  starts_inside = index * block_m < (example + 1) * tokens
-  sums = jnp.where(starts_inside[..., None], sums[jnp.minimum(index, row_blocks - 1)], 0.0)
-  return dh.reshape(batch, tokens, hidden), sums
+  dh, sums = pallas_gemm.call(
+      functools.partial(_backward_kernel, block_k=block_k, approximate=approximate, shape=(rows, hidden)),
+      (dz.reshape(rows, width), w2, h.reshape(rows, hidden)),
+      [jax.ShapeDtypeStruct((rows, hidden), h.dtype), jax.ShapeDtypeStruct((row_blocks, hidden), jnp.float32)],
+      [((block_m, width), lambda j, i: (i, 0)), ((block_n, width), lambda j, i: (j, 0)), tile],
+      [tile, ((1, block_n), lambda j, i: (i, j))],
+      (pl.cdiv(hidden, block_n), row_blocks), tiles, 'gelu_mlp_bwd', interpret)
+  return dh.reshape(batch, tokens, hidden), pallas_gemm.example_sums(sums, batch, tokens, block_m)
 
 
 @functools.cache
