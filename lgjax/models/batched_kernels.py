@@ -23,7 +23,8 @@ def is_param(axes: str) -> bool:
 
 def by_example(fn, operands: tuple[str, ...], results: tuple[str, ...]):
   """`fn`, per example wherever it runs. `operands` and `results` spell each array's axes
-  ('b t d': batch, tokens, width; one without 'b' is a param; a None operand is skipped).
+  ('b t d': batch, tokens, width; one without 'b' is a param; a None operand is skipped);
+  with one result, fn returns that array, else a tuple.
 
   Under jit on a batch split over devices (custom_partitioning), each device runs `fn` on
   its own examples: only 'b' is split, the rest is whole everywhere, so XLA never gathers
@@ -44,21 +45,24 @@ def by_example(fn, operands: tuple[str, ...], results: tuple[str, ...]):
     batch = spec[0] if len(spec) else None
     sharding = lambda axes: NamedSharding(mesh, P(*(batch if a == 'b' else None for a in axes.split())))
     arg_shardings = tuple(None if a is None else sharding(o) for a, o in zip(arg_shapes, operands))
-    return mesh, fn, tuple(map(sharding, results)), arg_shardings
+    result_shardings = tuple(map(sharding, results))
+    return mesh, fn, result_shardings[0] if len(results) == 1 else result_shardings, arg_shardings
 
   partitioned.def_partition(partition, sharding_rule=rule)
   per_example = jax.custom_batching.custom_vmap(lambda *args: partitioned(*args))
+
+  batched = True if len(results) == 1 else (True,) * len(results)  # fn returns one array, or a tuple
 
   @per_example.def_vmap
   def _(size, in_batched, *args):
     if any(mapped for mapped, o in zip(in_batched, operands) if is_param(o)):  # params differ along the map
       pick = lambda i: [a[i] if mapped else a for a, mapped in zip(args, in_batched)]
-      return jax.lax.map(lambda i: per_example(*pick(i)), jnp.arange(size)), (True,) * len(results)
+      return jax.lax.map(lambda i: per_example(*pick(i)), jnp.arange(size)), batched
     joined = [a if a is None or is_param(o) else
               (a if mapped else jnp.broadcast_to(a, (size, *a.shape))).reshape(-1, *a.shape[1 + mapped:])
               for a, mapped, o in zip(args, in_batched, operands)]
-    outs = per_example(*joined)
-    return tuple(o.reshape(size, -1, *o.shape[1:]) for o in outs), (True,) * len(results)
+    unjoin = lambda o: o.reshape(size, -1, *o.shape[1:])
+    return jax.tree.map(unjoin, per_example(*joined)), batched
 
   return per_example
 
