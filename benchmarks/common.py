@@ -53,6 +53,9 @@ def matmul(n: int = 2048, dtype: str = 'float32', count: int = 1) -> tuple[Calla
   return (lambda: f(a, a[:n])), 2 * count * n ** 3 / 1e9
 
 
+KERNEL_IMPLS = ('norm_impl', 'mlp_impl', 'qkv_impl')  # ViT fields naming a Pallas kernel or XLA's ops
+
+
 def add_model_args(parser, *, width: int = 192, depth: int = 12, heads: int = 3, image: int = 32, patch: int = 4,
                    batch: int = 128, dtype: str = 'float32', attention_impl: str | None = None) -> None:
   """The flags of the ViT a step benchmark runs (square images, mlp_dim = 4 x width)."""
@@ -66,17 +69,23 @@ def add_model_args(parser, *, width: int = 192, depth: int = 12, heads: int = 3,
   parser.add_argument('--attention-impl', default=attention_impl, choices=('xla', 'cudnn'), help='ViT.attention_impl')
   parser.add_argument('--norm-impl', default=None, choices=('pallas',), help='ViT.norm_impl')
   parser.add_argument('--mlp-impl', default=None, choices=('pallas',), help='ViT.mlp_impl')
+  parser.add_argument('--qkv-impl', default=None, choices=('pallas',), help='ViT.qkv_impl')
   parser.add_argument('--drop-path', type=float, default=0.0, help='ViT.drop_path (the DeiT recipes: 0.1)')
 
 
 def model_config(dims: dict, num_classes: int, **fields) -> dict:
   """The ViT config of a benchmark's dims (add_model_args' flags as vars(args), or a dict
-  with patch, width, depth, heads and optionally dtype, attention_impl, norm_impl, mlp_impl,
+  with patch, width, depth, heads and optionally dtype, attention_impl, and KERNEL_IMPLS,
   drop_path), `fields` added."""
   return dict(num_classes=num_classes, patch_size=dims['patch'], width=dims['width'], depth=dims['depth'],
               num_heads=dims['heads'], mlp_dim=4 * dims['width'], dtype=dims.get('dtype', 'float32'),
-              attention_impl=dims.get('attention_impl'), norm_impl=dims.get('norm_impl'),
-              mlp_impl=dims.get('mlp_impl'), drop_path=dims.get('drop_path', 0.0), **fields)
+              attention_impl=dims.get('attention_impl'), drop_path=dims.get('drop_path', 0.0),
+              **{k: dims.get(k) for k in KERNEL_IMPLS}, **fields)
+
+
+def kernel_impls(dims: dict) -> str:
+  """'norm xla, mlp pallas, qkv xla': which of the model's kernels a benchmark runs."""
+  return ', '.join(f'{k.removesuffix("_impl")} {dims.get(k) or "xla"}' for k in KERNEL_IMPLS)
 
 
 def train_once(config, workdir: str) -> str:

@@ -23,15 +23,16 @@ JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=8 timeout 200 $PY -m benchmarks.sharding -
 sharding_pid=$!
 
 # Full f32 matmuls on the GPU: the tests compare against numpy at 1e-4..1e-6 (the Pallas matmuls
-# follow jax_default_matmul_precision too). The model and expansion math only, with residual_norm's
-# and gelu_mlp's Pallas kernels compiled by Triton (about 90 tests; not the two that need 8 devices;
+# follow jax_default_matmul_precision too). The model and expansion math only, with residual_norm's,
+# gelu_mlp's and qkv_projection's Pallas kernels compiled by Triton (about 90 tests; not the two that need 8 devices;
 # 55 took 189 s in one process on an H200, nearly all of it compiling on the host); checkpoints and
 # converters are host-side and run in CI. With pytest-xdist (a wheel in .whl/
 # where the machine has no registry), 4 processes share the GPU, each allocating only what it uses.
 workers=$($PY -c "import pytest, xdist; assert int(pytest.__version__.split('.')[0]) >= 7" 2>/dev/null && echo "-n 4")
 JAX_PLATFORMS=cuda XLA_FLAGS= JAX_DEFAULT_MATMUL_PRECISION=highest PYTHONUNBUFFERED=1 \
   XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 240 $PY -m pytest -q -p no:cacheprovider -x $workers \
-  --durations=5 tests/test_vit.py tests/test_residual_norm.py tests/test_gelu_mlp.py tests/test_blocks.py \
+  --durations=5 tests/test_vit.py tests/test_residual_norm.py tests/test_gelu_mlp.py tests/test_qkv_projection.py \
+  tests/test_blocks.py \
   tests/test_tleg.py tests/test_sws.py -k "not a_batch_split_over_devices" 2>&1 \
   | tee "$OUT/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}

@@ -55,6 +55,7 @@ dnn_version_info {{ major: 9 minor: 8 }}
 runtime_version {{ major: 12 minor: 9 }}
 device_description_str: "{name}"
 """
+GEMM_KERNELS = ('gelu_mlp', 'qkv_projection')  # the Pallas kernels that are GEMMs (their pallas_call names)
 KINDS = ('GEMM', 'attention', 'elementwise / reduction', 'copy', 'other')
 _NOT_KERNELS = ('parameter', 'constant', 'bitcast', 'tuple', 'get-tuple-element')
 
@@ -85,8 +86,8 @@ def kind_of(op: profile_step.HloOp) -> str:
     return 'attention'
   if op.matmul or re.search(r'gemm|matmul|cublas|conv', target):
     return 'GEMM'
-  if 'triton' in target:  # a Pallas kernel: gelu_mlp's GEMMs, or residual_norm's (memory-bound like a fusion)
-    return 'GEMM' if 'gelu_mlp' in op.where else 'elementwise / reduction'
+  if 'triton' in target:  # a Pallas kernel: a GEMM (pallas_gemm's users), or residual_norm's (memory-bound)
+    return 'GEMM' if any(name in op.where for name in GEMM_KERNELS) else 'elementwise / reduction'
   if op.opcode in ('copy', 'transpose') or (op.opcode == 'fusion' and set(op.fuses.split()) <= {'copy', 'transpose'}):
     return 'copy'
   return 'elementwise / reduction' if op.opcode == 'fusion' else 'other'
@@ -145,7 +146,7 @@ def main():
   hlo, memory = compiled.as_text(), compiled.memory_analysis()
   found = kernels(hlo)
   print(f'ViT width {args.width} depth {args.depth} heads {args.heads}, {args.image}px/p{args.patch}, '
-        f'batch {args.batch}, {args.dtype}, attention {args.attention_impl}, norm {args.norm_impl or "xla"}, mlp {args.mlp_impl or "xla"}: the train step compiled for '
+        f'batch {args.batch}, {args.dtype}, attention {args.attention_impl}, {common.kernel_impls(vars(args))}: the train step compiled for '
         f'{CHIPS[args.chip]["name"]}, {len(found)} kernels; XLA\'s memory analysis: '
         f'{memory.temp_size_in_bytes / 1e9:.2f} GB of temporaries, {memory.argument_size_in_bytes / 1e9:.2f} GB '
         f'of arguments')

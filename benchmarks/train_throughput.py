@@ -20,7 +20,8 @@ import argparse
 
 import jax
 
-from benchmarks.common import add_model_args, interleaved_times, matmul, model_config, random_batch, step_runner
+from benchmarks.common import (add_model_args, interleaved_times, kernel_impls, matmul, model_config, random_batch,
+                               step_runner)
 from lgjax.learngene import tleg
 from lgjax.models import flops
 from lgjax.train import reporting
@@ -52,7 +53,7 @@ def main():
   spec = (flops.chip_peak(kind, args.dtype) or 0) / 1e9
 
   print(f'ViT width {args.width} depth {args.depth} on {args.image}x{args.image} patch {args.patch}, '
-        f'attention {args.attention_impl or "default"}, norm {args.norm_impl or "xla"}, mlp {args.mlp_impl or "xla"}, '
+        f'attention {args.attention_impl or "default"}, {kernel_impls(vars(args))}, '
         f'drop path {args.drop_path}, batch {args.batch} in {accum} micro-batch(es), {args.dtype}, '
         f'{jax.device_count()} x {kind}; {args.dtype} matmul peak {peak:.0f} GFLOP/s, timed in turns '
         f'(MFU = "of peak"' + (f'; "of spec": of the datasheet\'s {spec:.0f} GFLOP/s per chip)' if spec else ')'))

@@ -102,7 +102,7 @@ def model(preset: str, depth: int | None, size: str = 'S', num_classes: int | No
       dropout=0.0, drop_path=drop_path, scan=False, param_init=inits.DEFAULT, head_zeroinit=False,
       gelu_approximate=not exact_gelu, layer_norm_epsilon=1e-6, final_norm='tokens',
       attention_impl=config_dict.placeholder(str), norm_impl=config_dict.placeholder(str),
-      mlp_impl=config_dict.placeholder(str),
+      mlp_impl=config_dict.placeholder(str), qkv_impl=config_dict.placeholder(str),
       remat_policy=config_dict.placeholder(str)))
 
 
@@ -188,6 +188,8 @@ FIELD_DOCS = {  # what `python train.py --config=... --print_config` says of eac
     'model.attention_impl': 'None (JAX\'s choice) | xla | cudnn (fused, GPU)',
     'model.norm_impl': 'None (XLA) | pallas (each residual add + the LayerNorm after it in one kernel on GPUs)',
     'model.mlp_impl': 'None (XLA) | pallas (the MLP\'s bias + GELU in its matmuls\' epilogues on GPUs)',
+    'model.qkv_impl': 'None (XLA) | pallas (the query\'s bias, and the sum of the input\'s three gradients, '
+                      'in the attention projections\' matmuls on GPUs)',
     'model.remat_policy': 'None (keep activations) | nothing_saveable | dots_saveable | '
                           'dots_with_no_batch_dims_saveable: recompute each block in the backward pass '
                           '(less memory, more compute; use with model.scan)',

@@ -192,10 +192,10 @@ def test_kernel_bench_times_both_implementations_of_each_kernel():
   assert run.returncode == 0, run.stderr[-2000:]
   rows = [line.split('|')[1:-1] for line in run.stdout.splitlines() if line.startswith('| ') and 'ms' not in line]
   names = [r[0].strip() for r in rows]
-  from lgjax.models import gelu_mlp
-  kernels = (('norm', 'residual_norm'), ('MLP', f'gelu_mlp {gelu_mlp.TILES}'))  # the tiles the model runs
+  from lgjax.models.pallas_gemm import TILES  # the tiles the model runs
+  kernels = (('norm', 'residual_norm'), ('MLP', f'gelu_mlp {TILES}'), ('QKV', f'qkv_projection {TILES}'))
   assert names == [f'{op}, {impl}: {part}' for op, kernel in kernels
                    for impl in ('XLA ops', kernel) for part in ('forward', 'forward + backward')]
   assert all(float(r[1]) > 0 for r in rows)
-  assert [r[3].strip() for r in rows[:2] + rows[4:6]] == ['1.00x'] * 4
-  assert [r[2].split()[-1] for r in rows] == ['GB/s'] * 4 + ['TFLOP/s'] * 4
+  assert [r[3].strip() for r in rows[:2] + rows[4:6] + rows[8:10]] == ['1.00x'] * 6
+  assert [r[2].split()[-1] for r in rows] == ['GB/s'] * 4 + ['TFLOP/s'] * 8

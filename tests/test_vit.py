@@ -243,6 +243,7 @@ def param_shapes_as_zeros(config):
     ('attention_impl', 'flash', "attention_impl must be one of (None, 'xla', 'cudnn'), got 'flash'"),
     ('norm_impl', 'triton', "norm_impl must be one of (None, 'pallas'), got 'triton'"),
     ('mlp_impl', 'cublaslt', "mlp_impl must be one of (None, 'pallas'), got 'cublaslt'"),
+    ('qkv_impl', 'cublas', "qkv_impl must be one of (None, 'pallas'), got 'cublas'"),
     ('remat_policy', 'everything', "remat_policy must be one of (None, 'nothing_saveable', 'dots_saveable', "
                                    "'dots_with_no_batch_dims_saveable'), got 'everything'"),
 ])
@@ -258,20 +259,21 @@ def test_attention_impl_xla_is_the_default_computation():
                                 ViT(**TINY, attention_impl='xla').apply(params, x))
 
 
-BOTH = dict(norm_impl='pallas', mlp_impl='pallas')
+ALL = dict(norm_impl='pallas', mlp_impl='pallas', qkv_impl='pallas')
 
 
 @pytest.mark.parametrize('fields,kernels', [
     (dict(drop_path=0.5, dropout=0.1), dict(norm_impl='pallas')),  # (random in training: XLA's MLP)
-    (dict(), dict(mlp_impl='pallas')),  # nothing random in training: mlp_impl's kernels run there too
-    pytest.param(dict(), BOTH, marks=pytest.mark.slow),  # each alone in the fast tier
-    pytest.param(dict(scan=True, drop_path=0.5, remat_policy='nothing_saveable', final_norm='pooled'), BOTH,
+    (dict(), dict(mlp_impl='pallas', qkv_impl='pallas')),  # nothing random in training: their kernels run there too
+    pytest.param(dict(), ALL, marks=pytest.mark.slow),  # norm_impl apart from the others in the fast tier
+    pytest.param(dict(scan=True, drop_path=0.5, remat_policy='nothing_saveable', final_norm='pooled'), ALL,
                  marks=pytest.mark.slow),  # the same blocks under scan and remat: the slow tier
 ])
 def test_pallas_kernels_make_the_same_model(fields, kernels):
   """norm_impl='pallas' (each residual add in residual_norm's kernel with the LayerNorm
-  after it, the last one in encoder_norm's, or before it when it norms the pooled vector)
-  and mlp_impl='pallas' (gelu_mlp's matmuls with the bias and GELU in them) make the same
+  after it, the last one in encoder_norm's, or before it when it norms the pooled vector),
+  mlp_impl='pallas' (gelu_mlp's matmuls with the bias and GELU in them) and qkv_impl='pallas'
+  (qkv_projection's, with the query's bias and the input's gradient sum) make the same
   params and, in training, the same loss and gradients, drop-path and dropout draws
   included; the blocks' sown outputs (with_block_outputs) are the same too."""
   x = jax.random.normal(jax.random.key(0), (4, *IMAGE_SHAPE))
@@ -292,20 +294,29 @@ def test_pallas_kernels_make_the_same_model(fields, kernels):
   np.testing.assert_allclose(fused.apply(half, x), plain.apply(half, x), atol=1e-2)
 
 
-def test_mlp_impl_runs_its_kernels_in_training_where_draws_are_per_example():
-  """With drop path in training, mlp_impl's kernels (a custom VJP a block) run where the
-  draws are per example in a batch (draws_per_example: the train step's batched loss), and
-  not bare, where a train step vmaps the model one example at a time."""
-  model = ViT(**TINY, drop_path=0.3, mlp_impl='pallas')
+def test_kernels_run_in_training_where_draws_are_per_example():
+  """With drop path in training, mlp_impl's and qkv_impl's kernels (a custom VJP each a
+  block) run where the draws are per example in a batch (draws_per_example: the train
+  step's batched loss), and not bare, where a train step vmaps the model one example at a
+  time. With dropout, qkv_impl's still run (no dropout inside the projections), mlp_impl's
+  not (XLA's MLP drops between its matmuls)."""
   x = jnp.zeros((4, *IMAGE_SHAPE))
+
+  def kernels(**fields):
+    model = ViT(**TINY, drop_path=0.3, mlp_impl='pallas', qkv_impl='pallas', **fields)
+    params = model.init(jax.random.key(0), x)
+    train = lambda p, x: model.apply(p, x, train=True, rngs={'dropout': jax.random.key(1)})
+
+    def batched(p, x):
+      with vit.draws_per_example(jnp.arange(4)):
+        return train(p, x)
+    return [len(jaxpr_eqns(jax.make_jaxpr(fn)(params, x).jaxpr, 'custom_vjp_call')) for fn in (batched, train)]
+
+  assert kernels() == [2 * TINY['depth'], 0]
+  assert kernels(dropout=0.1) == [TINY['depth'], 0]
+  model = ViT(**TINY, drop_path=0.3, mlp_impl='pallas')
   params = model.init(jax.random.key(0), x)
   train = lambda p, x: model.apply(p, x, train=True, rngs={'dropout': jax.random.key(1)})
-
-  def batched(p, x):
-    with vit.draws_per_example(jnp.arange(4)):
-      return train(p, x)
-  kernels = lambda fn: len(jaxpr_eqns(jax.make_jaxpr(fn)(params, x).jaxpr, 'custom_vjp_call'))
-  assert (kernels(batched), kernels(train)) == (TINY['depth'], 0)
   with pytest.raises(ValueError, match=r'ids must be shaped \(batch,\) = \(4,\), got \(3,\)'):
     with vit.draws_per_example(jnp.arange(3)):
       train(params, x)
@@ -356,7 +367,7 @@ def test_pallas_kernels_in_bfloat16_are_as_accurate_as_xla_ops():
   want = grads(ViT(**TINY))
   error = lambda got: max(jax.tree.leaves(jax.tree.map(
       lambda g, w: float(jnp.linalg.norm(g - w) / jnp.linalg.norm(w)), got, want)))
-  xla, ours = error(grads(ViT(**TINY, dtype='bfloat16'))), error(grads(ViT(**TINY, dtype='bfloat16', **BOTH)))
+  xla, ours = error(grads(ViT(**TINY, dtype='bfloat16'))), error(grads(ViT(**TINY, dtype='bfloat16', **ALL)))
   assert xla < 0.03 and ours < 1.5 * xla, (ours, xla)
 
 

@@ -3,7 +3,7 @@
 A kernel here is written for one device's whole batch. `by_example` makes it run on
 each device's own examples when the batch is split over devices, and once on the
 merged batch under vmap; `on_platform` runs it on CUDA and its jnp reference
-elsewhere. residual_norm and gelu_mlp use both.
+elsewhere. residual_norm, gelu_mlp and qkv_projection use both.
 """
 
 from __future__ import annotations

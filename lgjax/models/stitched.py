@@ -33,7 +33,7 @@ class BlockRange(nn.Module):
     for i in range(self.start, self.stop):
       x = block(num_heads=c['num_heads'], mlp_dim=mlp_dim, gelu_approximate=c.get('gelu_approximate', True),
                 layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6), attention_impl=c.get('attention_impl'),
-                norm_impl=c.get('norm_impl'), mlp_impl=c.get('mlp_impl'),
+                norm_impl=c.get('norm_impl'), mlp_impl=c.get('mlp_impl'), qkv_impl=c.get('qkv_impl'),
                 dtype=jnp.dtype(c.get('dtype', 'float32')), name=blocks.block_name(i))(x, 0.0, True)
     return added(x)  # norm_impl's blocks leave their last add to the next LayerNorm
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from lgjax.models import blocks, gelu_mlp, inits, residual_norm
+from lgjax.models import blocks, gelu_mlp, inits, qkv_projection, residual_norm
 
 POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
@@ -47,6 +47,7 @@ FINAL_NORMS = ('tokens', 'pooled')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')  # jax.nn.dot_product_attention's `implementation`
 NORM_IMPLS = (None, 'pallas')  # how residual adds and the LayerNorms after them run (residual_norm)
 MLP_IMPLS = (None, 'pallas')  # how the MLP's bias and GELU run: XLA's kernels or the matmuls' (gelu_mlp)
+QKV_IMPLS = (None, 'pallas')  # how the query's bias and dx's sum run: XLA's kernels or the matmuls' (qkv_projection)
 # What each block keeps for the backward pass (names in jax.checkpoint_policies); None: all.
 REMAT_POLICIES = (None, 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
@@ -158,7 +159,7 @@ def check_config(config: dict[str, Any]) -> None:
       raise ValueError(f'{k} must be in [0, 1), got {get(k)!r}.')
   inits.get(get('param_init'))
   check_choice(('attention_impl', ATTENTION_IMPLS), ('norm_impl', NORM_IMPLS), ('mlp_impl', MLP_IMPLS),
-               ('remat_policy', REMAT_POLICIES))
+               ('qkv_impl', QKV_IMPLS), ('remat_policy', REMAT_POLICIES))
   for k in ('num_classes', 'mlp_dim'):
     if get(k) is not None and (isinstance(get(k), bool) or not isinstance(get(k), (int, np.integer))):
       raise ValueError(f'{k} must be an integer or None, got {get(k)!r}.')
@@ -194,13 +195,16 @@ class MultiHeadDotProductAttention(nn.Module):
   gradient, as it has in exact arithmetic anyway. DenseGeneral makes the params
   (its init and names); the call applies them. With `out_bias=False` the call
   returns (output less that bias, the bias) for a caller that adds it in its own
-  kernel (residual_norm).
+  kernel (residual_norm). With `qkv_impl` 'pallas' the projections run as
+  qkv_projection.project (the query's bias in its matmul, the input's three gradients
+  summed in one): the same params and numbers.
   """
   num_heads: int
   param_init: str = inits.DEFAULT
   attention_impl: str | None = None
   dtype: Any = jnp.float32
   out_bias: bool = True
+  qkv_impl: str | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -215,9 +219,13 @@ class MultiHeadDotProductAttention(nn.Module):
       dense('out', width, (-2, -1))(jnp.zeros(x.shape[:-1] + heads, x.dtype))
     p = self.variables['params']
     cast = lambda a: jnp.asarray(a, self.dtype)
-    project = lambda name: jnp.einsum('...d,dhk->...hk', cast(x), cast(p[name]['kernel']))
-    y = jax.nn.dot_product_attention(project('query') + cast(p['query']['bias']), project('key'),
-                                     project('value'), implementation=self.attention_impl)
+    if self.qkv_impl is None:
+      project = lambda name: jnp.einsum('...d,dhk->...hk', cast(x), cast(p[name]['kernel']))
+      q, k, v = project('query') + cast(p['query']['bias']), project('key'), project('value')
+    else:
+      q, k, v = qkv_projection.project(cast(x), p['query']['kernel'], p['query']['bias'], p['key']['kernel'],
+                                       p['value']['kernel'])
+    y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     bias = p['out']['bias'] + jnp.einsum('hk,hkd->d', p['value']['bias'], p['out']['kernel'])
     y = jnp.einsum('...hk,hkd->...d', y, cast(p['out']['kernel']))
     return y + cast(bias) if self.out_bias else (y, bias)
@@ -344,6 +352,7 @@ class Encoder1DBlock(nn.Module):
   attention_impl: str | None = None
   norm_impl: str | None = None
   mlp_impl: str | None = None
+  qkv_impl: str | None = None
   dtype: Any = jnp.float32
   # Under nn.scan, autodiff keeps what the scanned body's backward reads as stacked arrays,
   # XLA's fusions aside: each LayerNorm's float32 input, centred input and square, 1.7x an
@@ -358,7 +367,7 @@ class Encoder1DBlock(nn.Module):
       return self._fused(x, drop_path_rate, deterministic, no_drop_path)
     norm = nn.remat(nn.LayerNorm, policy=jax.checkpoint_policies.nothing_saveable) if self.remat_norms else nn.LayerNorm
     y = norm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='LayerNorm_0')(x)
-    y = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl, dtype=self.dtype)(y)
+    y = self._attention(y, deterministic)
     self.sow('intermediates', 'attn', y)
     y = Dropout(rate=self.dropout)(y, deterministic)
     x = x + _drop_path(self, y, drop_path_rate, no_drop_path)
@@ -385,8 +394,7 @@ class Encoder1DBlock(nn.Module):
 
     x = x if isinstance(x, Residual) else Residual.of(x, not no_drop_path)
     x, y = norm('LayerNorm_0', x)
-    h, b = MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl,
-                                        dtype=self.dtype, out_bias=False)(y)
+    h, b = self._attention(y, deterministic, out_bias=False)
     self.sow('intermediates', 'attn', h + b.astype(h.dtype))
     x, y = norm('LayerNorm_1', branch(x, h, b))
     h, b = self._mlp(y, deterministic, out_bias=False)
@@ -394,14 +402,25 @@ class Encoder1DBlock(nn.Module):
     self.sow('intermediates', 'out', added(x))
     return x
 
-  def _mlp(self, y, deterministic: bool, out_bias: bool = True):
-    """MlpBlock_0, as PallasMlpBlock with mlp_impl where the block draws no randomness or
+  def _batched(self, deterministic: bool, dropout_inside: bool) -> bool:
+    """Whether a kernel with a custom VJP may run: where the block draws no randomness or
     draws it per example in a batch (draws_per_example, the train step's batched loss).
     Otherwise a train step vmaps a per-example loss (step.py), and under vmap a custom
-    VJP's weight gradients are made per example, then summed: (batch, width, mlp_dim) twice
-    a block. XLA's MLP runs there, and with dropout inside the MLP."""
+    VJP's weight gradients are made per example, then summed: (batch, width, mlp_dim)
+    twice a block for the MLP. Nor where the kernel would skip a dropout inside it."""
     random = not deterministic and (self.dropout or self.use_drop_path)
-    fused = self.mlp_impl is not None and not (random and (self.dropout or _EXAMPLE_IDS.get() is None))
+    return not (random and ((self.dropout and dropout_inside) or _EXAMPLE_IDS.get() is None))
+
+  def _attention(self, y, deterministic: bool, out_bias: bool = True):
+    """MultiHeadDotProductAttention_0, its projections by qkv_impl where _batched."""
+    qkv_impl = self.qkv_impl if self._batched(deterministic, dropout_inside=False) else None
+    return MultiHeadDotProductAttention(self.num_heads, self.param_init, self.attention_impl, dtype=self.dtype,
+                                        out_bias=out_bias, qkv_impl=qkv_impl)(y)
+
+  def _mlp(self, y, deterministic: bool, out_bias: bool = True):
+    """MlpBlock_0, as PallasMlpBlock with mlp_impl where _batched (XLA's MLP runs the
+    dropout between its Dense layers)."""
+    fused = self.mlp_impl is not None and self._batched(deterministic, dropout_inside=True)
     return (PallasMlpBlock if fused else MlpBlock)(
         self.mlp_dim, self.dropout, self.gelu_approximate, self.param_init, self.dtype, out_bias=out_bias,
         name='MlpBlock_0')(y, deterministic)
@@ -430,6 +449,7 @@ class Encoder(nn.Module):
   attention_impl: str | None = None
   norm_impl: str | None = None
   mlp_impl: str | None = None
+  qkv_impl: str | None = None
   remat_policy: str | None = None
   dtype: Any = jnp.float32
 
@@ -441,7 +461,7 @@ class Encoder(nn.Module):
               use_drop_path=self.drop_path > 0, gelu_approximate=self.gelu_approximate,
               layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
               attention_impl=self.attention_impl, norm_impl=self.norm_impl, mlp_impl=self.mlp_impl,
-              dtype=self.dtype)
+              qkv_impl=self.qkv_impl, dtype=self.dtype)
     if self.norm_impl is not None:  # the blocks pass a Residual on: one type in and out of the scan body
       x = Residual.of(x, self.drop_path > 0 and not deterministic)
     if self.scan:
@@ -527,7 +547,11 @@ class ViT(nn.Module):
   In training with dropout, or with drop path unless its draws are per
   example in the batch (`draws_per_example`, as the train step's loss runs
   it), the blocks run XLA's MLP: vmapped one example at a time, the
-  kernels' weight gradients would be per example. Under a remat_policy other
+  kernels' weight gradients would be per example. `qkv_impl` 'pallas' adds
+  the query's bias in its matmul's epilogue and sums the attention input's
+  three gradients in one matmul (`lgjax.models.qkv_projection`; jnp
+  elsewhere), where XLA makes each a kernel of its own; like mlp_impl, not in
+  a vmapped per-example loss. Under a remat_policy other
   than None the kernels' outputs count as not dots: they are recomputed.
   `remat_policy` (None: keep every activation for the backward pass) names a
   jax.checkpoint_policies policy each block is rematerialized under:
@@ -557,6 +581,7 @@ class ViT(nn.Module):
   attention_impl: str | None = None
   norm_impl: str | None = None
   mlp_impl: str | None = None
+  qkv_impl: str | None = None
   remat_policy: str | None = None
   dtype: Any = 'float32'
 
@@ -576,7 +601,7 @@ class ViT(nn.Module):
                 final_norm=self.final_norm, gelu_approximate=self.gelu_approximate,
                 layer_norm_epsilon=self.layer_norm_epsilon, param_init=self.param_init,
                 attention_impl=self.attention_impl, norm_impl=self.norm_impl,
-                mlp_impl=self.mlp_impl, remat_policy=self.remat_policy, dtype=dtype,
+                mlp_impl=self.mlp_impl, qkv_impl=self.qkv_impl, remat_policy=self.remat_policy, dtype=dtype,
                 name='Transformer')(x, not train)
     if self.num_classes:
       head_init = nn.initializers.zeros if self.head_zeroinit else inits.get(self.param_init).head_kernel

@@ -47,7 +47,7 @@ e.g. to pick one stitched spec per step). A loss may carry
 logits)` for a whole batch, drawing example i's randomness from its index alone (so
 that, like the vmapped loss, it does not depend on how the batch is split); the step
 then uses it: XLA compiles the plain batched model to fewer layout copies than the
-vmapped batch of one, and custom VJPs (gelu_mlp's) are not batched per example."""
+vmapped batch of one, and custom VJPs (gelu_mlp's, qkv_projection's) are not batched per example."""
 
 
 def classification_loss(model, loss_config: Any, teacher=None) -> ExampleLoss:
