@@ -61,6 +61,19 @@ def jaxpr_eqns(jaxpr, name):
   return found
 
 
+def pallas_accesses(fn, *args) -> dict[str, int]:
+  """How the one pallas_call of fn(*args) reads and writes its blocks: plain loads (get),
+  stores (swap), and masked ones, counted in its kernel's jaxpr."""
+  (call,) = jaxpr_eqns(jax.make_jaxpr(fn)(*args).jaxpr, 'pallas_call')
+  return {name: len(jaxpr_eqns(call.params['jaxpr'], name)) for name in ('get', 'swap', 'masked_load', 'masked_swap')}
+
+
+def block_accesses(reads: int, writes: int, masked: bool) -> dict[str, int]:
+  """pallas_accesses of a kernel that reads `reads` blocks and writes `writes`, all masked or none."""
+  return dict(get=0 if masked else reads, swap=0 if masked else writes,
+              masked_load=reads if masked else 0, masked_swap=writes if masked else 0)
+
+
 def losses(workdir):
   """The training loss of every logged step of the run in `workdir`, in step order."""
   from lgjax.train import reporting

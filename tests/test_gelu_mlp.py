@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import jaxpr_eqns
+from conftest import block_accesses, jaxpr_eqns, pallas_accesses
 from lgjax.models import gelu_mlp
 
 
@@ -91,21 +91,14 @@ def test_blocks_past_the_arrays_end_are_masked():
   interpreter above does): unmasked, the kernels would read and write past the end on a GPU.
   Every load and store of the kernels' blocks is masked where 120 rows and 96 columns leave
   blocks of 128 overhanging, and none where 256 x 128 tile exactly."""
-  def accesses(fn, *args):
-    (call,) = jaxpr_eqns(jax.make_jaxpr(fn)(*args).jaxpr, 'pallas_call')
-    return {name: len(jaxpr_eqns(call.params['jaxpr'], name)) for name in ('get', 'swap', 'masked_load', 'masked_swap')}
-
   for tokens, hidden, masked in ((40, 96, True), (64, 128, False)):
     x, w1, b1, w2 = _inputs(jnp.float32, batch=3 if masked else 4, tokens=tokens, hidden=hidden)
     h, _ = gelu_mlp.reference_forward(x, w1, b1, approximate=True)
-    forward = accesses(lambda *a: gelu_mlp.kernel_forward(*a, approximate=True), x, w1, b1)
-    backward = accesses(lambda *a: gelu_mlp.kernel_backward(*a, approximate=True), x[..., :32], w2, h)
-    if masked:  # x, w1, b1 read and h, g written; dz, w2, h read and dh, the sums written
-      assert forward == dict(get=0, swap=0, masked_load=3, masked_swap=2)
-      assert backward == dict(get=0, swap=0, masked_load=3, masked_swap=2)
-    else:
-      assert forward == dict(get=3, swap=2, masked_load=0, masked_swap=0)
-      assert backward == dict(get=3, swap=2, masked_load=0, masked_swap=0)
+    # x, w1, b1 read and h, g written; dz, w2, h read and dh, the sums written
+    assert pallas_accesses(lambda *a: gelu_mlp.kernel_forward(*a, approximate=True), x, w1, b1) == block_accesses(
+        3, 2, masked)
+    assert pallas_accesses(lambda *a: gelu_mlp.kernel_backward(*a, approximate=True), x[..., :32], w2, h) == (
+        block_accesses(3, 2, masked))
 
 
 def test_row_blocks_within_examples_sum_per_example():

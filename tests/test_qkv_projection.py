@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import jaxpr_eqns
+from conftest import block_accesses, jaxpr_eqns, pallas_accesses
 from lgjax.models import qkv_projection
 from lgjax.models.pallas_gemm import Tiles, TILES
 
@@ -67,21 +67,12 @@ def test_blocks_past_the_arrays_end_are_masked():
   interpreter above does): every load and store is masked where 120 rows and 48 columns
   leave blocks of 128 and 64 overhanging, and none where 256 rows and 64 columns tile
   exactly."""
-  def accesses(fn, *args):
-    (call,) = jaxpr_eqns(jax.make_jaxpr(fn)(*args).jaxpr, 'pallas_call')
-    return {name: len(jaxpr_eqns(call.params['jaxpr'], name)) for name in ('get', 'swap', 'masked_load', 'masked_swap')}
-
   for batch, tokens, width, masked in ((3, 40, 48, True), (4, 64, 64, False)):
     x, wq, bq, _, _ = _inputs(batch=batch, tokens=tokens, width=width, head_dim=width // 2)
     wq, bq = wq.reshape(width, width), bq.reshape(width)
-    forward = accesses(qkv_projection.kernel_forward, x, wq, bq)
-    backward = accesses(qkv_projection.kernel_backward, x, x, x, wq, wq, wq)
-    if masked:  # x, wq, bq read and q written; dq, dk, dv and the weights read, dx written
-      assert forward == dict(get=0, swap=0, masked_load=3, masked_swap=1)
-      assert backward == dict(get=0, swap=0, masked_load=6, masked_swap=1)
-    else:
-      assert forward == dict(get=3, swap=1, masked_load=0, masked_swap=0)
-      assert backward == dict(get=6, swap=1, masked_load=0, masked_swap=0)
+    # x, wq, bq read and q written; dq, dk, dv and the three weights read, dx written
+    assert pallas_accesses(qkv_projection.kernel_forward, x, wq, bq) == block_accesses(3, 1, masked)
+    assert pallas_accesses(qkv_projection.kernel_backward, x, x, x, wq, wq, wq) == block_accesses(6, 1, masked)
 
 
 def test_a_batch_split_over_devices_stays_split_and_vmap_joins_the_batch():
