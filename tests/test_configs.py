@@ -116,14 +116,14 @@ def test_sequence_fields_are_settable_from_the_command_line():
 
 @pytest.mark.parametrize('recipe', [*RECIPES, 'pool_distill', 'stitched', 'wave_aux', 'wave_scalers'])
 def test_every_recipe_takes_the_vits_runtime_fields_from_the_command_line(recipe):
-  """attention_impl (cuDNN's fused attention on GPUs), norm_impl, mlp_impl and remat_policy
+  """attention_impl (cuDNN's fused attention on GPUs), norm_impl, mlp_impl, qkv_impl and remat_policy
   are unset (None) in the presets, and settable: a field a preset leaves out cannot be set
   with --config.model.X."""
   from lgjax.models import ViTConfig
-  fields = ('attention_impl', 'norm_impl', 'mlp_impl', 'remat_policy')
+  fields = ('attention_impl', 'norm_impl', 'mlp_impl', 'qkv_impl', 'remat_policy')
   defaults = parse(recipe).model
-  assert [defaults[f] for f in fields] == [None] * 4
-  values = ('cudnn', 'pallas', 'pallas', 'dots_saveable')
+  assert [defaults[f] for f in fields] == [None] * 5
+  values = ('cudnn', 'pallas', 'pallas', 'pallas', 'dots_saveable')
   model = parse(recipe, *(f'--config.model.{f}={v}' for f, v in zip(fields, values))).model
   config = ViTConfig.of({**model.to_dict(), 'num_classes': 5})
   assert tuple(getattr(config, f) for f in fields) == values

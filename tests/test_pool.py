@@ -211,10 +211,11 @@ def test_cross_specs_keep_their_instances_accuracy_at_step_0(tmp_path):
 
 
 def test_stitched_blocks_take_the_vits_runtime_fields():
-  """A stitched model's blocks honour remat_policy, norm_impl, mlp_impl and attention_impl
-  as a ViT's do: remat puts each block under jax.checkpoint and keeps the numbers, so do
-  norm_impl (each block range adds its last branch before the stitch layer or the norm) and
-  mlp_impl; 'cudnn' reaches the attention (which has no cuDNN on a CPU)."""
+  """A stitched model's blocks honour remat_policy, norm_impl, mlp_impl, qkv_impl and
+  attention_impl as a ViT's do: remat puts each block under jax.checkpoint and keeps the
+  numbers, so do norm_impl (each block range adds its last branch before the stitch layer or
+  the norm), mlp_impl and qkv_impl; 'cudnn' reaches the attention (which has no cuDNN on a
+  CPU)."""
   from lgjax.models.stitched import StitchedViT
   x = jax.random.normal(jax.random.key(0), (4, *IMAGE_SHAPE))
   model = lambda **fields: StitchedViT({**CONFIGS[0], **fields}, {**CONFIGS[1], **fields}, j=1, k=1)
@@ -225,7 +226,7 @@ def test_stitched_blocks_take_the_vits_runtime_fields():
                jax.jit(jax.value_and_grad(forward(remat)))(params),
                jax.jit(jax.value_and_grad(forward(model())))(params))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               jax.jit(jax.value_and_grad(forward(model(norm_impl='pallas', mlp_impl='pallas'))))(params),
+               jax.jit(jax.value_and_grad(forward(model(norm_impl='pallas', mlp_impl='pallas', qkv_impl='pallas'))))(params),
                jax.jit(jax.value_and_grad(forward(model())))(params))
   remat_name = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # e.g. 'remat2'
   checkpoints = lambda m: str(jax.make_jaxpr(forward(m))(params)).count(f'{remat_name}[')

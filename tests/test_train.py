@@ -242,11 +242,11 @@ def losses_of(workdir, **overrides):
 
 @pytest.mark.slow  # four runs each: the slow tier
 @pytest.mark.parametrize('kernels,dropout', [
-    ({'model.norm_impl': 'pallas'}, 0.1),
-    ({'model.norm_impl': 'pallas', 'model.mlp_impl': 'pallas'}, 0.0),  # (dropout inside the MLP: XLA's)
+    ({'model.norm_impl': 'pallas', 'model.qkv_impl': 'pallas'}, 0.1),  # (dropout inside the MLP: XLA's MLP)
+    ({'model.norm_impl': 'pallas', 'model.mlp_impl': 'pallas', 'model.qkv_impl': 'pallas'}, 0.0),
 ])
 def test_pallas_kernels_train_as_xla_ops_do(tmp_path, kernels, dropout):
-  """model.norm_impl and mlp_impl='pallas' (the jnp formulas on CPU, split per example over
+  """model.norm_impl, mlp_impl and qkv_impl='pallas' (the jnp formulas on CPU, split per example over
   the 8 devices by custom_partitioning) give XLA's ops' losses with data parallelism, FSDP
   over all 8 devices (its params gathered) and pmap, drop path and dropout included."""
   overrides = {'model.drop_path': 0.2, 'model.dropout': dropout, 'total_steps': 4}

@@ -11,9 +11,9 @@ the extra passes. The Pallas kernels here are those GEMMs:
   backward  (dz, w2, h) -> dh = (dz @ w2.T) * gelu'(h)   with dh's column sums for b1
 
 2 tensors each way; the other matmuls (z, and the gradients of w2, w1 and x) stay XLA's.
-The GEMMs are pallas_gemm's (tiles reasoned, not yet timed). On other platforms, or widths the tiles do not fit (not a multiple of 16), the same
-formulas run as jnp; a batch split over devices runs on each device's examples
-(batched_kernels).
+The GEMMs are pallas_gemm's (tiles reasoned, not yet timed). On other platforms, or
+widths the tiles do not fit (not a multiple of 16), the same formulas run as jnp; a
+batch split over devices runs on each device's examples (batched_kernels).
 """
 
 from __future__ import annotations
