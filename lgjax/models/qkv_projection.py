@@ -6,8 +6,8 @@ matmul's epilogue and the three input gradients summed inside one matmul.
 
 XLA's query GEMM writes x @ wq, then a kernel of its own adds bq: one (tokens, width)
 tensor read and written again. Backward, XLA's three GEMMs each write their share of
-dx, and a kernel adds the three: four more tensors of traffic. The Pallas kernels
-(pallas_gemm's GEMMs) are:
+dx, and a kernel reads the three and writes their sum: six (tokens, width) tensors
+more than one GEMM that sums all three. The Pallas kernels (pallas_gemm's GEMMs) are:
 
   forward   (x, wq, bq) -> q                    the bias added to the float32 sums
   backward  (dq, dk, dv, wq, wk, wv) -> dx = dq wq.T + dk wk.T + dv wv.T
@@ -16,9 +16,9 @@ dx, and a kernel adds the three: four more tensors of traffic. The Pallas kernel
 The key's and value's projections, the weights' gradients and bq's (dq's column sums)
 stay XLA's. (Summing dq in the backward kernel too, as gelu_mlp's does dh, would save
 reading it once more, but takes ptxas from 120 registers to 166: one program an SM, not
-two.) On other
-platforms, or widths the tiles do not fit (not multiples of 16), the same formulas run
-as jnp; a batch split over devices runs on each device's examples (batched_kernels).
+two.) On other platforms, or widths the tiles do not fit (not multiples of 16), the
+same formulas run as jnp; a batch split over devices runs on each device's examples
+(batched_kernels).
 """
 
 from __future__ import annotations
