@@ -12,7 +12,8 @@
 #      images as decoded pixel records, lgjax.data.pixels).
 # Writes gpu_tests.log, gpu_throughput.md, gpu_train.log, gpu_sharding.md and gpu_input.md to $OUT
 # (default benchmarks/results).
-# On a machine without a registry, carry lgjax's light dependencies as wheels in .whl/.
+# On a machine without a registry, carry lgjax's light dependencies as wheels in .whl/: make them
+# with `bash benchmarks/gpu_wheels.sh` where the registry is, and carry .whl with the tree.
 source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_device.txt"
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/gpu_device.txt"

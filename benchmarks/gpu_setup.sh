@@ -1,6 +1,6 @@
 # Sourced by the gpu_*.sh scripts: cd to the repository, $OUT and $PY set, JAX with CUDA
 # (the installed one if it sees a GPU, else the CUDA build from the registry), lgjax importable
-# (from wheels in .whl/ where the machine has no registry).
+# (from wheels in .whl/ where the machine has no registry: benchmarks/gpu_wheels.sh makes them).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-benchmarks/results}
