@@ -241,15 +241,17 @@ def losses_of(workdir, **overrides):
 
 
 @pytest.mark.slow  # four runs each: the slow tier
-@pytest.mark.parametrize('kernels,dropout', [
-    ({'model.norm_impl': 'pallas', 'model.qkv_impl': 'pallas'}, 0.1),  # (dropout inside the MLP: XLA's MLP)
-    ({'model.norm_impl': 'pallas', 'model.mlp_impl': 'pallas', 'model.qkv_impl': 'pallas'}, 0.0),
+@pytest.mark.parametrize('kernels,fields', [
+    ({'model.norm_impl': 'pallas', 'model.qkv_impl': 'pallas'}, {'model.dropout': 0.1}),  # (dropout inside
+    ({'model.norm_impl': 'pallas', 'model.mlp_impl': 'pallas', 'model.qkv_impl': 'pallas'}, {}),  # the MLP: XLA's)
+    ({'model.norm_impl': 'pallas', 'model.mlp_impl': 'pallas', 'model.qkv_impl': 'pallas'}, {'model.scan': True}),
 ])
-def test_pallas_kernels_train_as_xla_ops_do(tmp_path, kernels, dropout):
+def test_pallas_kernels_train_as_xla_ops_do(tmp_path, kernels, fields):
   """model.norm_impl, mlp_impl and qkv_impl='pallas' (the jnp formulas on CPU, split per example over
-  the 8 devices by custom_partitioning) give XLA's ops' losses with data parallelism, FSDP
-  over all 8 devices (its params gathered) and pmap, drop path and dropout included."""
-  overrides = {'model.drop_path': 0.2, 'model.dropout': dropout, 'total_steps': 4}
+  the 8 devices by custom_partitioning, inside the scan body when scanned) give XLA's ops' losses with
+  data parallelism, FSDP over all 8 devices (its params gathered) and pmap, drop path and dropout
+  included."""
+  overrides = {'model.drop_path': 0.2, 'total_steps': 4, **fields}
   want = losses_of(tmp_path / 'xla', **overrides)
   for name, more in [('jit', {}), ('fsdp', {'sharding.fsdp': 8, 'sharding.min_size': 0}),
                      ('pmap', {'parallelism': 'pmap'})]:
