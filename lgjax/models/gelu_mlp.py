@@ -78,7 +78,7 @@ def _forward_kernel(x_ref, w_ref, b_ref, h_ref, g_ref, *, block_k: int, approxim
 
 
 def _backward_kernel(dz_ref, w_ref, h_ref, dh_ref, sums_ref, *, block_k: int, approximate: bool, shape):
-  rows, cols = in_bounds(1, dh_ref.shape[0], shape[0]), in_bounds(0, dh_ref.shape[1], shape[1])
+  rows, cols = in_bounds(dh_ref.shape, shape)
   dg = pallas_gemm.matmul(dz_ref, w_ref, block_k, jnp.zeros(dh_ref.shape, jnp.float32), rows, cols, trans_b=True)
   dh = dg * gelu_grad(load(h_ref, rows, cols).astype(jnp.float32), approximate)
   store(dh_ref, dh, rows, cols)
@@ -136,7 +136,7 @@ def _mlp(x, w1, b1, w2, approximate, tiles):
 
 def _fits(tiles, w1, w2) -> bool:
   """Both kernels' matmuls fit the tiles: over x's width forward, over z's backward."""
-  return fit(tiles, *w1.shape) is not None and fit(tiles, w2.shape[1], w2.shape[0]) is not None
+  return pallas_gemm.fits(tiles, w1.shape, w2.shape[::-1])
 
 
 def _mlp_fwd(x, w1, b1, w2, approximate, tiles):

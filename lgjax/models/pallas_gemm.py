@@ -46,6 +46,12 @@ def fit(tiles: Tiles, depth: int, columns: int) -> Tiles | None:
   return tiles._replace(block_n=min(tiles.block_n, max(16, pl.next_power_of_2(columns))), block_k=block_k)
 
 
+def fits(tiles: Tiles, *depths_and_columns: tuple[int, int]) -> bool:
+  """Whether `tiles` fit every (depth, columns) matmul of a kernel pair (forward and
+  backward): where one does not, both run as jnp."""
+  return all(fit(tiles, depth, columns) is not None for depth, columns in depths_and_columns)
+
+
 def slots(tokens: int, block_m: int) -> int:
   """Row blocks that can start within one example: a kernel's column sums are kept per
   example (batch, slots, columns)."""
@@ -72,10 +78,17 @@ def example_sums(sums, batch: int, tokens: int, block_m: int):
   return jnp.where(starts_inside[..., None], sums[jnp.minimum(index, row_blocks - 1)], 0.0)
 
 
-def in_bounds(axis: int, block: int, size: int):
+def _in_bounds(axis: int, block: int, size: int):
   """Which of this program's `block` indices along grid axis `axis` fall inside `size`, or
   None where the blocks tile it exactly."""
   return None if size % block == 0 else pl.program_id(axis) * block + jnp.arange(block) < size
+
+
+def in_bounds(block_shape, shape):
+  """(rows, cols): which of this program's `block_shape` output block's rows and columns
+  fall inside the (rows, columns) `shape`, each None where the blocks tile it exactly
+  (call's grid: columns on axis 0, rows on axis 1)."""
+  return _in_bounds(1, block_shape[0], shape[0]), _in_bounds(0, block_shape[1], shape[1])
 
 
 def _mask(rows, cols, shape):
@@ -124,7 +137,7 @@ def call(kernel, operands, out_shape, in_blocks, out_blocks, grid, tiles, name, 
 def biased_matmul(x_ref, w_ref, b_ref, block_k: int, block_shape, shape):
   """(x @ w + b in float32, its rows' and columns' in-bounds vectors) for this program's
   `block_shape` block of a (rows, columns) = `shape` product (biased_call's grid)."""
-  rows, cols = in_bounds(1, block_shape[0], shape[0]), in_bounds(0, block_shape[1], shape[1])
+  rows, cols = in_bounds(block_shape, shape)
   h = matmul(x_ref, w_ref, block_k, jnp.zeros(block_shape, jnp.float32), rows, cols)
   return h + load(b_ref, cols=cols).astype(jnp.float32)[None, :], rows, cols
 

@@ -54,7 +54,7 @@ def _forward_kernel(x_ref, w_ref, b_ref, q_ref, *, block_k: int, shape):
 
 
 def _backward_kernel(dq_ref, dk_ref, dv_ref, wq_ref, wk_ref, wv_ref, dx_ref, *, block_k: int, shape):
-  rows, cols = in_bounds(1, dx_ref.shape[0], shape[0]), in_bounds(0, dx_ref.shape[1], shape[1])
+  rows, cols = in_bounds(dx_ref.shape, shape)
   dx = jnp.zeros(dx_ref.shape, jnp.float32)
   for d_ref, w_ref in ((dq_ref, wq_ref), (dk_ref, wk_ref), (dv_ref, wv_ref)):
     dx = pallas_gemm.matmul(d_ref, w_ref, block_k, dx, rows, cols, trans_b=True)
@@ -100,7 +100,7 @@ def _backward(tiles: Tiles, fits: bool):
 
 def _fits(tiles, wq) -> bool:
   """Both kernels' matmuls fit the tiles: over x's width forward, over q's backward."""
-  return fit(tiles, *wq.shape) is not None and fit(tiles, wq.shape[1], wq.shape[0]) is not None
+  return pallas_gemm.fits(tiles, wq.shape, wq.shape[::-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
