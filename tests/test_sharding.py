@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import IMAGE_SHAPE, losses, params_close, preempted_at, restore_export, run_config
+from conftest import IMAGE_SHAPE, losses, params_close, preempted_at, restore_export, run_config, xla_flags
 from lgjax.models import ViT
 from lgjax.train import checkpoints, loop, optim, parallel, train_and_evaluate
 from lgjax.train import step as step_lib
@@ -160,7 +160,7 @@ def test_resume_on_another_device_count(tmp_path, monkeypatch):
             'from lgjax.train import train_and_evaluate; import jax; '
             f'train_and_evaluate(run_config("teacher", **{common!r}), {str(tmp_path / "moved")!r}); '
             'print(json.dumps(jax.device_count()))')
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0'}
+  env = {**os.environ, 'XLA_FLAGS': xla_flags(2)}
   result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

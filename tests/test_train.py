@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import (IMAGE_SHAPE, ROOT, TINY, losses, params_close, preempted_at, restore_export, run_config,
-                      run_expand)
+                      run_expand, xla_flags)
 from configs import teacher as teacher_config
 from lgjax import checkpoint, data
 from lgjax import tree as tree_lib
@@ -212,7 +212,7 @@ def _one_device_losses(tmp_path, overrides):
             'from lgjax.train import train_and_evaluate; from test_train import losses; '
             f'train_and_evaluate(run_config("teacher", **{overrides!r}), {str(tmp_path / "one")!r}); '
             f'print(json.dumps(losses({str(tmp_path / "one")!r}).tolist()))')
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0'}
+  env = {**os.environ, 'XLA_FLAGS': xla_flags(1)}
   result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -476,7 +476,7 @@ def test_two_processes_match_one(tmp_path, sharding):
           '--config.batch_size=16', '--config.model.depth=1', '--config.model.drop_path=0.1',
           '--config.checkpoint_every=2', '--config.profile_steps=1', *sharding]
   port = 20000 + os.getpid() % 20000
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0'}
+  env = {**os.environ, 'XLA_FLAGS': xla_flags(2)}
   procs = [subprocess.Popen([sys.executable, *args, f'--workdir={tmp_path / "two"}',
                              f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -485,7 +485,7 @@ def test_two_processes_match_one(tmp_path, sharding):
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   single = subprocess.run([sys.executable, *args, f'--workdir={tmp_path / "one"}'], cwd=ROOT, env={
-      **os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0'},
+      **os.environ, 'XLA_FLAGS': xla_flags(4)},
                           capture_output=True, text=True, timeout=400)
   assert single.returncode == 0, single.stderr[-3000:]
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
