@@ -101,9 +101,10 @@ def steps_to_reach(curve: dict[int, float], target: float) -> int | None:
 
 
 def random_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) -> dict:
-  """A train batch of standard-normal images and uniform labels."""
+  """A train batch as the loaders make it for train.py: uniform uint8 pixels (the step scales
+  them on the device, data.to_float), uniform labels, example indices."""
   rng = np.random.default_rng(seed)
-  return {'image': jnp.asarray(rng.standard_normal((batch_size, *image_shape)), jnp.float32),
+  return {'image': jnp.asarray(rng.integers(0, 256, (batch_size, *image_shape), np.uint8)),
           'label': jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
           'index': jnp.arange(batch_size, dtype=jnp.int32)}
 

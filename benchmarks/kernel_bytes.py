@@ -128,8 +128,8 @@ def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int)
   state = jax.eval_shape(lambda p: step.init_state(p, optimizer, jax.random.key(1)), param_shapes(model_cfg, image_shape))
   state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=backend.replicated), state)
   rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=backend.sharded)
-  batch = {'image': rows((batch_size, *image_shape), jnp.float32), 'label': rows((batch_size,), jnp.int32),
-           'index': rows((batch_size,), jnp.int32)}
+  batch = {'image': rows((batch_size, *image_shape), jnp.uint8),  # pixels, as common.random_batch
+           'label': rows((batch_size,), jnp.int32), 'index': rows((batch_size,), jnp.int32)}
   return fn.lower(state, batch, None).compile()
 
 

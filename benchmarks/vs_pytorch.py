@@ -2,7 +2,9 @@
 
 The same pre-norm ViT (gap pooling, tanh GELU, LayerNorm eps 1e-6) and the
 same train step (forward, cross-entropy, backward, AdamW) run on the same
-random data in one process; images/s, the ratio lgjax/PyTorch, and achieved
+random images in one process (lgjax's step takes their uint8 pixels and scales
+them, as train.py's does; PyTorch's takes them scaled, as from a DataLoader's
+workers); images/s, the ratio lgjax/PyTorch, and achieved
 GFLOP/s (analytic model FLOPs, 3x forward) as a fraction of a matmul peak
 measured in the same run. Needs the `bench` extra (PyTorch).
 
@@ -32,6 +34,7 @@ from torch import distributed as dist, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from benchmarks.common import interleaved_times, matmul, model_config, random_batch, step_runner
+from lgjax import data
 from lgjax.models import ViT, flops
 
 CASES = (dict(width=192, depth=12, heads=3, image=32, patch=4, batch=128, channels=3),
@@ -154,7 +157,7 @@ def main():
   parallel = {'threads': 1, 'replicas': args.cores}
   for c in CASES:
     batch = random_batch(c['batch'], (c['image'], c['image'], c['channels']), CLASSES)
-    images, labels = np.asarray(batch['image']), np.asarray(batch['label'])
+    images, labels = np.asarray(data.to_float(batch['image'])), np.asarray(batch['label'])  # as a torch loader's
     steps = {}
     for accum in (1, micro_batches(c, args.micro_tokens)):
       for how, n in parallel.items():
