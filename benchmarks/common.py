@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from lgjax.models import ViT
+from lgjax.models.vit import KERNEL_IMPLS
 from lgjax.train import optim, parallel, step, train_and_evaluate
 
 
@@ -51,9 +52,6 @@ def matmul(n: int = 2048, dtype: str = 'float32', count: int = 1) -> tuple[Calla
   a = jax.random.normal(jax.random.key(0), (count * n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x, y: x @ y)
   return (lambda: f(a, a[:n])), 2 * count * n ** 3 / 1e9
-
-
-KERNEL_IMPLS = ('norm_impl', 'mlp_impl', 'qkv_impl')  # ViT fields naming a Pallas kernel or XLA's ops
 
 
 def add_model_args(parser, *, width: int = 192, depth: int = 12, heads: int = 3, image: int = 32, patch: int = 4,

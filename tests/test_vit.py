@@ -252,6 +252,37 @@ def test_bad_config_names_the_field(field, value, message):
     ViT(**{**TINY, field: value})
 
 
+def test_a_jax_without_pallas_triton_runs_xlas_ops_and_names_each_kernel_field():
+  """JAX 0.11 deprecated Pallas's Triton backend: once it is gone lgjax still imports and
+  trains, and asking for a kernel is a config error, before any work."""
+  import subprocess
+  import sys
+  from conftest import ROOT
+  script = """if True:
+    import json, sys
+    sys.modules['jax.experimental.pallas.triton'] = None  # import fails, as in a JAX without it
+    import jax, jax.numpy as jnp
+    from lgjax.models import ViT
+    tiny = dict(num_classes=5, patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64)
+    x = jnp.ones((2, 16, 16, 1))
+    logits = ViT(**tiny).apply(ViT(**tiny).init(jax.random.key(0), x), x)
+    errors = []
+    for field in ('norm_impl', 'mlp_impl', 'qkv_impl'):
+      try:
+        ViT(**tiny, **{field: 'pallas'})
+      except ValueError as e:
+        errors.append(str(e))
+    print(json.dumps([logits.shape, errors]))
+  """
+  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  shape, errors = json.loads(result.stdout.splitlines()[-1])
+  assert shape == [2, 5]
+  assert errors == [f"{field}='pallas' needs Pallas's Triton backend (jax.experimental.pallas.triton), which JAX "
+                    f"{jax.__version__} does not have; set {field}=None to run XLA's ops."
+                    for field in ('norm_impl', 'mlp_impl', 'qkv_impl')]
+
+
 def test_attention_impl_xla_is_the_default_computation():
   x = jax.random.normal(jax.random.key(0), (2, *IMAGE_SHAPE))
   params = ViT(**TINY).init(jax.random.key(1), x)

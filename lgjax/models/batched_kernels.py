@@ -15,6 +15,18 @@ import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+try:  # the kernels' Pallas backend: deprecated in JAX 0.11 (Mosaic GPU is its successor)
+  from jax.experimental.pallas import triton
+except ImportError:  # a JAX without it: lgjax imports and runs, the kernels' fields say why not
+  triton = None
+
+
+def check_available(field: str, impl: str | None) -> None:
+  """Raises a ValueError naming `field` when it asks for a kernel this JAX cannot build."""
+  if impl == 'pallas' and triton is None:
+    raise ValueError(f"{field}='pallas' needs Pallas's Triton backend (jax.experimental.pallas.triton), "
+                     f'which JAX {jax.__version__} does not have; set {field}=None to run XLA\'s ops.')
+
 
 def is_param(axes: str) -> bool:
   """An operand without a batch axis: a param (vector or matrix), whole on every device."""

@@ -18,7 +18,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
+
+from lgjax.models import batched_kernels
+
+plgpu = batched_kernels.triton
 
 
 class Tiles(NamedTuple):

@@ -30,9 +30,10 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
 from lgjax.models import batched_kernels
+
+plgpu = batched_kernels.triton
 
 ROWS = 8  # token rows a kernel program loads at once: (8, next power of 2 >= width) tiles
 # Tokens a backward program sums over: DeiT's 196 make 4 programs an example, so that even

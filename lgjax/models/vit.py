@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from lgjax.models import blocks, gelu_mlp, inits, qkv_projection, residual_norm
+from lgjax.models import batched_kernels, blocks, gelu_mlp, inits, qkv_projection, residual_norm
 
 POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
@@ -48,6 +48,7 @@ ATTENTION_IMPLS = (None, 'xla', 'cudnn')  # jax.nn.dot_product_attention's `impl
 NORM_IMPLS = (None, 'pallas')  # how residual adds and the LayerNorms after them run (residual_norm)
 MLP_IMPLS = (None, 'pallas')  # how the MLP's bias and GELU run: XLA's kernels or the matmuls' (gelu_mlp)
 QKV_IMPLS = (None, 'pallas')  # how the query's bias and dx's sum run: XLA's kernels or the matmuls' (qkv_projection)
+KERNEL_IMPLS = ('norm_impl', 'mlp_impl', 'qkv_impl')  # the fields naming a Pallas kernel (or XLA's ops)
 # What each block keeps for the backward pass (names in jax.checkpoint_policies); None: all.
 REMAT_POLICIES = (None, 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
@@ -160,6 +161,8 @@ def check_config(config: dict[str, Any]) -> None:
   inits.get(get('param_init'))
   check_choice(('attention_impl', ATTENTION_IMPLS), ('norm_impl', NORM_IMPLS), ('mlp_impl', MLP_IMPLS),
                ('qkv_impl', QKV_IMPLS), ('remat_policy', REMAT_POLICIES))
+  for k in KERNEL_IMPLS:
+    batched_kernels.check_available(k, get(k))
   for k in ('num_classes', 'mlp_dim'):
     if get(k) is not None and (isinstance(get(k), bool) or not isinstance(get(k), (int, np.integer))):
       raise ValueError(f'{k} must be an integer or None, got {get(k)!r}.')
