@@ -210,12 +210,11 @@ def test_cross_specs_keep_their_instances_accuracy_at_step_0(tmp_path):
     assert acc[spec] > alone - 0.3 and acc[spec] > one_class[spec] + 0.2, (acc, one_class)
 
 
-def test_stitched_blocks_take_the_vits_runtime_fields():
+def test_stitched_blocks_take_the_vits_runtime_fields(monkeypatch):
   """A stitched model's blocks honour remat_policy, norm_impl, mlp_impl, qkv_impl and
   attention_impl as a ViT's do: remat puts each block under jax.checkpoint and keeps the
   numbers, so do norm_impl (each block range adds its last branch before the stitch layer or
-  the norm), mlp_impl and qkv_impl; 'cudnn' reaches the attention (which has no cuDNN on a
-  CPU)."""
+  the norm), mlp_impl and qkv_impl; 'cudnn' reaches every block's attention."""
   from lgjax.models.stitched import StitchedViT
   x = jax.random.normal(jax.random.key(0), (4, *IMAGE_SHAPE))
   model = lambda **fields: StitchedViT({**CONFIGS[0], **fields}, {**CONFIGS[1], **fields}, j=1, k=1)
@@ -232,5 +231,13 @@ def test_stitched_blocks_take_the_vits_runtime_fields():
   checkpoints = lambda m: str(jax.make_jaxpr(forward(m))(params)).count(f'{remat_name}[')
   # front block 0 and end block 1 under jax.checkpoint, beyond each MLP's own (vit.MLP_SAVED)
   assert (checkpoints(remat), checkpoints(model())) == (4, 2)
-  with pytest.raises(RuntimeError, match='cuDNN'):
-    model(attention_impl='cudnn').apply({'params': params}, x)
+  asked = []
+
+  def attention(*args, implementation=None, **kw):  # records the field, runs XLA's (no cuDNN on a CPU)
+    asked.append(implementation)
+    return dot_product_attention(*args, **kw)
+
+  dot_product_attention = jax.nn.dot_product_attention
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', attention)
+  model(attention_impl='cudnn').apply({'params': params}, x)
+  assert asked == ['cudnn'] * 2  # each stitched block's attention
