@@ -15,7 +15,10 @@ Needs JAX's CUDA plugin (~6 GB; no GPU or driver), best in a scratch virtual env
 
   python -m venv /tmp/aot && /tmp/aot/bin/pip install -e . "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
   /tmp/aot/bin/python -m benchmarks.kernel_bytes [--chip h200] [--width 384 --depth 12 --heads 6 --image 224
-      --patch 16 --batch 1024 --dtype bfloat16 --attention-impl cudnn] [--block 5] [--out DIR]
+      --patch 16 --batch 1024 --dtype bfloat16 --attention-impl cudnn] [--scan] [--block 5] [--out DIR]
+
+A scanned model's kernels are its loop body's, once per block; a kernel that slices one
+layer out of the stacked arrays, or updates one in place, counts that layer's bytes.
 
 XLA_FLAGS apply as on a GPU (e.g. --xla_gpu_enable_cublaslt=true), so flags can be compared too.
 """
@@ -57,7 +60,7 @@ device_description_str: "{name}"
 """
 GEMM_KERNELS = ('gelu_mlp', 'qkv_projection')  # the Pallas kernels that are GEMMs (their pallas_call names)
 KINDS = ('GEMM', 'attention', 'elementwise / reduction', 'copy', 'other')
-_NOT_KERNELS = ('parameter', 'constant', 'bitcast', 'tuple', 'get-tuple-element')
+_NOT_KERNELS = ('parameter', 'constant', 'bitcast', 'tuple', 'get-tuple-element', 'fusion-done')  # done: its start's
 
 
 class Kernel(NamedTuple):
@@ -69,12 +72,24 @@ class Kernel(NamedTuple):
 
 
 def kernels(hlo_text: str) -> list[Kernel]:
-  """The compiled entry computation's kernels in order: each instruction that is not a
-  parameter, constant, bitcast or tuple plumbing (which run no kernel)."""
+  """The compiled step's kernels in order: each instruction of the entry computation that
+  is not a parameter, constant, bitcast or tuple plumbing (which run no kernel), and a
+  while loop's (a scanned model's layers) as its body's kernels once per trip."""
   ops = profile_step.parse_hlo(hlo_text)
-  entry = hlo_text[hlo_text.index('\nENTRY'):]
-  return [Kernel(name, kind_of(ops[name]), ops[name].bytes, re.sub(r'\{[^}]*\}', '', ops[name].shape), ops[name].where)
-          for name in re.findall(r'^\s*(?:ROOT )?%(\S+) = ', entry, re.M) if ops[name].opcode not in _NOT_KERNELS]
+  computations = {m.group(1): m.group(2) for m in re.finditer(r'^(?:ENTRY )?%(\S+) .*?\{\n(.*?)\n\}', hlo_text, re.M | re.S)}
+
+  def listed(computation: str) -> list[Kernel]:
+    found = []
+    for name, rest in re.findall(r'^\s*(?:ROOT )?%(\S+) = (.*)$', computation, re.M):
+      op = ops[name]
+      if op.opcode == 'while':
+        trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)
+        found += listed(computations[re.search(r'body=%([^,\s]+)', rest).group(1)]) * int(trips.group(1) if trips else 1)
+      elif op.opcode not in _NOT_KERNELS:
+        found.append(Kernel(name, kind_of(op), op.bytes, re.sub(r'\{[^}]*\}', '', op.shape), op.where))
+    return found
+
+  return listed(computations[re.search(r'^ENTRY %(\S+) ', hlo_text, re.M).group(1)])
 
 
 def kind_of(op: profile_step.HloOp) -> str:
@@ -139,12 +154,17 @@ def main():
   common.add_model_args(p, width=384, heads=6, image=224, patch=16, batch=1024, dtype='bfloat16', attention_impl='cudnn')
   p.add_argument('--rate-tbps', type=float, default=3.55, help='HBM rate of memory-bound kernels')
   p.add_argument('--block', type=int, default=None, help='list this block\'s kernels (default: the middle one)')
+  p.add_argument('--scan', action='store_true', help='ViT.scan: the blocks as one loop (nn.scan)')
   p.add_argument('--out', default=None, help='directory for the compiled HLO')
   args = p.parse_args()
-  cfg = common.model_config(vars(args), num_classes=1000)
+  cfg = common.model_config(vars(args), num_classes=1000, scan=args.scan)
   compiled = compile_for(args.chip, cfg, (args.image, args.image, 3), args.batch)
   hlo, memory = compiled.as_text(), compiled.memory_analysis()
   found = kernels(hlo)
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'step_hlo.txt'), 'w') as f:
+      f.write(hlo)
   print(f'ViT width {args.width} depth {args.depth} heads {args.heads}, {args.image}px/p{args.patch}, '
         f'batch {args.batch}, {args.dtype}, attention {args.attention_impl}, {common.kernel_impls(vars(args))}: the train step compiled for '
         f'{CHIPS[args.chip]["name"]}, {len(found)} kernels; XLA\'s memory analysis: '
@@ -156,6 +176,10 @@ def main():
     print(f'| {kind} | {count} | {size / 1e9:.1f} | {ms} |')
   block = args.depth // 2 if args.block is None else args.block
   rows, totals = block_kernels(found, block), collections.Counter()
+  if not rows:
+    print(f'\nNo kernels named for block {block}: a scanned model\'s blocks share one loop body, '
+          'counted above once per block.')
+    return
   print(f'\nBlock {block}\'s other kernels (those of 16 MiB or more listed):\n| pass | op | kind | output | MB |\n'
         '|---|---|---|---|---|')
   for phase, op, k in rows:
@@ -164,10 +188,6 @@ def main():
       print(f'| {phase} | {op} | {k.kind} | {k.shape} | {k.bytes / 1e6:,.0f} |')
   for phase, size in totals.items():
     print(f'| {phase} | all | | | {size / 1e6:,.0f} |')
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'step_hlo.txt'), 'w') as f:
-      f.write(hlo)
 
 
 if __name__ == '__main__':

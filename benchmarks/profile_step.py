@@ -87,23 +87,60 @@ def shape_bytes(shape: str) -> int:
   return total
 
 
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+?)(?:\{[^}]*\})? ([\w-]+)\((.*)$', re.M)
+
+
+def _operands(rest: str) -> list[str]:
+  """The instruction names an instruction's text (after its opcode's '(') takes."""
+  return re.findall(r'%([^\s,()]+)', rest.split(')', 1)[0])
+
+
+def fusion_bytes(body: str, operand_shapes: list[str], shape: str) -> int:
+  """Bytes a fusion moves: each operand read and its output written whole, but for an
+  operand it only dynamic-slices (it reads the slices) or only updates in place
+  (dynamic-update-slice: it writes the update and leaves the rest), so that a scan
+  body's kernel counts its layer's slice of a stacked (depth, ...) array, not all of it."""
+  inner = _INSTRUCTION.findall(body)
+  shapes = {name: s for name, s, _, _ in inner}
+  params = {name: int(re.match(r'\d+', rest).group()) for name, _, op, rest in inner if op == 'parameter'}
+  uses = collections.defaultdict(list)  # operand index -> (opcode, position, shape, operands) of each use
+  for _, s, op, rest in inner:
+    args = _operands(rest)
+    for position, arg in enumerate(args):
+      if arg in params:
+        uses[params[arg]].append((op, position, s, args))
+  reads, written = [shape_bytes(s) for s in operand_shapes], shape_bytes(shape)
+  for i, used in uses.items():
+    if i < len(reads) and all(op == 'dynamic-slice' and pos == 0 for op, pos, _, _ in used):
+      reads[i] = sum(shape_bytes(s) for _, _, s, _ in used)
+    elif i < len(reads) and all(op == 'dynamic-update-slice' and pos == 0 for op, pos, _, _ in used):
+      reads[i] = 0
+      written -= sum(shape_bytes(s) - shape_bytes(shapes.get(args[1], '')) for _, _, s, args in used)
+  return written + sum(reads)
+
+
 def parse_hlo(hlo_text: str) -> dict[str, HloOp]:
   """Compiled HLO -> instruction name -> HloOp, each name also keyed as its kernel_name
   (how a GPU trace shows it)."""
-  instructions = re.findall(r'^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+?)(?:\{[^}]*\})? ([\w-]+)\((.*)$', hlo_text, re.M)
+  instructions = _INSTRUCTION.findall(hlo_text)
   bodies = {m.group(1): m.group(2) for m in re.finditer(r'^%(\S+) .*?\{\n(.*?)\n\}', hlo_text, re.M | re.S)}
   shapes = {name: shape for name, shape, _, _ in instructions}
+  # An async fusion (XLA:GPU's dynamic slices in a scan) runs its kernel from its start, whose
+  # output its done has; the start's own shape is a tuple of operands, output and context.
+  outputs = {_operands(rest)[0]: shape for _, shape, opcode, rest in instructions if opcode == 'fusion-done'}
   ops = {}
   for name, shape, opcode, rest in instructions:
+    if opcode == 'fusion-start':
+      opcode, shape = 'fusion', outputs.get(name, shape)
     callee = re.search(r'calls=%([^,\s]+)', rest)
     body = bodies.get(callee.group(1), '') if callee else ''
     inner = [op for _, op in re.findall(r'= (\(.*?\)|\S+) ([\w-]+)\(', body) if op not in _SKIP]
-    operands = re.findall(r'%([^\s,()]+)', rest.split(')', 1)[0])
+    operand_shapes = [shapes.get(o, '') for o in _operands(rest)]
     where = re.search(r'op_name="(?:jit\([^)]*\)/)?([^"]*)"', rest)
     target = re.search(r'custom_call_target="([^"]+)"', rest)
     op = HloOp(shape, bool({opcode, *inner} & {'dot', 'convolution'}),
                ' '.join(dict.fromkeys(inner)) if opcode == 'fusion' else '',
-               shape_bytes(shape) + sum(shape_bytes(shapes.get(o, '')) for o in operands),
+               fusion_bytes(body, operand_shapes, shape),
                where.group(1) if where else '', opcode, target.group(1) if target else '')
     ops[name] = ops[kernel_name(name)] = op
   return ops

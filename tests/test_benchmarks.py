@@ -178,6 +178,63 @@ def test_kernel_bytes_reads_a_gpu_steps_kernels_and_their_bytes():
   assert kernel_bytes.block_kernels(found, 0) == []
 
 
+SCANNED_HLO = '''HloModule scanned
+
+%slice_computation (p0: bf16[3,8,4], p1: s32[]) -> bf16[1,8,4] {
+  %p0 = bf16[3,8,4]{2,1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %c0 = s32[] constant(0)
+  ROOT %ds = bf16[1,8,4]{2,1,0} dynamic-slice(%p0, %p1, %c0, %c0), dynamic_slice_sizes={1,8,4}
+}
+
+%update_computation (p0: bf16[3,8,4], p1: bf16[1,8,4], p2: s32[]) -> bf16[3,8,4] {
+  %p0 = bf16[3,8,4]{2,1,0} parameter(0)
+  %p1 = bf16[1,8,4]{2,1,0} parameter(1)
+  %p2 = s32[] parameter(2)
+  %c1 = s32[] constant(0)
+  ROOT %dus = bf16[3,8,4]{2,1,0} dynamic-update-slice(%p0, %p1, %p2, %c1, %c1)
+}
+
+%body (arg: (s32[], bf16[3,8,4], bf16[3,8,4])) -> (s32[], bf16[3,8,4], bf16[3,8,4]) {
+  %arg = (s32[], bf16[3,8,4]{2,1,0}, bf16[3,8,4]{2,1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%arg), index=0
+  %xs = bf16[3,8,4]{2,1,0} get-tuple-element(%arg), index=1
+  %ys = bf16[3,8,4]{2,1,0} get-tuple-element(%arg), index=2
+  %slice-start = ((bf16[3,8,4]{2,1,0}, s32[]), bf16[1,8,4]{2,1,0}, u32[]) fusion-start(%xs, %i), kind=kLoop, calls=%slice_computation
+  %slice-done = bf16[1,8,4]{2,1,0} fusion-done(%slice-start)
+  %update_fusion = bf16[3,8,4]{2,1,0} fusion(%ys, %slice-done, %i), kind=kLoop, calls=%update_computation
+  ROOT %out = (s32[], bf16[3,8,4]{2,1,0}, bf16[3,8,4]{2,1,0}) tuple(%i, %xs, %update_fusion)
+}
+
+%cond (arg: (s32[], bf16[3,8,4], bf16[3,8,4])) -> pred[] {
+  %carry = (s32[], bf16[3,8,4]{2,1,0}, bf16[3,8,4]{2,1,0}) parameter(0)
+  %step = s32[] get-tuple-element(%carry), index=0
+  %trips = s32[] constant(3)
+  ROOT %more = pred[] compare(%step, %trips), direction=LT
+}
+
+ENTRY %main (a: bf16[3,8,4], b: bf16[3,8,4]) -> (s32[], bf16[3,8,4], bf16[3,8,4]) {
+  %a = bf16[3,8,4]{2,1,0} parameter(0)
+  %b = bf16[3,8,4]{2,1,0} parameter(1)
+  %start = s32[] constant(0)
+  %init = (s32[], bf16[3,8,4]{2,1,0}, bf16[3,8,4]{2,1,0}) tuple(%start, %a, %b)
+  ROOT %loop = (s32[], bf16[3,8,4]{2,1,0}, bf16[3,8,4]{2,1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+}
+'''
+
+
+def test_kernel_bytes_counts_a_loops_kernels_per_trip_and_only_the_slices_they_move():
+  """A scan's body, once per trip: an (async) fusion slicing one layer out of a stacked
+  (3, 8, 4) array reads that slice, and one updating a layer in place writes only it."""
+  from benchmarks import kernel_bytes
+  found = kernel_bytes.kernels(SCANNED_HLO)
+  layer, index = 1 * 8 * 4 * 2, 4  # bf16 bytes of a slice; the s32 layer index
+  assert [(k.name, k.kind, k.bytes) for k in found] == [
+      ('slice-start', 'elementwise / reduction', layer + index + layer),  # not the stack's 192 bytes
+      ('update_fusion', 'elementwise / reduction', layer + index + layer)] * 3  # the stack neither read nor rewritten
+  assert kernel_bytes.by_kind(found) == {'elementwise / reduction': (6, 6 * (2 * layer + index))}
+
+
 def test_kernel_bytes_without_the_cuda_plugin_says_what_to_install(monkeypatch):
   from benchmarks import kernel_bytes
 
