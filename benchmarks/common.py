@@ -65,9 +65,8 @@ def add_model_args(parser, *, width: int = 192, depth: int = 12, heads: int = 3,
   parser.add_argument('--batch', type=int, default=batch)
   parser.add_argument('--dtype', default=dtype, help='compute dtype (params stay float32)')
   parser.add_argument('--attention-impl', default=attention_impl, choices=('xla', 'cudnn'), help='ViT.attention_impl')
-  parser.add_argument('--norm-impl', default=None, choices=('pallas',), help='ViT.norm_impl')
-  parser.add_argument('--mlp-impl', default=None, choices=('pallas',), help='ViT.mlp_impl')
-  parser.add_argument('--qkv-impl', default=None, choices=('pallas',), help='ViT.qkv_impl')
+  for field in KERNEL_IMPLS:  # --norm-impl, --mlp-impl, --qkv-impl
+    parser.add_argument(f'--{field.replace("_", "-")}', default=None, choices=('pallas',), help=f'ViT.{field}')
   parser.add_argument('--drop-path', type=float, default=0.0, help='ViT.drop_path (the DeiT recipes: 0.1)')
 
 

@@ -76,11 +76,11 @@ def kernels(hlo_text: str) -> list[Kernel]:
   is not a parameter, constant, bitcast or tuple plumbing (which run no kernel), and a
   while loop's (a scanned model's layers) as its body's kernels once per trip."""
   ops = profile_step.parse_hlo(hlo_text)
-  computations = {m.group(1): m.group(2) for m in re.finditer(r'^(?:ENTRY )?%(\S+) .*?\{\n(.*?)\n\}', hlo_text, re.M | re.S)}
+  computations = profile_step.computations(hlo_text)
 
   def listed(computation: str) -> list[Kernel]:
     found = []
-    for name, rest in re.findall(r'^\s*(?:ROOT )?%(\S+) = (.*)$', computation, re.M):
+    for name, _, _, rest in profile_step.INSTRUCTION.findall(computation):
       op = ops[name]
       if op.opcode == 'while':
         trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)

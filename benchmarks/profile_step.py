@@ -87,7 +87,13 @@ def shape_bytes(shape: str) -> int:
   return total
 
 
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+?)(?:\{[^}]*\})? ([\w-]+)\((.*)$', re.M)
+INSTRUCTION = re.compile(  # (name, shape, opcode, the text after the opcode's '(')
+    r'^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+?)(?:\{[^}]*\})? ([\w-]+)\((.*)$', re.M)
+
+
+def computations(hlo_text: str) -> dict[str, str]:
+  """Each computation's name -> its instructions' text (ENTRY's, fusions', loop bodies')."""
+  return {m.group(1): m.group(2) for m in re.finditer(r'^(?:ENTRY )?%(\S+) .*?\{\n(.*?)\n\}', hlo_text, re.M | re.S)}
 
 
 def _operands(rest: str) -> list[str]:
@@ -100,7 +106,7 @@ def fusion_bytes(body: str, operand_shapes: list[str], shape: str) -> int:
   operand it only dynamic-slices (it reads the slices) or only updates in place
   (dynamic-update-slice: it writes the update and leaves the rest), so that a scan
   body's kernel counts its layer's slice of a stacked (depth, ...) array, not all of it."""
-  inner = _INSTRUCTION.findall(body)
+  inner = INSTRUCTION.findall(body)
   shapes = {name: s for name, s, _, _ in inner}
   params = {name: int(re.match(r'\d+', rest).group()) for name, _, op, rest in inner if op == 'parameter'}
   uses = collections.defaultdict(list)  # operand index -> (opcode, position, shape, operands) of each use
@@ -122,8 +128,8 @@ def fusion_bytes(body: str, operand_shapes: list[str], shape: str) -> int:
 def parse_hlo(hlo_text: str) -> dict[str, HloOp]:
   """Compiled HLO -> instruction name -> HloOp, each name also keyed as its kernel_name
   (how a GPU trace shows it)."""
-  instructions = _INSTRUCTION.findall(hlo_text)
-  bodies = {m.group(1): m.group(2) for m in re.finditer(r'^%(\S+) .*?\{\n(.*?)\n\}', hlo_text, re.M | re.S)}
+  instructions = INSTRUCTION.findall(hlo_text)
+  bodies = computations(hlo_text)
   shapes = {name: shape for name, shape, _, _ in instructions}
   # An async fusion (XLA:GPU's dynamic slices in a scan) runs its kernel from its start, whose
   # output its done has; the start's own shape is a tuple of operands, output and context.
