@@ -59,9 +59,16 @@ def main(argv):
   import jax  # after flags, so --multihost can initialize before any device use
   if _MULTIHOST.value or _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from lgjax.train import recipe, train_and_evaluate
+  from lgjax.train import loop, recipe, train_and_evaluate
   logging.info('JAX process %d of %d, %d devices.', jax.process_index(), jax.process_count(),
                jax.device_count())
+  try:  # what is wrong with the config is one line too, said before any work
+    if _CONFIG.value.kind == 'recipe':
+      recipe.check_recipe(_CONFIG.value, _WORKDIR.value)
+    else:
+      loop.check_config(_CONFIG.value)
+  except ValueError as e:
+    sys.exit(f'train.py: {e}')
   try:
     if _CONFIG.value.kind == 'recipe':
       recipe.run_recipe(_CONFIG.value, _WORKDIR.value)

@@ -38,5 +38,5 @@ def get_config(arg: str = 'mnist5k'):
   config.title = 'lgjax demo: TLEG descendants vs scratch on MNIST-5k digits 5-9'
   config.early_step = 25
   config.runs = runs
-  config.order = ['teacher', 'tleg'] + [f'depth{d}_{m}' for d in DEPTHS for m in ('tleg', 'scratch')]
+  config.order = ('teacher', 'tleg', *(f'depth{d}_{m}' for d in DEPTHS for m in ('tleg', 'scratch')))
   return config

@@ -129,18 +129,26 @@ def test_every_recipe_takes_the_vits_runtime_fields_from_the_command_line(recipe
   assert tuple(getattr(config, f) for f in fields) == values
 
 
-@pytest.mark.parametrize('flag, message', [
-    ('--config.total_step=3', "train.py: unknown config field 'total_step'. Did you mean \"total_steps\""),
-    ('--config.model.flash=1', "train.py: unknown config field 'model.flash' (--helpshort"),
+@pytest.mark.parametrize('args, message', [
+    (['--config.total_step=3'], "train.py: unknown config field 'total_step'. Did you mean \"total_steps\""),
+    (['--config.model.flash=1'], "train.py: unknown config field 'model.flash' (--helpshort"),
+    (['--config.loss.alpha=2'], 'train.py: loss.alpha (distillation weight) must be in [0, 1], got 2.0.\n'),
+    # a recipe's runs are all checked before the first trains
+    (['--config=configs/demo.py:mnist5k', '--config.runs.depth6_tleg.model.depth=0'],
+     'train.py: runs.depth6_tleg: model.depth must be an integer >= 1, got 0.\n'),
+    (['--config=configs/demo.py:mnist5k', "--config.order=('teacher', 'depth3_tleg')"],
+     "train.py: order names runs that runs lacks: ['depth3_tleg']; runs has ['depth2_scratch', "),
 ])
-def test_a_config_typo_is_one_line(flag, message):
+def test_a_config_typo_or_bad_value_is_one_line_before_any_work(args, message, tmp_path):
   import subprocess
   import sys
   from conftest import ROOT
-  out = subprocess.run([sys.executable, 'train.py', '--config=configs/teacher.py:mnist5k', flag,
-                        '--workdir=/tmp/never_written'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  config = [] if args[0].startswith('--config=') else ['--config=configs/teacher.py:mnist5k']
+  out = subprocess.run([sys.executable, 'train.py', *config, *args, f'--workdir={tmp_path / "run"}'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and out.stderr.count('\n') == 1, out.stderr
   assert out.stderr.startswith(message), out.stderr
+  assert not (tmp_path / 'run').exists()
 
 
 def test_print_config_lists_fields_values_and_meaning():

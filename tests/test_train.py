@@ -500,12 +500,12 @@ def test_demo_recipe_chains_runs(tmp_path, capsys):
   import importlib
   from lgjax.train import recipe
   config = importlib.import_module('configs.demo').get_config('mnist5k,runlocal')
-  assert config.order[:2] == ['teacher', 'tleg'] and set(config.order) == set(config.runs)
+  assert config.order[:2] == ('teacher', 'tleg') and set(config.order) == set(config.runs)
   for name in config.order:
     config.runs[name].total_steps = 2
-  config.order = ['teacher', 'tleg', 'depth2_tleg', 'depth2_scratch']
+  config.order = ('teacher', 'tleg', 'depth2_tleg', 'depth2_scratch')
   rows = recipe.run_recipe(config, str(tmp_path))
-  assert [r['run'] for r in rows] == config.order
+  assert [r['run'] for r in rows] == list(config.order)
   assert [r['init'] for r in rows] == ['model', 'tleg_aux', 'tleg', 'scratch']
   assert os.path.exists(tmp_path / 'depth2_tleg' / loop.EXPORT_DIR / 'model_config.json')
   # the descendant's row: accuracy at the early step (here the last eval, step 2), final

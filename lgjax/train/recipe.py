@@ -19,7 +19,7 @@ import jax
 import ml_collections
 
 from lgjax.train import reporting
-from lgjax.train.loop import train_and_evaluate
+from lgjax.train.loop import check_config, train_and_evaluate
 
 SUMMARY_FILE = 'summary.md'
 COMPARISON_PLOT = 'comparison.png'
@@ -48,9 +48,23 @@ def describe_init(config: Any) -> str:
   return config.kind
 
 
+def check_recipe(config: Any, workdir: str) -> None:
+  """Every run's fields, before the first run trains: a bad value in the last run
+  fails at once, naming the run, not after the others have trained."""
+  missing = [name for name in config.order if name not in config.runs]
+  if missing:
+    raise ValueError(f'order names runs that runs lacks: {missing}; runs has {sorted(config.runs)}.')
+  for name in config.order:
+    try:
+      check_config(_resolve(config.runs[name], workdir))
+    except ValueError as e:
+      raise ValueError(f'runs.{name}: {e}') from None
+
+
 def run_recipe(config: Any, workdir: str) -> list[dict[str, Any]]:
   """Trains config.runs in order; returns one row per run (with its eval curve),
   prints the comparison table and writes summary.md and comparison.png."""
+  check_recipe(config, workdir)
   rows = []
   for name in config.order:
     run = config.runs[name]
