@@ -204,6 +204,10 @@ def test_descendant_inherits_all_but_a_new_head(tmp_path):
   config = run_config('descendant', **{'init.learngene_dir': str(tmp_path / 'lg'), 'init.method': 'sws'})
   with pytest.raises(ValueError, match="init.method='sws' but init.learngene_dir=.* holds a 'tleg' learngene"):
     kinds.make_kind(loop.resolve(config), (28, 28, 1))
+  config.init.learngene_dir = str(tmp_path / 'nowhere')  # a wrong path: said before the workdir is made
+  with pytest.raises(FileNotFoundError, match=re.escape(f"Missing {str(tmp_path / 'nowhere' / 'learngene.json')!r}")):
+    train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
 
 
 def _one_device_losses(tmp_path, overrides):

@@ -241,7 +241,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   the result to workdir/export/. Returns the final metrics."""
   check_config(config)
   config = resolve(config)
-  os.makedirs(workdir, exist_ok=True)
   backend = parallel.make_backend(config.parallelism, config.get('sharding'))
   teacher, teacher_params = load_teacher(config, config.compute_dtype)
   image_shape = data.image_shape(config.dataset)
@@ -251,6 +250,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   schedule = optim.learning_rate(config.optimizer, config.batch_size, config.total_steps)
   frozen = tuple(config.optimizer.get('frozen', ())) + kind.frozen
   optimizer = optim.make_optimizer(config.optimizer, config.batch_size, config.total_steps, frozen)
+  os.makedirs(workdir, exist_ok=True)  # after reading the teacher and learngene: a wrong path writes nothing
   changes = config_changes(config, workdir)
 
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
