@@ -10,7 +10,8 @@ r"""Expands a learngene (or selects from a trained ViT) into a descendant ViT ch
 Any registered method (lgjax.learngene.METHODS) works the same way: the
 descendant is the learngene's model config with the sizes given here
 (--depth, --width, --num_heads, --mlp_dim, --num_classes) replaced, and the
-method's own options are flags of the same names. A learngene comes from
+method's own options are flags of the same names. A --num_classes other than
+the learngene head's gives the descendant a fresh head (seeded by --seed). A learngene comes from
 --learngene (a trained learngene directory) or, for methods that take a
 trained ViT as it is, --source (anything load_params reads).
 
@@ -33,7 +34,7 @@ from absl import app, flags, logging
 from lgjax import checkpoint
 from lgjax.learngene import load_learngene
 from lgjax import tree as tree_lib
-from lgjax.learngene import METHODS, pool
+from lgjax.learngene import METHODS, common, pool
 
 _METHOD = flags.DEFINE_enum('method', None, sorted(METHODS), 'Learngene method; must match learngene.json.')
 _LEARNGENE = flags.DEFINE_string('learngene', None, 'Learngene directory (learngene/ + learngene.json).')
@@ -115,15 +116,20 @@ def expand():
   if 'width' in sizes and 'mlp_dim' not in sizes:
     sizes['mlp_dim'] = 4 * sizes['width']  # the ViT default, written out
   target = {**base_config, **sizes, 'scan': _SCAN.value}
-  method.check(learngene, None)
-  params = method.expand(learngene, target, rng=jax.random.key(_SEED.value), **options)
+  method.check(learngene, target)
+  rng = jax.random.key(_SEED.value)
+  params = method.expand(learngene, target, rng=rng, **options)
+  fresh = params['head']['bias'].shape != (target['num_classes'],)
+  if fresh:  # another task's classes: a new head, as training's init.reinit gives one
+    params = {**params, 'head': common.fresh_head(rng, target)}
   checkpoint.save_params(_OUT.value, params, target)
   written = [os.path.join(_OUT.value, checkpoint.PARAMS), os.path.join(_OUT.value, checkpoint.MODEL_CONFIG)]
   if _FORMAT.value != 'orbax':
     written.append(os.path.join(_OUT.value, f'params.{_FORMAT.value}'))
     checkpoint.save_params(written[-1], params, target, format=_FORMAT.value)
   print(f'Descendant: depth {target["depth"]}, width {target["width"]}, '
-        f'{tree_lib.num_params(params):,} params ({method.name} from {origin}).')
+        f'{tree_lib.num_params(params):,} params ({method.name} from {origin}'
+        + (f'; a fresh head for {target["num_classes"]} classes' if fresh else '') + ').')
   for path in written:
     print(f'Wrote {path}')
 

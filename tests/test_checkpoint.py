@@ -98,7 +98,17 @@ def test_expand_cli_sws_scan_and_errors(tmp_path):
   split = run_expand(f'--learngene={lg_dir}', '--method=sws', '--depth=5', f'--out={out}')  # sws.split_depth: 2, 2, 1
   assert split.returncode == 0, split.stderr
   _equal(checkpoint.load_params(out)[0], jax.device_get(sws.expand(lg, (2, 2, 1))))
-  for failed in (wrong, short, foreign):  # the message alone, on one line: no usage text, no traceback
+  wide = run_expand(f'--learngene={lg_dir}', '--method=sws', '--width=48', f'--out={tmp_path / "wide"}')
+  assert 'SWS learngene has width=32 but the requested model has width=48' in wide.stderr, wide.stderr
+  assert not os.path.exists(tmp_path / 'wide')  # refused before anything is written
+  other = run_expand(f'--learngene={lg_dir}', '--method=sws', '--num_classes=7', f'--out={out}')
+  assert other.returncode == 0 and 'a fresh head for 7 classes' in other.stdout, other.stderr
+  params, config = checkpoint.load_params(out)
+  head = params.pop('head')
+  assert config['num_classes'] == 7 and head['kernel'].shape == (32, 7) and not head['bias'].any()
+  assert 0 < np.abs(head['kernel']).max() <= 2 * 0.02 / 0.8796  # the ViT's head init: trunc-normal(0.02)
+  _equal(params, {k: v for k, v in jax.device_get(sws.expand(lg, (1, 1, 1))).items() if k != 'head'})
+  for failed in (wrong, short, foreign, wide):  # the message alone, on one line: no usage text, no traceback
     assert failed.stderr.startswith('expand.py: ') and failed.stderr.count('\n') == 1, failed.stderr
 
 
