@@ -435,6 +435,8 @@ def test_divergence_stops_and_keeps_only_finite_checkpoints(tmp_path, preset, lr
     ({'model.remat_policy': 'all'}, ValueError, r"^model.remat_policy must be one of \(None, 'nothing_saveable', "),
     ({'model.num_heads': 5}, ValueError, r'^model.num_heads must be a positive divisor of width=32, got 5'),
     ({'model.param_init': 'xavier'}, ValueError, r"^model.param_init must be one of \['big_vision', "),
+    ({'model.attention_impl': 'cudnn'}, ValueError,  # a GPU recipe on a TPU or CPU: said before any work
+     r"^model.attention_impl='cudnn' is cuDNN's fused attention, for NVIDIA GPUs, but this run's devices are 'cpu'"),
 ])
 def test_bad_configs_fail_before_training(tmp_path, overrides, error, message):
   with pytest.raises(error, match=message):

@@ -55,6 +55,10 @@ def check_config(config: Any) -> None:
     raise ValueError(f'loss.temperature must be > 0, got {config.loss.temperature!r}.')
   _check_numbers(config)
   kinds.check_fields(config)
+  device = jax.devices()[0]
+  if config.model.get('attention_impl') == 'cudnn' and device.platform != 'gpu':
+    raise ValueError(f"model.attention_impl='cudnn' is cuDNN's fused attention, for NVIDIA GPUs, but this run's "
+                     f"devices are {device.device_kind!r}: set model.attention_impl=None (XLA's attention).")
   classes = data.pipeline.num_classes(config.dataset)
   head = config.model.get('num_classes') or config.dataset.get('num_classes')
   if classes and (head or 0) < classes:
