@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lgjax.models import ViT
+from lgjax.models import ViT, param_shapes
 from lgjax.models.vit import KERNEL_IMPLS
 from lgjax.train import optim, parallel, step, train_and_evaluate
 
@@ -121,6 +121,22 @@ def train_step(model_cfg: dict, batch_size: int, backend, to_params: Callable | 
       to_params=to_params or (lambda p: p), optimizer=optimizer,
       schedule=optim.learning_rate(opt, batch_size, 1000), grad_accum_steps=grad_accum_steps))
   return fn, optimizer
+
+
+def compile_step(model_cfg: dict, image_shape: tuple, batch_size: int, backend) -> jax.stages.Compiled:
+  """`train_step` compiled from shapes alone, the state in the backend's shardings and the
+  batch (uint8 pixels, as random_batch) split over its rows: for devices that are here, or
+  for a chip's or a slice's topology that is not (its HLO: .as_text(); its memory per
+  device: .memory_analysis())."""
+  fn, optimizer = train_step(model_cfg, batch_size, backend)
+  state = jax.eval_shape(lambda p: step.init_state(p, optimizer, jax.random.key(1)),
+                         param_shapes(model_cfg, image_shape))
+  state = jax.tree.map(lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+                       state, backend.shardings(state))
+  rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=backend.sharded)
+  batch = {'image': rows((batch_size, *image_shape), jnp.uint8),
+           'label': rows((batch_size,), jnp.int32), 'index': rows((batch_size,), jnp.int32)}
+  return fn.lower(state, batch, None).compile()
 
 
 def step_runner(model_cfg: dict, trainable, batch: dict, to_params: Callable | None = None,

@@ -32,12 +32,10 @@ import re
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import topologies
 
 from benchmarks import common, profile_step
-from lgjax.models import param_shapes
-from lgjax.train import parallel, step
+from lgjax.train import parallel
 
 # What XLA needs to know of a chip to compile for it (xla/stream_executor/device_description.proto).
 CHIPS = {
@@ -138,14 +136,7 @@ def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int)
   except Exception as e:  # NotImplementedError, RuntimeError: whatever the missing plugin raises
     raise SystemExit(f'Compiling for a GPU needs JAX\'s CUDA plugin: pip install '
                      f'"jax[cuda12]=={jax.__version__}" (in a scratch venv). ({type(e).__name__}: {e})')
-  backend = parallel.JitBackend(list(topology.devices))
-  fn, optimizer = common.train_step(model_cfg, batch_size, backend)
-  state = jax.eval_shape(lambda p: step.init_state(p, optimizer, jax.random.key(1)), param_shapes(model_cfg, image_shape))
-  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=backend.replicated), state)
-  rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=backend.sharded)
-  batch = {'image': rows((batch_size, *image_shape), jnp.uint8),  # pixels, as common.random_batch
-           'label': rows((batch_size,), jnp.int32), 'index': rows((batch_size,), jnp.int32)}
-  return fn.lower(state, batch, None).compile()
+  return common.compile_step(model_cfg, image_shape, batch_size, parallel.JitBackend(list(topology.devices)))
 
 
 def main():

@@ -1,82 +1,148 @@
-"""Replicated vs sharded (FSDP) train state: per-device memory and step time.
+"""Replicated vs sharded (FSDP) train state: per-device memory, collectives and step time.
 
 Each row is the train loop's jit backend for one `sharding.fsdp` (1: every device
 holds the whole params and Adam moments; k: each holds 1/k of every large leaf),
 the same model, batch and step. Memory per device is XLA's own account of the
 compiled step (arguments: state and batch; temporaries: activations, gradients,
-gathered weights) and the state's bytes on device 0; a row fits the budget when
+gathered weights) and the state's bytes per device; a row fits the budget when
 arguments + temporaries do. `init/dev` is what creating the state takes per device
 (output + temporaries of the loop's jitted init, lgjax.train.loop.state_init): under
-FSDP no device ever holds the whole state. Steps are timed in turns (benchmarks.common).
+FSDP no device ever holds the whole state. `gathered` and `reduced` are the MiB of
+arrays the compiled step all-gathers and reduces (all-reduce, or reduce-scatter where
+XLA makes one) per device, each computation of its HLO counted once (a scanned
+model's loop body once, not per layer). Steps are timed in turns (benchmarks.common).
+
+`--topology NAME` compiles the same steps for a TPU slice that is not here, e.g.
+v5e:4x4 (16 chips on 4 hosts), v4:2x2x4, v5p:4x4x4 or v6e:8x8: XLA's deviceless
+compilation, which needs libtpu (no TPU), best in a scratch virtual environment.
+Memory is then the TPU compiler's account, the budget the chip's HBM, and nothing
+runs, so there are no step times.
 
   JAX_NUM_CPU_DEVICES=8 python -m benchmarks.sharding   # CPU devices stand in for accelerators
   python -m benchmarks.sharding --width 1024 --heads 16 --depth 24 --budget-gb 4   # ViT-L layers
   python -m benchmarks.sharding --scan --remat-policy nothing_saveable   # activations recomputed
+  python -m venv /tmp/tpu && /tmp/tpu/bin/pip install -e . "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"
+  /tmp/tpu/bin/python -m benchmarks.sharding --topology v5e:4x4 --width 1024 --heads 16 --depth 24 \\
+      --image 224 --patch 16 --batch 512 --dtype bfloat16   # ViT-L/16 on 16 v5e chips
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
 
 import jax
+import jax.numpy as jnp
 import optax
+from jax.experimental import topologies
 
-from benchmarks.common import add_model_args, interleaved_times, model_config, random_batch, step_runner
+from benchmarks import profile_step
+from benchmarks.common import add_model_args, compile_step, interleaved_times, model_config, random_batch, step_runner
 from lgjax import tree as tree_lib
-from lgjax.models import ViT
+from lgjax.models import ViT, param_shapes
 from lgjax.train import loop, parallel
 
 GB = 1 << 30
+MiB = 1 << 20
+HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32}  # per chip (v4, v5e, v5p, v6e)
 
 
-def device0_bytes(tree) -> int:
-  device = jax.devices()[0]
-  return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == device)
+def tpu_slice(name: str) -> list:
+  """The chips of TPU slice `name` as libtpu describes it, to compile for (no TPU needed)."""
+  jax.config.update('jax_platforms', 'cpu')  # before any backend starts: nothing looks for a TPU
+  try:
+    return list(topologies.get_topology_desc(topology_name=name, platform='tpu').devices)
+  except Exception as e:  # a missing libtpu or an unknown slice: whatever libtpu raises
+    raise SystemExit(f'--topology={name}: compiling for a TPU slice needs libtpu (pip install '
+                     f'"jax[tpu]=={jax.__version__}", in a scratch venv) and a slice it knows, e.g. v5e:4x4 '
+                     f'or v4:2x2x2. ({type(e).__name__}: {e})')
+
+
+def per_device_bytes(shapes, shardings) -> int:
+  """Bytes of `shapes` (arrays or ShapeDtypeStructs) that each device holds under `shardings`."""
+  return sum(math.prod(where.shard_shape(x.shape)) * x.dtype.itemsize
+             for x, where in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
+
+
+def collected_bytes(hlo_text: str) -> dict[str, int]:
+  """'gathered' and 'reduced' -> bytes of the whole arrays a compiled step all-gathers and
+  reduces per device: each all-gather's output; each all-reduce's output, also where XLA:TPU
+  fuses one with the slice it keeps (a reduce-scatter, a computation named
+  all-reduce-scatter); each reduce-scatter's input. An async pair counts once, at its done."""
+  totals = {'gathered': 0, 'reduced': 0}
+  for body in profile_step.computations(hlo_text).values():
+    shapes = {}
+    for name, shape, opcode, rest in profile_step.INSTRUCTION.findall(body):
+      shapes[name] = shape
+      op = opcode.removesuffix('-done')
+      if op == 'all-gather':
+        totals['gathered'] += profile_step.shape_bytes(shape)
+      elif op == 'all-reduce':
+        totals['reduced'] += profile_step.shape_bytes(shape)
+      elif op == 'reduce-scatter':
+        totals['reduced'] += sum(profile_step.shape_bytes(shapes.get(o, '')) for o in re.findall(r'%([^\s,()]+)', rest))
+  return totals
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_model_args(p, width=768, heads=12, depth=6, batch=16, patch=8)
   p.add_argument('--fsdp', default='1,-1', help='comma-separated sharding.fsdp values (-1: all devices)')
-  p.add_argument('--budget-gb', type=float, default=0.5, help='memory per device the model must fit in')
+  p.add_argument('--budget-gb', type=float, default=None,
+                 help='memory per device the model must fit in (default 0.5; with --topology the chip\'s HBM)')
   p.add_argument('--min-size', type=int, default=parallel.MIN_SHARD_SIZE, help='sharding.min_size')
   p.add_argument('--scan', action='store_true', help='scan over layers (weights gathered one layer at a time)')
   p.add_argument('--remat-policy', default=None, help='ViT.remat_policy (e.g. nothing_saveable: with --scan, '
                                                       'each block keeps only its input for the backward pass)')
+  p.add_argument('--topology', default=None, help='a TPU slice to compile for instead (e.g. v5e:4x4): memory only')
   p.add_argument('--repeats', type=int, default=3)
   args = p.parse_args()
+  devices = tpu_slice(args.topology) if args.topology else jax.devices()
+  kind = devices[0].device_kind
+  budget = args.budget_gb or (HBM_GIB.get(kind) if args.topology else 0.5)
+  if budget is None:
+    raise SystemExit(f'--budget-gb: no HBM size known for {kind!r} (known: {HBM_GIB}); give one.')
   cfg = model_config(vars(args), num_classes=1000, scan=args.scan, remat_policy=args.remat_policy)
   shape = (args.image, args.image, 3)
-  batch = random_batch(args.batch, shape, 1000)
-  init = jax.jit(lambda rng: ViT(**cfg).init(rng, batch['image'][:1])['params'])
-  params = init(jax.random.key(0))
-  count = tree_lib.num_params(params)
+  init = lambda rng: ViT(**cfg).init(rng, jnp.zeros((1, *shape), jnp.uint8))['params']
+  count = tree_lib.num_params(param_shapes(cfg, shape))
+  key = jax.eval_shape(lambda: jax.random.key(0))
 
-  runs, memory = {}, {}
+  runs, rows = {}, {}
   for fsdp in (int(f) for f in args.fsdp.split(',')):
-    backend = parallel.make_backend('jit', {'fsdp': fsdp, 'min_size': args.min_size})
-    name = 'replicated' if fsdp == 1 else f'fsdp {parallel.fsdp_size(fsdp)}'
-    runs[name] = step_runner(cfg, params, batch, backend=backend)
-    stats = runs[name].compiled().memory_analysis()
-    create, _ = loop.state_init(init, optax.adamw(1e-3), backend, jax.random.key(0), jax.random.key(1))
-    made = create.lower(jax.random.key(0), jax.random.key(1)).compile().memory_analysis()
-    memory[name] = (device0_bytes(runs[name].state()), made.output_size_in_bytes + made.temp_size_in_bytes,
-                    stats.argument_size_in_bytes, stats.temp_size_in_bytes)
-  times = interleaved_times(runs, args.repeats)
+    size = parallel.fsdp_size(fsdp, len(devices))
+    backend = (parallel.FsdpBackend(fsdp, args.min_size, devices) if size > 1 else parallel.JitBackend(devices))
+    name = 'replicated' if size == 1 else f'fsdp {size}'
+    compiled = compile_step(cfg, shape, args.batch, backend)
+    stats = compiled.memory_analysis()
+    create, shardings = loop.state_init(init, optax.adamw(1e-3), backend, jax.random.key(0), jax.random.key(1))
+    made = create.lower(key, key).compile().memory_analysis()
+    rows[name] = (per_device_bytes(jax.eval_shape(create, key, key), shardings),
+                  made.output_size_in_bytes + made.temp_size_in_bytes,
+                  stats.argument_size_in_bytes, stats.temp_size_in_bytes, collected_bytes(compiled.as_text()))
+    if not args.topology:
+      runs[name] = step_runner(cfg, jax.jit(init)(jax.random.key(0)), random_batch(args.batch, shape, 1000),
+                               backend=backend)
+  times = interleaved_times(runs, args.repeats) if runs else {}
 
   print(f'ViT width {args.width} depth {args.depth} ({count / 1e6:.1f}M params), {args.image}x{args.image} '
         f'patch {args.patch}, batch {args.batch}, {args.dtype}{", scan" if args.scan else ""}'
-        f'{", remat " + args.remat_policy if args.remat_policy else ""}, '
-        f'{jax.device_count()} x {jax.devices()[0].device_kind}; budget {args.budget_gb:g} GiB per device')
+        f'{", remat " + args.remat_policy if args.remat_policy else ""}, {len(devices)} x {kind}'
+        f'{f" ({args.topology}, compiled for, not run)" if args.topology else ""}; budget {budget:g} GiB per device')
+  timed = f' {"step s":>7} | {"vs replicated":>13} |' if times else ''
   print(f'| {"state":<10} | {"state/dev MiB":>13} | {"init/dev MiB":>12} | {"args/dev MiB":>12} '
-        f'| {"temp/dev MiB":>12} | {"fits":>4} | {"step s":>7} | {"vs replicated":>13} |')
-  print(f'|{"-" * 12}|{"-" * 15}|{"-" * 14}|{"-" * 14}|{"-" * 14}|{"-" * 6}|{"-" * 9}|{"-" * 15}|')
-  first = next(iter(times.values()))
-  for name, t in times.items():
-    state, made, arguments, temp = memory[name]
-    fits = 'yes' if arguments + temp <= args.budget_gb * GB else 'no'
-    print(f'| {name:<10} | {state / 2**20:13.1f} | {made / 2**20:12.1f} | {arguments / 2**20:12.1f} '
-          f'| {temp / 2**20:12.1f} | {fits:>4} | {t:7.3f} | {t / first:13.2f} |')
+        f'| {"temp/dev MiB":>12} | {"fits":>4} | {"gathered MiB":>12} | {"reduced MiB":>11} |{timed}')
+  print(f'|{"-" * 12}|{"-" * 15}|{"-" * 14}|{"-" * 14}|{"-" * 14}|{"-" * 6}|{"-" * 14}|{"-" * 13}|'
+        + (f'{"-" * 9}|{"-" * 15}|' if times else ''))
+  first = next(iter(times.values()), None)
+  for name, (state, made, arguments, temp, collected) in rows.items():
+    fits = 'yes' if arguments + temp <= budget * GB else 'no'
+    line = (f'| {name:<10} | {state / MiB:13.1f} | {made / MiB:12.1f} | {arguments / MiB:12.1f} '
+            f'| {temp / MiB:12.1f} | {fits:>4} | {collected["gathered"] / MiB:12.1f} | {collected["reduced"] / MiB:11.1f} |')
+    if times:
+      line += f' {times[name]:7.3f} | {times[name] / first:13.2f} |'
+    print(line)
 
 
 if __name__ == '__main__':

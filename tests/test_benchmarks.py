@@ -53,6 +53,77 @@ def test_sharding_benchmark_reports_memory_per_device():
   assert sharded == pytest.approx(replicated / 4, abs=0.1)  # --min-size 0: every leaf but step and rng split
   assert float(rows['fsdp 4'][1]) < float(rows['replicated'][1]) / 2  # creating the state, per device
   assert float(rows['fsdp 4'][2]) < float(rows['replicated'][2])  # XLA's arguments per device
+  gathered, reduced = {name: float(row[5]) for name, row in rows.items()}, {name: float(row[6]) for name, row in rows.items()}
+  assert gathered['replicated'] == 0 and gathered['fsdp 4'] >= sharded * 4 / 3 - 0.1  # every param, f32
+  assert reduced['replicated'] == pytest.approx(replicated / 3, abs=0.1)  # the gradients, a third of the state
+
+
+COLLECTIVES_HLO = '''HloModule collectives
+
+%all-reduce-scatter (input: f32[8,4]) -> f32[2,4] {
+  %input = f32[8,4]{1,0:T(8,128)} parameter(0)
+  %all-reduce.1 = f32[8,4]{1,0:T(8,128)} all-reduce(%input), channel_id=1, replica_groups={{0,1,2,3}}, to_apply=%add
+  %offset = s32[] constant(0)
+  ROOT %slice = f32[2,4]{1,0} dynamic-slice(%all-reduce.1, %offset, %offset), dynamic_slice_sizes={2,4}
+}
+
+ENTRY %main (w: bf16[2,16], g: (f32[8,4], f32[6]), h: f32[16,3]) -> f32[2,4] {
+  %w = bf16[2,16]{1,0} parameter(0)
+  %gathered = bf16[8,16]{1,0} all-gather(%w), channel_id=2, replica_groups={{0,1,2,3}}, dimensions={0}
+  %start = (bf16[2,16]{1,0}, bf16[8,16]{1,0}) all-gather-start(%w), channel_id=3, dimensions={0}
+  %done = bf16[8,16]{1,0} all-gather-done(%start)
+  %g = (f32[8,4]{1,0}, f32[6]{0}) parameter(1)
+  %combined = (f32[8,4]{1,0}, f32[6]{0}) all-reduce(%g), channel_id=4, to_apply=%add
+  %h = f32[16,3]{1,0} parameter(2)
+  %scattered = f32[4,3]{1,0} reduce-scatter(%h), channel_id=5, dimensions={0}, to_apply=%add
+  %first = f32[8,4]{1,0} get-tuple-element(%combined), index=0
+  ROOT %fused = f32[2,4]{1,0} fusion(%first), kind=kCustom, calls=%all-reduce-scatter
+}
+'''
+
+
+def test_collected_bytes_are_the_whole_arrays_gathered_and_reduced():
+  """All-gathers by their output (an async pair once), all-reduces by their output (a
+  combined one's tuple summed; XLA:TPU's fused reduce-scatter by its all-reduce), and a
+  reduce-scatter by its input."""
+  from benchmarks import sharding
+  assert sharding.collected_bytes(COLLECTIVES_HLO) == {
+      'gathered': 2 * 8 * 16 * 2,  # two bf16[8,16]
+      'reduced': 8 * 4 * 4 + (8 * 4 + 6) * 4 + 16 * 3 * 4}
+
+
+def test_sharding_benchmark_compiles_for_a_tpu_slice_that_is_not_here(monkeypatch, capsys):
+  """--topology: the rows from compiling alone (no step times), the budget the chip's HBM;
+  here libtpu's description of a slice is stood in for by the 8 CPU devices."""
+  import sys
+  import types
+  from benchmarks import sharding
+  monkeypatch.setattr(sharding.topologies, 'get_topology_desc',
+                      lambda topology_name, platform: types.SimpleNamespace(devices=jax.devices()))
+  argv = ['sharding', '--topology', 'v5e:2x4', '--width', '32', '--heads', '2', '--depth', '2', '--batch', '8',
+          '--image', '16', '--patch', '8', '--fsdp', '1,-1', '--min-size', '0']
+  monkeypatch.setattr(sys, 'argv', argv)
+  with pytest.raises(SystemExit, match=re.escape("--budget-gb: no HBM size known for 'cpu'")):
+    sharding.main()
+  monkeypatch.setattr(sharding, 'HBM_GIB', {'cpu': 1e-4})  # ~105 KB: the replicated step does not fit
+  sharding.main()
+  out = capsys.readouterr().out
+  assert '8 x cpu (v5e:2x4, compiled for, not run); budget 0.0001 GiB per device' in out and 'step s' not in out
+  rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+          for line in out.splitlines() if line.startswith('| replicated') or line.startswith('| fsdp')}
+  assert float(rows['fsdp 8'][0]) < float(rows['replicated'][0]) / 4 and rows['replicated'][4] == 'no'
+
+
+def test_sharding_benchmark_without_libtpu_says_what_to_install(monkeypatch):
+  from benchmarks import sharding
+
+  def no_libtpu(topology_name, platform):
+    raise RuntimeError('Unable to initialize backend \'tpu\'')
+
+  monkeypatch.setattr(sharding.topologies, 'get_topology_desc', no_libtpu)
+  with pytest.raises(SystemExit, match=re.escape(f'--topology=v5e:4x4: compiling for a TPU slice needs libtpu '
+                                                 f'(pip install "jax[tpu]=={jax.__version__}"')):
+    sharding.tpu_slice('v5e:4x4')
 
 
 @pytest.mark.slow  # worker processes
