@@ -7,9 +7,9 @@ compiled step (arguments: state and batch; temporaries: activations, gradients,
 gathered weights) and the state's bytes per device; a row fits the budget when
 arguments + temporaries do. `init/dev` is what creating the state takes per device
 (output + temporaries of the loop's jitted init, lgjax.train.loop.state_init): under
-FSDP no device ever holds the whole state. `gathered` and `reduced` are the MiB of
-arrays the compiled step all-gathers and reduces (all-reduce, or reduce-scatter where
-XLA makes one) per device, each computation of its HLO counted once (a scanned
+FSDP no device ever holds the whole state. `gathered`, `all-reduced` and `scattered`
+are the MiB of arrays the compiled step all-gathers, all-reduces and reduce-scatters
+per device (collected_bytes), each computation of its HLO counted once (a scanned
 model's loop body once, not per layer). Steps are timed in turns (benchmarks.common).
 
 `--topology NAME` compiles the same steps for a TPU slice that is not here, e.g.
@@ -66,12 +66,12 @@ def per_device_bytes(shapes, shardings) -> int:
 
 
 def collected_bytes(hlo_text: str) -> dict[str, int]:
-  """'gathered' and 'reduced' -> bytes of the whole arrays a compiled step all-gathers and
-  reduces per device: each all-gather's output; each all-reduce's output, also where XLA:TPU
-  fuses one with the slice it keeps (a reduce-scatter, a computation named
-  all-reduce-scatter); each reduce-scatter's input. An async pair counts once, at its done."""
-  totals = {'gathered': 0, 'reduced': 0}
-  for body in profile_step.computations(hlo_text).values():
+  """'gathered', 'all-reduced' and 'reduce-scattered' -> bytes of the whole arrays a compiled
+  step collects per device: each all-gather's output, each all-reduce's output, each
+  reduce-scatter's input, XLA:TPU's reduce-scatter being an all-reduce fused with the slice
+  it keeps (in a computation named all-reduce-scatter). An async pair counts once, at its done."""
+  totals = {'gathered': 0, 'all-reduced': 0, 'reduce-scattered': 0}
+  for computation, body in profile_step.computations(hlo_text).items():
     shapes = {}
     for name, shape, opcode, rest in profile_step.INSTRUCTION.findall(body):
       shapes[name] = shape
@@ -79,9 +79,11 @@ def collected_bytes(hlo_text: str) -> dict[str, int]:
       if op == 'all-gather':
         totals['gathered'] += profile_step.shape_bytes(shape)
       elif op == 'all-reduce':
-        totals['reduced'] += profile_step.shape_bytes(shape)
+        scatter = computation.startswith('all-reduce-scatter')
+        totals['reduce-scattered' if scatter else 'all-reduced'] += profile_step.shape_bytes(shape)
       elif op == 'reduce-scatter':
-        totals['reduced'] += sum(profile_step.shape_bytes(shapes.get(o, '')) for o in re.findall(r'%([^\s,()]+)', rest))
+        totals['reduce-scattered'] += sum(profile_step.shape_bytes(shapes.get(o, ''))
+                                          for o in re.findall(r'%([^\s,()]+)', rest))
   return totals
 
 
@@ -114,12 +116,18 @@ def main():
     size = parallel.fsdp_size(fsdp, len(devices))
     backend = (parallel.FsdpBackend(fsdp, args.min_size, devices) if size > 1 else parallel.JitBackend(devices))
     name = 'replicated' if size == 1 else f'fsdp {size}'
-    compiled = compile_step(cfg, shape, args.batch, backend)
-    stats = compiled.memory_analysis()
     create, shardings = loop.state_init(init, optax.adamw(1e-3), backend, jax.random.key(0), jax.random.key(1))
     made = create.lower(key, key).compile().memory_analysis()
-    rows[name] = (per_device_bytes(jax.eval_shape(create, key, key), shardings),
-                  made.output_size_in_bytes + made.temp_size_in_bytes,
+    state = per_device_bytes(jax.eval_shape(create, key, key), shardings)
+    try:
+      compiled = compile_step(cfg, shape, args.batch, backend)
+    except jax.errors.JaxRuntimeError as e:  # a TPU compiler that finds the step too big for the chip says so
+      if 'RESOURCE_EXHAUSTED' not in str(e):
+        raise
+      rows[name] = (state, made.output_size_in_bytes + made.temp_size_in_bytes, str(e).splitlines()[0])
+      continue
+    stats = compiled.memory_analysis()
+    rows[name] = (state, made.output_size_in_bytes + made.temp_size_in_bytes,
                   stats.argument_size_in_bytes, stats.temp_size_in_bytes, collected_bytes(compiled.as_text()))
     if not args.topology:
       runs[name] = step_runner(cfg, jax.jit(init)(jax.random.key(0)), random_batch(args.batch, shape, 1000),
@@ -130,20 +138,30 @@ def main():
         f'patch {args.patch}, batch {args.batch}, {args.dtype}{", scan" if args.scan else ""}'
         f'{", remat " + args.remat_policy if args.remat_policy else ""}, {len(devices)} x {kind}'
         f'{f" ({args.topology}, compiled for, not run)" if args.topology else ""}; budget {budget:g} GiB per device')
-  timed = f' {"step s":>7} | {"vs replicated":>13} |' if times else ''
-  print(f'| {"state":<10} | {"state/dev MiB":>13} | {"init/dev MiB":>12} | {"args/dev MiB":>12} '
-        f'| {"temp/dev MiB":>12} | {"fits":>4} | {"gathered MiB":>12} | {"reduced MiB":>11} |{timed}')
-  print(f'|{"-" * 12}|{"-" * 15}|{"-" * 14}|{"-" * 14}|{"-" * 14}|{"-" * 6}|{"-" * 14}|{"-" * 13}|'
-        + (f'{"-" * 9}|{"-" * 15}|' if times else ''))
-  first = next(iter(times.values()), None)
-  for name, (state, made, arguments, temp, collected) in rows.items():
-    fits = 'yes' if arguments + temp <= budget * GB else 'no'
-    line = (f'| {name:<10} | {state / MiB:13.1f} | {made / MiB:12.1f} | {arguments / MiB:12.1f} '
-            f'| {temp / MiB:12.1f} | {fits:>4} | {collected["gathered"] / MiB:12.1f} | {collected["reduced"] / MiB:11.1f} |')
-    if times:
-      line += f' {times[name]:7.3f} | {times[name] / first:13.2f} |'
-    print(line)
+  print(table(rows, times, budget))
 
+
+def table(rows: dict, times: dict, budget: float) -> str:
+  """The markdown table of main's rows: name -> (state, init, arguments, temporaries, collected
+  bytes), or (state, init, XLA's refusal) for a step the compiler found too big."""
+  lines = [f'| {"state":<10} | {"state/dev MiB":>13} | {"init/dev MiB":>12} | {"args/dev MiB":>12} '
+           f'| {"temp/dev MiB":>12} | {"fits":>4} | {"gathered MiB":>12} | {"all-reduced MiB":>15} '
+           f'| {"scattered MiB":>13} |' + (f' {"step s":>7} | {"vs replicated":>13} |' if times else ''),
+           f'|{"-" * 12}|{"-" * 15}|{"-" * 14}|{"-" * 14}|{"-" * 14}|{"-" * 6}|{"-" * 14}|{"-" * 17}|{"-" * 15}|'
+           + (f'{"-" * 9}|{"-" * 15}|' if times else '')]
+  first, refusals = next(iter(times.values()), None), []
+  for name, (state, made, *step) in rows.items():
+    line = f'| {name:<10} | {state / MiB:13.1f} | {made / MiB:12.1f} | '
+    if len(step) == 1:
+      refusals.append(f'{name}: XLA did not compile the step: {step[0]}')
+      lines.append(line + f'{"-":>12} | {"-":>12} | {"no":>4} | {"-":>12} | {"-":>15} | {"-":>13} |')
+      continue
+    arguments, temp, collected = step
+    fits = 'yes' if arguments + temp <= budget * GB else 'no'
+    line += (f'{arguments / MiB:12.1f} | {temp / MiB:12.1f} | {fits:>4} | {collected["gathered"] / MiB:12.1f} '
+             f'| {collected["all-reduced"] / MiB:15.1f} | {collected["reduce-scattered"] / MiB:13.1f} |')
+    lines.append(line + (f' {times[name]:7.3f} | {times[name] / first:13.2f} |' if times else ''))
+  return '\n'.join(lines + refusals)
 
 if __name__ == '__main__':
   main()

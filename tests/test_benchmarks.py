@@ -53,7 +53,7 @@ def test_sharding_benchmark_reports_memory_per_device():
   assert sharded == pytest.approx(replicated / 4, abs=0.1)  # --min-size 0: every leaf but step and rng split
   assert float(rows['fsdp 4'][1]) < float(rows['replicated'][1]) / 2  # creating the state, per device
   assert float(rows['fsdp 4'][2]) < float(rows['replicated'][2])  # XLA's arguments per device
-  gathered, reduced = {name: float(row[5]) for name, row in rows.items()}, {name: float(row[6]) for name, row in rows.items()}
+  gathered, reduced = ({name: float(row[i]) for name, row in rows.items()} for i in (5, 6))
   assert gathered['replicated'] == 0 and gathered['fsdp 4'] >= sharded * 4 / 3 - 0.1  # every param, f32
   assert reduced['replicated'] == pytest.approx(replicated / 3, abs=0.1)  # the gradients, a third of the state
 
@@ -89,7 +89,8 @@ def test_collected_bytes_are_the_whole_arrays_gathered_and_reduced():
   from benchmarks import sharding
   assert sharding.collected_bytes(COLLECTIVES_HLO) == {
       'gathered': 2 * 8 * 16 * 2,  # two bf16[8,16]
-      'reduced': 8 * 4 * 4 + (8 * 4 + 6) * 4 + 16 * 3 * 4}
+      'all-reduced': (8 * 4 + 6) * 4,  # the combined one
+      'reduce-scattered': 8 * 4 * 4 + 16 * 3 * 4}  # TPU's fused one, and an explicit one
 
 
 def test_sharding_benchmark_compiles_for_a_tpu_slice_that_is_not_here(monkeypatch, capsys):
@@ -112,6 +113,19 @@ def test_sharding_benchmark_compiles_for_a_tpu_slice_that_is_not_here(monkeypatc
   rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
           for line in out.splitlines() if line.startswith('| replicated') or line.startswith('| fsdp')}
   assert float(rows['fsdp 8'][0]) < float(rows['replicated'][0]) / 4 and rows['replicated'][4] == 'no'
+
+  compile_step = sharding.compile_step  # a TPU compiler refusing the replicated step: a row that does not fit
+
+  def refusing(cfg, shape, batch, backend):
+    if isinstance(backend, sharding.parallel.FsdpBackend):
+      return compile_step(cfg, shape, batch, backend)
+    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm.\nmore')
+  monkeypatch.setattr(sharding, 'compile_step', refusing)
+  sharding.main()
+  out = capsys.readouterr().out
+  assert re.search(r'\| replicated \| +[\d.]+ \| +[\d.]+ \| +- \| +- \| +no \| +- \| +- \| +- \|', out), out
+  assert out.endswith('replicated: XLA did not compile the step: RESOURCE_EXHAUSTED: Ran out of memory in memory '
+                      'space hbm.\n') and '| fsdp 8 ' in out
 
 
 def test_sharding_benchmark_without_libtpu_says_what_to_install(monkeypatch):

@@ -29,12 +29,13 @@ class BlockRange(nn.Module):
   def __call__(self, x):
     c = self.config
     mlp_dim = ViTConfig.of(c).mlp_dim
-    block = block_class(Encoder1DBlock, self, c.get('remat_policy'))  # one lifted class for every layer
+    dtype = jnp.dtype(c.get('dtype', 'float32'))
+    block = block_class(Encoder1DBlock, self, c.get('remat_policy'), dtype=dtype)  # one lifted class for every layer
     for i in range(self.start, self.stop):
       x = block(num_heads=c['num_heads'], mlp_dim=mlp_dim, gelu_approximate=c.get('gelu_approximate', True),
                 layer_norm_epsilon=c.get('layer_norm_epsilon', 1e-6), attention_impl=c.get('attention_impl'),
                 norm_impl=c.get('norm_impl'), mlp_impl=c.get('mlp_impl'), qkv_impl=c.get('qkv_impl'),
-                dtype=jnp.dtype(c.get('dtype', 'float32')), name=blocks.block_name(i))(x, 0.0, True)
+                dtype=dtype, name=blocks.block_name(i))(x, 0.0, True)
     return added(x)  # norm_impl's blocks leave their last add to the next LayerNorm
 
 

@@ -31,7 +31,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from typing import Any, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -58,11 +58,13 @@ _EXAMPLE_IDS = contextvars.ContextVar('lgjax_example_ids', default=None)
 
 
 @contextlib.contextmanager
-def gathered_weights(sharding: jax.sharding.Sharding):
+def gathered_weights(sharding: jax.sharding.Sharding,
+                     stored: Callable[[tuple[int, ...]], jax.sharding.Sharding] | None = None):
   """Within it, modules use their params as `sharding` (e.g. replicated over the mesh):
-  the all-gather of FSDP, placed by XLA where each module runs. Enter it inside a
-  jitted function, around the model's apply, so that tracing sees it."""
-  token = _WEIGHT_SHARDING.set(sharding)
+  the all-gather of FSDP, placed by XLA where each module runs. `stored(shape)`: where
+  a param of that shape is kept (its shard); see as_used. Enter it inside a jitted
+  function, around the model's apply, so that tracing sees it."""
+  token = _WEIGHT_SHARDING.set((sharding, stored))
   try:
     yield
   finally:
@@ -106,29 +108,47 @@ class Dropout(nn.Dropout):
     return jax.lax.select(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs))
 
 
-def as_used(variables: Any) -> Any:
+def as_used(variables: Any, dtype: Any = None) -> Any:
   """`variables` as gathered_weights says a model uses them: for params read outside a
-  ViT module (e.g. the Learngene Pool's width maps); themselves outside it."""
-  sharding = _WEIGHT_SHARDING.get()
-  return variables if sharding is None else jax.lax.with_sharding_constraint(variables, sharding)
+  ViT module (e.g. the Learngene Pool's width maps); themselves outside it.
+
+  Each param is first pinned where it is stored, then gathered. Pinned, a kernel that
+  the module casts to a narrower compute `dtype` (bfloat16) is cast on its shard, so the
+  gather moves half the bytes (the module's own cast then does nothing: the same
+  numbers), and the gradient is brought back to the shard, which XLA does as a
+  reduce-scatter; unpinned, XLA:GPU gathered float32 kernels and all-reduced whole
+  gradients (benchmarks/results/sharding_tpu.md)."""
+  if _WEIGHT_SHARDING.get() is None:
+    return variables
+  sharding, stored = _WEIGHT_SHARDING.get()
+  narrower = dtype is not None and jnp.dtype(dtype).itemsize
+
+  def pinned(path, x):
+    if narrower and narrower < x.dtype.itemsize and getattr(path[-1], 'key', None) == 'kernel':
+      x = x.astype(dtype)
+    return x if stored is None else jax.lax.with_sharding_constraint(x, stored(x.shape))
+
+  return jax.lax.with_sharding_constraint(jax.tree_util.tree_map_with_path(pinned, variables), sharding)
 
 
-def gathered(module_class: type[nn.Module], parent: nn.Module) -> type[nn.Module]:
+def gathered(module_class: type[nn.Module], parent: nn.Module, dtype: Any = None) -> type[nn.Module]:
   """`module_class`, reading its params as gathered_weights says (same param names);
-  `module_class` itself outside gathered_weights (no lifting cost in eager code)."""
+  `module_class` itself outside gathered_weights (no lifting cost in eager code).
+  `dtype`: the module's compute dtype, to which it casts its kernels (as_used)."""
   if _WEIGHT_SHARDING.get() is None:
     return module_class
-  return nn.map_variables(module_class, 'params', as_used, init=parent.is_initializing())
+  return nn.map_variables(module_class, 'params', functools.partial(as_used, dtype=dtype),
+                          init=parent.is_initializing())
 
 
 def block_class(module_class: type[nn.Module], parent: nn.Module, remat_policy: str | None,
-                scan: bool = False) -> type[nn.Module]:
+                scan: bool = False, dtype: Any = None) -> type[nn.Module]:
   """A block class as the encoder runs it: gathered (FSDP), then rematerialized under
   `remat_policy`, so that the backward pass recomputes each block's activations from its
   input, and gathers its weights again, instead of keeping them all from the forward
   pass (less memory for a second forward). Inside nn.scan, XLA cannot merge the
   recomputation into the forward (big_vision's prevent_cse=False there)."""
-  module_class = gathered(module_class, parent)
+  module_class = gathered(module_class, parent, dtype)
   if remat_policy is None:
     return module_class
   return nn.remat(module_class, prevent_cse=not scan, static_argnums=(3,),  # self, x, rate, deterministic
@@ -229,7 +249,7 @@ class MultiHeadDotProductAttention(nn.Module):
       q, k, v = qkv_projection.project(cast(x), p['query']['kernel'], p['query']['bias'], p['key']['kernel'],
                                        p['value']['kernel'])
     y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
-    bias = p['out']['bias'] + jnp.einsum('hk,hkd->d', p['value']['bias'], p['out']['kernel'])
+    bias = p['out']['bias'] + jnp.einsum('hk,hkd->d', p['value']['bias'], cast(p['out']['kernel']))
     y = jnp.einsum('...hk,hkd->...d', y, cast(p['out']['kernel']))
     return y + cast(bias) if self.out_bias else (y, bias)
 
@@ -469,12 +489,12 @@ class Encoder(nn.Module):
       x = Residual.of(x, self.drop_path > 0 and not deterministic)
     if self.scan:
       scanned = nn.scan(
-          block_class(_ScanBlock, self, self.remat_policy, scan=True), variable_axes={'params': 0, 'intermediates': 0},
+          block_class(_ScanBlock, self, self.remat_policy, scan=True, dtype=self.dtype), variable_axes={'params': 0, 'intermediates': 0},
           split_rngs={'params': True, 'dropout': True},
           in_axes=(0, nn.broadcast), length=self.depth)
       x, _ = scanned(name=blocks.SCANNED, **kw)(x, jnp.asarray(rates, jnp.float32), deterministic)
     else:
-      block = block_class(Encoder1DBlock, self, self.remat_policy)  # one lifted class for every layer
+      block = block_class(Encoder1DBlock, self, self.remat_policy, dtype=self.dtype)  # one lifted class for every layer
       for i in range(self.depth):
         x = block(name=blocks.block_name(i), **kw)(x, float(rates[i]), deterministic)
     if isinstance(x, Residual) and self.final_norm == 'tokens':  # the last add in the norm's kernel
@@ -493,7 +513,7 @@ def embed(module: nn.Module, image, config) -> jax.Array:
   ps = config.patch_size
   patch = tuple(ps) if isinstance(ps, Sequence) else (ps,) * 2
   fan_in = patch[0] * patch[1] * image.shape[-1]
-  conv = gathered(nn.Conv, module)
+  conv = gathered(nn.Conv, module, dtype)
   x = conv(config.width, patch, strides=patch, padding='VALID', name='embedding',
            kernel_init=scheme.patch_kernel, bias_init=scheme.patch_bias(fan_in),
            dtype=dtype, parent=module)(jnp.asarray(image, dtype))

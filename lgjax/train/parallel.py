@@ -149,9 +149,12 @@ class FsdpBackend(JitBackend):
   def _gathering(self, make_step: Callable[..., Callable]) -> Callable:
     """The step, its model traced inside vit.gathered_weights (weights gathered where used)."""
     step = make_step(axis_name=None)
+    # A param's shard, from its shape: inside a scanned stack's loop body a layer's slice
+    # has the stack's split axis (the layer axis is never split).
+    stored = lambda shape: NamedSharding(self.mesh, fsdp_spec('', shape, self.size, self.min_size))
 
     def run(*args):
-      with vit.gathered_weights(self.replicated):
+      with vit.gathered_weights(self.replicated, stored):
         return step(*args)
     return run
 
