@@ -12,11 +12,13 @@ are the MiB of arrays the compiled step all-gathers, all-reduces and reduce-scat
 per device (collected_bytes), each computation of its HLO counted once (a scanned
 model's loop body once, not per layer). Steps are timed in turns (benchmarks.common).
 
-`--topology NAME` compiles the same steps for a TPU slice that is not here, e.g.
-v5e:4x4 (16 chips on 4 hosts), v4:2x2x4, v5p:4x4x4 or v6e:8x8: XLA's deviceless
-compilation, which needs libtpu (no TPU), best in a scratch virtual environment.
-Memory is then the TPU compiler's account, the budget the chip's HBM, and nothing
-runs, so there are no step times.
+`--topology NAME` compiles the same steps for chips that are not here: a TPU slice,
+e.g. v5e:4x4 (16 chips on 4 hosts), v4:2x2x4, v5p:4x4x4 or v6e:8x8 (libtpu), or
+h100:N / h200:N, N GPUs of one host (JAX's CUDA plugin, as kernel_bytes): XLA's
+deviceless compilation, best in a scratch virtual environment. Memory is then that
+compiler's account, the budget the chip's HBM, and nothing runs, so there are no step
+times. (Deviceless XLA:GPU 0.10 finds no Triton GEMM tiles for some sharded bf16 steps:
+XLA_FLAGS=--xla_gpu_enable_triton_gemm=false.)
 
   JAX_NUM_CPU_DEVICES=8 python -m benchmarks.sharding   # CPU devices stand in for accelerators
   python -m benchmarks.sharding --width 1024 --heads 16 --depth 24 --budget-gb 4   # ViT-L layers
@@ -37,7 +39,7 @@ import jax.numpy as jnp
 import optax
 from jax.experimental import topologies
 
-from benchmarks import profile_step
+from benchmarks import kernel_bytes, profile_step
 from benchmarks.common import add_model_args, compile_step, interleaved_times, model_config, random_batch, step_runner
 from lgjax import tree as tree_lib
 from lgjax.models import ViT, param_shapes
@@ -45,18 +47,26 @@ from lgjax.train import loop, parallel
 
 GB = 1 << 30
 MiB = 1 << 20
-HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32}  # per chip (v4, v5e, v5p, v6e)
+HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32,  # per chip (v4, v5e, v5p, v6e)
+           **{chip['name']: chip['memory'] / GB for chip in kernel_bytes.CHIPS.values()}}
 
 
-def tpu_slice(name: str) -> list:
-  """The chips of TPU slice `name` as libtpu describes it, to compile for (no TPU needed)."""
-  jax.config.update('jax_platforms', 'cpu')  # before any backend starts: nothing looks for a TPU
+def topology_devices(name: str) -> list:
+  """The chips of `name` as XLA describes them, to compile for (none needed): a TPU slice
+  libtpu knows (e.g. v5e:4x4), or CHIP:N, N GPUs of kernel_bytes.CHIPS on one host (e.g.
+  h200:8; JAX's CUDA plugin)."""
+  jax.config.update('jax_platforms', 'cpu')  # before any backend starts: nothing looks for a chip
+  chip, _, count = name.partition(':')
   try:
+    if chip in kernel_bytes.CHIPS:
+      return list(topologies.get_topology_desc(platform='cuda', topology=f'1x1x{int(count)}',
+                                               target_config=kernel_bytes.HOPPER.format(**kernel_bytes.CHIPS[chip])).devices)
     return list(topologies.get_topology_desc(topology_name=name, platform='tpu').devices)
-  except Exception as e:  # a missing libtpu or an unknown slice: whatever libtpu raises
-    raise SystemExit(f'--topology={name}: compiling for a TPU slice needs libtpu (pip install '
-                     f'"jax[tpu]=={jax.__version__}", in a scratch venv) and a slice it knows, e.g. v5e:4x4 '
-                     f'or v4:2x2x2. ({type(e).__name__}: {e})')
+  except Exception as e:  # a missing libtpu or CUDA plugin, an unknown slice: whatever they raise
+    needs = (f'JAX\'s CUDA plugin (pip install "jax[cuda12]=={jax.__version__}"' if chip in kernel_bytes.CHIPS else
+             f'libtpu (pip install "jax[tpu]=={jax.__version__}"')
+    raise SystemExit(f'--topology={name}: compiling for it needs {needs}, in a scratch venv) and a topology it '
+                     f'knows, e.g. v5e:4x4, v4:2x2x2 or h200:8. ({type(e).__name__}: {e})')
 
 
 def per_device_bytes(shapes, shardings) -> int:
@@ -97,10 +107,11 @@ def main():
   p.add_argument('--scan', action='store_true', help='scan over layers (weights gathered one layer at a time)')
   p.add_argument('--remat-policy', default=None, help='ViT.remat_policy (e.g. nothing_saveable: with --scan, '
                                                       'each block keeps only its input for the backward pass)')
-  p.add_argument('--topology', default=None, help='a TPU slice to compile for instead (e.g. v5e:4x4): memory only')
+  p.add_argument('--topology', default=None,
+                 help='chips to compile for instead: a TPU slice (e.g. v5e:4x4) or GPUs of one host (h200:8)')
   p.add_argument('--repeats', type=int, default=3)
   args = p.parse_args()
-  devices = tpu_slice(args.topology) if args.topology else jax.devices()
+  devices = topology_devices(args.topology) if args.topology else jax.devices()
   kind = devices[0].device_kind
   budget = args.budget_gb or (HBM_GIB.get(kind) if args.topology else 0.5)
   if budget is None:

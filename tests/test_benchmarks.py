@@ -100,7 +100,7 @@ def test_sharding_benchmark_compiles_for_a_tpu_slice_that_is_not_here(monkeypatc
   import types
   from benchmarks import sharding
   monkeypatch.setattr(sharding.topologies, 'get_topology_desc',
-                      lambda topology_name, platform: types.SimpleNamespace(devices=jax.devices()))
+                      lambda platform, **_: types.SimpleNamespace(devices=jax.devices()))
   argv = ['sharding', '--topology', 'v5e:2x4', '--width', '32', '--heads', '2', '--depth', '2', '--batch', '8',
           '--image', '16', '--patch', '8', '--fsdp', '1,-1', '--min-size', '0']
   monkeypatch.setattr(sys, 'argv', argv)
@@ -128,16 +128,19 @@ def test_sharding_benchmark_compiles_for_a_tpu_slice_that_is_not_here(monkeypatc
                       'space hbm.\n') and '| fsdp 8 ' in out
 
 
-def test_sharding_benchmark_without_libtpu_says_what_to_install(monkeypatch):
+def test_sharding_benchmark_without_libtpu_or_cuda_says_what_to_install(monkeypatch):
   from benchmarks import sharding
 
-  def no_libtpu(topology_name, platform):
-    raise RuntimeError('Unable to initialize backend \'tpu\'')
+  def no_libtpu(platform, **_):
+    raise RuntimeError(f'Unable to initialize backend {platform!r}')
 
   monkeypatch.setattr(sharding.topologies, 'get_topology_desc', no_libtpu)
-  with pytest.raises(SystemExit, match=re.escape(f'--topology=v5e:4x4: compiling for a TPU slice needs libtpu '
+  with pytest.raises(SystemExit, match=re.escape(f'--topology=v5e:4x4: compiling for it needs libtpu '
                                                  f'(pip install "jax[tpu]=={jax.__version__}"')):
-    sharding.tpu_slice('v5e:4x4')
+    sharding.topology_devices('v5e:4x4')
+  with pytest.raises(SystemExit, match=re.escape(f'--topology=h200:8: compiling for it needs JAX\'s CUDA plugin '
+                                                 f'(pip install "jax[cuda12]=={jax.__version__}"')):
+    sharding.topology_devices('h200:8')
 
 
 @pytest.mark.slow  # worker processes
