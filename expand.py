@@ -11,9 +11,9 @@ Any registered method (lgjax.learngene.METHODS) works the same way: the
 descendant is the learngene's model config with the sizes given here
 (--depth, --width, --num_heads, --mlp_dim, --num_classes) replaced, and the
 method's own options are flags of the same names. A --num_classes other than
-the learngene head's gives the descendant a fresh head (seeded by --seed). A learngene comes from
---learngene (a trained learngene directory) or, for methods that take a
-trained ViT as it is, --source (anything load_params reads).
+the learngene head's gives the descendant a fresh head (seeded by --seed). A
+learngene comes from --learngene (a trained learngene directory) or, for methods
+that take a trained ViT as it is, --source (anything load_params reads).
 
 Writes DIR/params (Orbax) and DIR/model_config.json, so that
 `ViT(**config).apply({'params': params}, x)` runs after

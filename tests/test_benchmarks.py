@@ -93,6 +93,7 @@ def test_collected_bytes_are_the_whole_arrays_gathered_and_reduced():
       'reduce-scattered': 8 * 4 * 4 + 16 * 3 * 4}  # TPU's fused one, and an explicit one
 
 
+@pytest.mark.slow  # a command's wiring, four compiles: the slow tier
 def test_sharding_benchmark_compiles_for_a_tpu_slice_that_is_not_here(monkeypatch, capsys):
   """--topology: the rows from compiling alone (no step times), the budget the chip's HBM;
   here libtpu's description of a slice is stood in for by the 8 CPU devices."""
