@@ -126,17 +126,28 @@ def block_kernels(found: list[Kernel], block: int) -> list[tuple[str, str, Kerne
   return rows
 
 
+def topology_devices(name: str) -> list:
+  """The chips of `name` as XLA describes them, to compile for (none needed): a TPU slice
+  libtpu knows (e.g. v5e:4x4), or CHIP:N, N GPUs of CHIPS on one host (e.g.
+  h200:8; JAX's CUDA plugin)."""
+  jax.config.update('jax_platforms', 'cpu')  # before any backend starts: nothing looks for a chip
+  chip, _, count = name.partition(':')
+  try:
+    if chip in CHIPS:
+      return list(topologies.get_topology_desc(platform='cuda', topology=f'1x1x{int(count)}',
+                                               target_config=HOPPER.format(**CHIPS[chip])).devices)
+    return list(topologies.get_topology_desc(topology_name=name, platform='tpu').devices)
+  except Exception as e:  # a missing libtpu or CUDA plugin, an unknown slice: whatever they raise
+    needs = (f'JAX\'s CUDA plugin (pip install "jax[cuda12]=={jax.__version__}"' if chip in CHIPS else
+             f'libtpu (pip install "jax[tpu]=={jax.__version__}"')
+    raise SystemExit(f'Compiling for {name} needs {needs}, in a scratch venv) and a topology it knows, '
+                     f'e.g. v5e:4x4, v4:2x2x2 or h200:8. ({type(e).__name__}: {e})')
+
+
 def compile_for(chip: str, model_cfg: dict, image_shape: tuple, batch_size: int) -> jax.stages.Compiled:
   """benchmarks.common.train_step compiled for `chip`, from shapes alone (its HLO: .as_text();
   its memory: .memory_analysis())."""
-  jax.config.update('jax_platforms', 'cpu')  # before any backend starts: the CUDA plugin then looks for no GPU
-  try:
-    topology = topologies.get_topology_desc(platform='cuda', topology='1x1x1',
-                                            target_config=HOPPER.format(**CHIPS[chip]))
-  except Exception as e:  # NotImplementedError, RuntimeError: whatever the missing plugin raises
-    raise SystemExit(f'Compiling for a GPU needs JAX\'s CUDA plugin: pip install '
-                     f'"jax[cuda12]=={jax.__version__}" (in a scratch venv). ({type(e).__name__}: {e})')
-  return common.compile_step(model_cfg, image_shape, batch_size, parallel.JitBackend(list(topology.devices)))
+  return common.compile_step(model_cfg, image_shape, batch_size, parallel.JitBackend(topology_devices(f'{chip}:1')))
 
 
 def main():

@@ -96,7 +96,7 @@ def computations(hlo_text: str) -> dict[str, str]:
   return {m.group(1): m.group(2) for m in re.finditer(r'^(?:ENTRY )?%(\S+) .*?\{\n(.*?)\n\}', hlo_text, re.M | re.S)}
 
 
-def _operands(rest: str) -> list[str]:
+def operands(rest: str) -> list[str]:
   """The instruction names an instruction's text (after its opcode's '(') takes."""
   return re.findall(r'%([^\s,()]+)', rest.split(')', 1)[0])
 
@@ -111,7 +111,7 @@ def fusion_bytes(body: str, operand_shapes: list[str], shape: str) -> int:
   params = {name: int(re.match(r'\d+', rest).group()) for name, _, op, rest in inner if op == 'parameter'}
   uses = collections.defaultdict(list)  # operand index -> (opcode, position, shape, operands) of each use
   for _, s, op, rest in inner:
-    args = _operands(rest)
+    args = operands(rest)
     for position, arg in enumerate(args):
       if arg in params:
         uses[params[arg]].append((op, position, s, args))
@@ -133,7 +133,7 @@ def parse_hlo(hlo_text: str) -> dict[str, HloOp]:
   shapes = {name: shape for name, shape, _, _ in instructions}
   # An async fusion (XLA:GPU's dynamic slices in a scan) runs its kernel from its start, whose
   # output its done has; the start's own shape is a tuple of operands, output and context.
-  outputs = {_operands(rest)[0]: shape for _, shape, opcode, rest in instructions if opcode == 'fusion-done'}
+  outputs = {operands(rest)[0]: shape for _, shape, opcode, rest in instructions if opcode == 'fusion-done'}
   ops = {}
   for name, shape, opcode, rest in instructions:
     if opcode == 'fusion-start':
@@ -141,7 +141,7 @@ def parse_hlo(hlo_text: str) -> dict[str, HloOp]:
     callee = re.search(r'calls=%([^,\s]+)', rest)
     body = bodies.get(callee.group(1), '') if callee else ''
     inner = [op for _, op in re.findall(r'= (\(.*?\)|\S+) ([\w-]+)\(', body) if op not in _SKIP]
-    operand_shapes = [shapes.get(o, '') for o in _operands(rest)]
+    operand_shapes = [shapes.get(o, '') for o in operands(rest)]
     where = re.search(r'op_name="(?:jit\([^)]*\)/)?([^"]*)"', rest)
     target = re.search(r'custom_call_target="([^"]+)"', rest)
     op = HloOp(shape, bool({opcode, *inner} & {'dot', 'convolution'}),

@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.experimental import topologies
 
 from benchmarks import kernel_bytes, profile_step
 from benchmarks.common import add_model_args, compile_step, interleaved_times, model_config, random_batch, step_runner
@@ -49,24 +47,6 @@ GB = 1 << 30
 MiB = 1 << 20
 HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32,  # per chip (v4, v5e, v5p, v6e)
            **{chip['name']: chip['memory'] / GB for chip in kernel_bytes.CHIPS.values()}}
-
-
-def topology_devices(name: str) -> list:
-  """The chips of `name` as XLA describes them, to compile for (none needed): a TPU slice
-  libtpu knows (e.g. v5e:4x4), or CHIP:N, N GPUs of kernel_bytes.CHIPS on one host (e.g.
-  h200:8; JAX's CUDA plugin)."""
-  jax.config.update('jax_platforms', 'cpu')  # before any backend starts: nothing looks for a chip
-  chip, _, count = name.partition(':')
-  try:
-    if chip in kernel_bytes.CHIPS:
-      return list(topologies.get_topology_desc(platform='cuda', topology=f'1x1x{int(count)}',
-                                               target_config=kernel_bytes.HOPPER.format(**kernel_bytes.CHIPS[chip])).devices)
-    return list(topologies.get_topology_desc(topology_name=name, platform='tpu').devices)
-  except Exception as e:  # a missing libtpu or CUDA plugin, an unknown slice: whatever they raise
-    needs = (f'JAX\'s CUDA plugin (pip install "jax[cuda12]=={jax.__version__}"' if chip in kernel_bytes.CHIPS else
-             f'libtpu (pip install "jax[tpu]=={jax.__version__}"')
-    raise SystemExit(f'--topology={name}: compiling for it needs {needs}, in a scratch venv) and a topology it '
-                     f'knows, e.g. v5e:4x4, v4:2x2x2 or h200:8. ({type(e).__name__}: {e})')
 
 
 def per_device_bytes(shapes, shardings) -> int:
@@ -93,7 +73,7 @@ def collected_bytes(hlo_text: str) -> dict[str, int]:
         totals['reduce-scattered' if scatter else 'all-reduced'] += profile_step.shape_bytes(shape)
       elif op == 'reduce-scatter':
         totals['reduce-scattered'] += sum(profile_step.shape_bytes(shapes.get(o, ''))
-                                          for o in re.findall(r'%([^\s,()]+)', rest))
+                                          for o in profile_step.operands(rest))
   return totals
 
 
@@ -111,7 +91,7 @@ def main():
                  help='chips to compile for instead: a TPU slice (e.g. v5e:4x4) or GPUs of one host (h200:8)')
   p.add_argument('--repeats', type=int, default=3)
   args = p.parse_args()
-  devices = topology_devices(args.topology) if args.topology else jax.devices()
+  devices = kernel_bytes.topology_devices(args.topology) if args.topology else jax.devices()
   kind = devices[0].device_kind
   budget = args.budget_gb or (HBM_GIB.get(kind) if args.topology else 0.5)
   if budget is None:

@@ -99,8 +99,8 @@ def test_sharding_benchmark_compiles_for_a_tpu_slice_that_is_not_here(monkeypatc
   here libtpu's description of a slice is stood in for by the 8 CPU devices."""
   import sys
   import types
-  from benchmarks import sharding
-  monkeypatch.setattr(sharding.topologies, 'get_topology_desc',
+  from benchmarks import kernel_bytes, sharding
+  monkeypatch.setattr(kernel_bytes.topologies, 'get_topology_desc',
                       lambda platform, **_: types.SimpleNamespace(devices=jax.devices()))
   argv = ['sharding', '--topology', 'v5e:2x4', '--width', '32', '--heads', '2', '--depth', '2', '--batch', '8',
           '--image', '16', '--patch', '8', '--fsdp', '1,-1', '--min-size', '0']
@@ -130,18 +130,18 @@ def test_sharding_benchmark_compiles_for_a_tpu_slice_that_is_not_here(monkeypatc
 
 
 def test_sharding_benchmark_without_libtpu_or_cuda_says_what_to_install(monkeypatch):
-  from benchmarks import sharding
+  from benchmarks import kernel_bytes
 
   def no_libtpu(platform, **_):
     raise RuntimeError(f'Unable to initialize backend {platform!r}')
 
-  monkeypatch.setattr(sharding.topologies, 'get_topology_desc', no_libtpu)
-  with pytest.raises(SystemExit, match=re.escape(f'--topology=v5e:4x4: compiling for it needs libtpu '
+  monkeypatch.setattr(kernel_bytes.topologies, 'get_topology_desc', no_libtpu)
+  with pytest.raises(SystemExit, match=re.escape(f'Compiling for v5e:4x4 needs libtpu '
                                                  f'(pip install "jax[tpu]=={jax.__version__}"')):
-    sharding.topology_devices('v5e:4x4')
-  with pytest.raises(SystemExit, match=re.escape(f'--topology=h200:8: compiling for it needs JAX\'s CUDA plugin '
+    kernel_bytes.topology_devices('v5e:4x4')
+  with pytest.raises(SystemExit, match=re.escape(f'Compiling for h200:8 needs JAX\'s CUDA plugin '
                                                  f'(pip install "jax[cuda12]=={jax.__version__}"')):
-    sharding.topology_devices('h200:8')
+    kernel_bytes.topology_devices('h200:8')
 
 
 @pytest.mark.slow  # worker processes
