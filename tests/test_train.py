@@ -1,3 +1,4 @@
+import asyncio
 import functools
 import glob
 import json
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -318,11 +320,13 @@ def test_all_checkpoints_damaged_starts_exactly_as_a_fresh_run(tmp_path, capsys)
 
 
 @pytest.mark.slow  # fault injection: the slow tier
+@pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')  # the reads that end late
 @pytest.mark.parametrize('fault', ['flipped_byte', 'checksum'])
 def test_a_corrupt_checkpoint_is_damaged_not_restored(tmp_path, capsys, caplog, fault):
   """A flipped byte in the stored state (compressed: OCDBT's reader reports DATA_LOSS or a
   decode error, by where the byte falls), or arrays that no longer match the checksums
-  written with them: the step is set aside, an older one used."""
+  written with them: the step is set aside, an older one used, and the one warning says
+  so (not the tracebacks of every read of the step that fails after the first)."""
   config = run_config('teacher', total_steps=4, checkpoint_every=2)
   train_and_evaluate(config, str(tmp_path))
   step_dir = tmp_path / 'checkpoints' / '4'
@@ -848,6 +852,43 @@ def test_orbax_out_of_space_errors_become_one_oserror(tmp_path, caplog):
                                  ('/x/mine.py', 'No space left on device', orbax_error)):
       logger.handle(logger.makeRecord(logger.name, 40, path, 1, message, (), (ValueError, error, None)))
   assert [r.getMessage() for r in caplog.records] == ['other', 'No space left on device']
+
+
+def test_a_failed_restores_late_reads_are_quiet_and_other_errors_are_not(tmp_path, monkeypatch, caplog):
+  """What a damaged step's reads print after the first has failed: tracebacks of reads that
+  wake Orbax's closed event loop, asyncio's error for each failed read's future. Both are
+  dropped for a step restore_latest tried; anything else goes where it went."""
+  from lgjax.train import checkpoints
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+  step_dir = os.path.join(str(tmp_path), 'checkpoints', '4')
+  checkpoints._quiet_late_reads(step_dir)
+  checkpoints._quiet_late_reads(step_dir)  # installs its hook once
+
+  def unraisable(error):  # what sys.unraisablehook is given
+    try:
+      raise error
+    except Exception as e:
+      return types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__)
+
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:  # what a late read's callback meets
+    late = types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__)
+  other = unraisable(RuntimeError('Event loop is closed'))  # the same words, raised elsewhere
+  for args in (late, other, unraisable(ValueError('a real one'))):
+    sys.unraisablehook(args)
+  assert [str(a.exc_value) for a in seen] == ['Event loop is closed', 'a real one']
+  logger = checkpoints.py_logging.getLogger('asyncio')
+  with caplog.at_level('ERROR', logger='asyncio'):
+    for where in (step_dir, os.path.join(str(tmp_path), 'checkpoints', '2')):
+      logger.error('Future exception was never retrieved\nfuture: <Future finished exception=ValueError('
+                   '\'DATA_LOSS: Error reading "params/.zarray" in OCDBT database at local file "%s/state/"\')>', where)
+    logger.error('Task was destroyed but it is pending! %s', step_dir)
+  assert [r.getMessage().split()[0] for r in caplog.records] == ['Future', 'Task']
+  assert caplog.records[0].getMessage().endswith('checkpoints/2/state/"\')>')
 
 
 def test_an_export_is_whole_or_absent(tmp_path):

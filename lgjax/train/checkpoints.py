@@ -13,7 +13,8 @@ differ in names or shapes from the run's (a changed model) is not damage:
 restore raises StructureMismatch and touches nothing. Each step carries a
 checksum per array; a step whose restored arrays do not match is damaged.
 A full disk ends the run with one OSError(ENOSPC) that names the directory and
-the newest complete step, instead of Orbax's tracebacks from every writer thread.
+the newest complete step, instead of Orbax's tracebacks from every writer thread;
+a damaged step is one warning, without the tracebacks of its reads still in flight.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import logging as py_logging
 import math
 import os
 import shutil
+import sys
+import traceback
 from typing import Any
 
 import jax
@@ -69,6 +72,51 @@ def _quiet_orbax_disk_full() -> None:
   absl_logger = logging.get_absl_logger()
   if not any(isinstance(f, _DropOrbaxDiskFull) for f in absl_logger.filters):
     absl_logger.addFilter(_DropOrbaxDiskFull())
+
+
+def _late_read(unraisable: Any) -> bool:
+  """Whether an unraisable exception is a read that finished after its restore failed:
+  Orbax's run_sync closes its event loop as the first read fails, and each tensorstore
+  read still in flight then wakes that loop (call_soon_threadsafe) and prints a traceback,
+  hundreds for one damaged step."""
+  return (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == 'Event loop is closed'
+          and any(frame.name == 'call_soon_threadsafe' for frame in traceback.extract_tb(unraisable.exc_traceback)))
+
+
+class _DropFailedReads(py_logging.Filter):
+  """asyncio logs each read of a damaged step that failed after the first one ("Future
+  exception was never retrieved", as the reads are collected); restore_latest reports the
+  step once. Drops those records for the step directories in `steps`."""
+
+  def __init__(self):
+    super().__init__()
+    self.steps: set[str] = set()
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not ('exception was never retrieved' in text and any(step in text for step in self.steps))
+
+
+_FAILED_READS = _DropFailedReads()
+
+
+def _quiet_late_reads(step_dir: str) -> None:
+  """Keeps a failed restore of `step_dir` to restore_latest's one warning: drops the
+  tracebacks of its reads that end after the failure (some after the restore has returned,
+  so for the rest of the process). Other unraisable exceptions go to the hook that was there."""
+  _FAILED_READS.steps.add(step_dir + os.sep)
+  asyncio_logger = py_logging.getLogger('asyncio')
+  if _FAILED_READS not in asyncio_logger.filters:
+    asyncio_logger.addFilter(_FAILED_READS)
+  if getattr(sys.unraisablehook, 'drops_late_reads', False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _late_read(unraisable):
+      previous(unraisable)
+  hook.drops_late_reads = True
+  sys.unraisablehook = hook
 
 
 def _param_shapes(tree: PyTree) -> dict[str, tuple]:
@@ -151,6 +199,7 @@ class Checkpointer:
       if saved != want:  # a changed model is not damage: touch nothing
         raise StructureMismatch(step, sorted(k for k in saved.keys() | want.keys() if saved.get(k) != want.get(k)))
       try:
+        _quiet_late_reads(os.path.join(self.directory, str(step)))  # before: they print as the failure unwinds
         items = dict(state=ocp.args.StandardRestore(abstract_state))
         has_sums = os.path.isdir(os.path.join(self.directory, str(step), 'checksums'))
         if has_sums:  # older checkpoints have none
