@@ -9,6 +9,7 @@ Only parses flags; the run is lgjax.train.train_and_evaluate(config, workdir).
 """
 
 import errno
+import os
 import sys
 
 from absl import app, flags, logging
@@ -30,12 +31,25 @@ flags.register_multi_flags_validator(['workdir', 'print_config'], lambda f: f['w
                                      message='--workdir is required (unless --print_config)')
 
 
+def unloadable(error: OSError) -> str:
+  """One line for a --config file that cannot be loaded, naming the recipes there are."""
+  recipes = sorted(f'configs/{n}' for n in os.listdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs'))
+                   if n.endswith('.py') and n not in ('__init__.py', 'common.py'))
+  return f"train.py: --config: {str(error).strip().splitlines()[-1].strip()}; the recipes are {', '.join(recipes)}."
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, but a bad --config.FIELD (a typo, a wrong type) ends in one line, not a traceback."""
+  """absl's parsing, but a bad --config (a missing file, a bad preset) or --config.FIELD (a
+  typo, a wrong type) ends in one line, not a traceback."""
   try:
     return flags.FLAGS(argv)
+  except OSError as e:  # a missing recipe file, met by a --config.FIELD override
+    sys.exit(unloadable(e))
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e)
+    if 'Error whilst parsing config file' in message:  # the recipe's get_config raised: keep its last line
+      head, tail = message.split('Error whilst parsing config file', 1)
+      message = head + tail.replace('\\n', '\n').strip().splitlines()[-1].split(': ', 1)[-1]
     while len(message) > 1 and message[0] == message[-1] and message[0] in '\'"':  # KeyError quotes its text
       message = message[1:-1]
     message = message.replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
@@ -50,6 +64,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   del argv
+  try:
+    _CONFIG.value.kind  # ml_collections reports a recipe file it cannot load on the first read
+  except OSError as e:
+    sys.exit(unloadable(e))
   if _PRINT_CONFIG.value:
     from configs import common
     print(common.describe(_CONFIG.value))

@@ -138,6 +138,11 @@ def test_every_recipe_takes_the_vits_runtime_fields_from_the_command_line(recipe
      'train.py: runs.depth6_tleg: model.depth must be an integer >= 1, got 0.\n'),
     (['--config=configs/demo.py:mnist5k', "--config.order=('teacher', 'depth3_tleg')"],
      "train.py: order names runs that runs lacks: ['depth3_tleg']; runs has ['depth2_scratch', "),
+    # the recipe file or its preset
+    (['--config=configs/techer.py:mnist5k', '--config.total_steps=3'],
+     "train.py: --config: [Errno 2] No such file or directory: 'configs/techer.py'; the recipes are configs/demo.py, "),
+    (['--config=configs/teacher.py:mnist'], "train.py: flag --config=configs/teacher.py:mnist: config arg must be "
+                                            "PRESET[,SIZE][,runlocal] (SIZE one of ('Ti', 'S', 'B', 'L', 'H'), not "),
 ])
 def test_a_config_typo_or_bad_value_is_one_line_before_any_work(args, message, tmp_path):
   import subprocess
