@@ -114,7 +114,7 @@ def preempted_at(step: int):
 
   @contextlib.contextmanager
   def guard():
-    yield lambda s: s == step
+    yield lambda s: 'Preempted' if s == step else None
   return guard
 
 

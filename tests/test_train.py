@@ -366,25 +366,27 @@ def test_resume_with_a_changed_model_refuses_and_touches_nothing(tmp_path):
 
 
 @pytest.mark.slow  # end to end: the slow tier
-def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+@pytest.mark.parametrize('signum, said', [(signal.SIGTERM, 'Preempted'), (signal.SIGINT, 'Interrupted')])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_exits(tmp_path, signum, said):
   workdir = tmp_path / 'run'
-  proc = subprocess.Popen(
+  proc = subprocess.Popen(  # SIGINT as a terminal's Ctrl-C sends it (not ignored, as in a background job)
       [sys.executable, 'train.py', '--config=configs/teacher.py:mnist5k', f'--workdir={workdir}',
        '--config.total_steps=100000', '--config.log_every=1', '--config.model.depth=1',
        '--config.batch_size=16', '--config.checkpoint_every=100000'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     deadline = time.time() + 240
     while time.time() < deadline and len(reporting.read_metrics(str(workdir))) < 2:
       assert proc.poll() is None, proc.communicate()[1][-3000:]
       time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
   finally:
     proc.kill()
   assert proc.returncode == 0, err[-2000:]
-  assert 'Preempted at step' in out
-  step = int(out.split('Preempted at step ')[1].split(':')[0])
+  assert f'{said} at step' in out and 'Traceback' not in err, (out, err[-2000:])
+  step = int(out.split(f'{said} at step ')[1].split(':')[0])
   assert os.listdir(workdir / 'checkpoints') == [str(step)]
 
 
@@ -515,7 +517,11 @@ def test_demo_recipe_chains_runs(tmp_path, capsys):
   for name in config.order:
     config.runs[name].total_steps = 2
   config.order = ('teacher', 'tleg', 'depth2_tleg', 'depth2_scratch')
-  rows = recipe.run_recipe(config, str(tmp_path))
+  with pytest.MonkeyPatch.context() as m:  # stopped in the teacher: the recipe ends there
+    m.setattr(loop, 'preemption_guard', preempted_at(1))
+    assert recipe.run_recipe(config, str(tmp_path)) == []
+  assert os.listdir(tmp_path) == ['teacher'] and os.listdir(tmp_path / 'teacher' / 'checkpoints') == ['1']
+  rows = recipe.run_recipe(config, str(tmp_path))  # resumes the teacher, then the rest
   assert [r['run'] for r in rows] == list(config.order)
   assert [r['init'] for r in rows] == ['model', 'tleg_aux', 'tleg', 'scratch']
   assert os.path.exists(tmp_path / 'depth2_tleg' / loop.EXPORT_DIR / 'model_config.json')

@@ -155,25 +155,36 @@ def step_flops(model_cfg: Any, teacher: ViT | None, image_shape) -> int:
 
 @contextlib.contextmanager
 def preemption_guard():
-  """Yields a function step -> bool that says when to save and stop: on SIGTERM
-  (one process), or at JAX's preemption sync point (all processes agree)."""
-  got_sigterm = []
-  previous = None
+  """Yields a function step -> why to save and stop now, or None: 'Preempted' on SIGTERM
+  (one process) or at JAX's preemption sync point (all processes agree); 'Interrupted' on
+  a first Ctrl-C in a one-process run, whose second Ctrl-C aborts as Python's does."""
+  got: list[str] = []
+  previous = {}
+
+  def interrupted(*_):
+    _say('Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again aborts without saving).')
+    got.append('Interrupted')
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  handlers = {signal.SIGTERM: lambda *_: got.append('Preempted')}
+  if jax.process_count() == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    handlers[signal.SIGINT] = interrupted  # not where SIGINT is ignored (a background job) or taken
   try:
-    previous = signal.signal(signal.SIGTERM, lambda *_: got_sigterm.append(True))
+    for number, handler in handlers.items():
+      previous[number] = signal.signal(number, handler)
   except ValueError:  # not the main thread: no signal handling
     pass
 
-  def preempted(step_num: int) -> bool:
+  def stop(step_num: int) -> str | None:
     if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step_num)
-    return bool(got_sigterm)
+      return 'Preempted' if multihost_utils.reached_preemption_sync_point(step_num) else None
+    return got[0] if got else None
 
   try:
-    yield preempted
+    yield stop
   finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
+    for number, handler in previous.items():
+      signal.signal(number, handler)
 
 
 def evaluate(config, backend, eval_step, state) -> dict[str, float]:
@@ -307,14 +318,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   iterator = iter(data.train_loader(config.dataset, batch_size=config.batch_size, seed=config.seed, start=start,
                                     num_threads=config.input_threads, num_workers=config.get('input_workers', 0)))
   try:
-    with preemption_guard() as preempted:
+    with preemption_guard() as stop_reason:
       for step_num in range(start + 1, config.total_steps + 1):
         trace.before(step_num)
         batch = next(iterator)
         batch['index'] = np.arange(offset, offset + local_batch, dtype=np.int32)
         dstate, metrics = train_step(dstate, backend.place_batch(batch), dteacher)
         trace.after(step_num, dstate)
-        stop = preempted(step_num)
+        stop = stop_reason(step_num)
         save = stop or step_num % config.checkpoint_every == 0 or step_num == config.total_steps
         if save or step_num % config.log_every == 0:
           final = backend.metrics({**metrics, **finite_check(dstate)})
@@ -327,7 +338,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         if save:
           ckpt.save(step_num, backend.canonical(dstate))
         if stop:
-          _say(f'Preempted at step {step_num}: checkpoint saved, exiting.')
+          _say(f'{stop} at step {step_num}: checkpoint saved, exiting (the same command resumes).')
           ckpt.wait()
           return {**final, 'step': step_num, 'preempted': True}
         if step_num == compiling:  # the rates logged after it are the step's own

@@ -63,7 +63,9 @@ def check_recipe(config: Any, workdir: str) -> None:
 
 def run_recipe(config: Any, workdir: str) -> list[dict[str, Any]]:
   """Trains config.runs in order; returns one row per run (with its eval curve),
-  prints the comparison table and writes summary.md and comparison.png."""
+  prints the comparison table and writes summary.md and comparison.png. A run stopped
+  by SIGTERM or Ctrl-C (checkpoint saved) ends the recipe there, with the rows of the
+  runs before it: the later runs read its export. The same command resumes it."""
   check_recipe(config, workdir)
   rows = []
   for name in config.order:
@@ -71,6 +73,8 @@ def run_recipe(config: Any, workdir: str) -> list[dict[str, Any]]:
     print(f'== {name} ==', flush=True)
     run_dir = os.path.join(workdir, name)
     metrics = train_and_evaluate(_resolve(run, workdir), run_dir)
+    if metrics.get('preempted'):
+      return rows
     curve = reporting.eval_curve(run_dir)
     rows.append({'run': name, 'kind': run.kind, 'init': describe_init(run), 'depth': run.model.depth,
                  'classes': run.dataset.get('classes', run.dataset.name), 'steps': metrics['step'],
