@@ -96,6 +96,8 @@ def main(argv):
     if e.errno != errno.ENOSPC:
       raise
     sys.exit(f'train.py: {e}')
+  except MemoryError as e:  # so is a batch or model too big for the devices: what to change
+    sys.exit(f'train.py: {e}')
   if jax.process_index() == 0:
     print('Final: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                                 for k, v in sorted(metrics.items())))

@@ -52,6 +52,7 @@ def test_model_trains_on_embedded_data(tmp_path):
       assert 'mfu' not in record
 
 
+@pytest.mark.slow  # two runs with the profiler: the slow tier (the StepTrace logic is checked below)
 def test_profile_steps_traces_steps_after_the_compiling_one(tmp_path, monkeypatch):
   windows = []
 
@@ -283,6 +284,7 @@ def test_resume_is_bitwise_identical(tmp_path, monkeypatch):
   np.testing.assert_array_equal(losses(tmp_path / 'resumed'), losses(tmp_path / 'straight'))
 
 
+@pytest.mark.slow  # fault injection: the slow tier
 def test_resume_skips_a_damaged_checkpoint(tmp_path, capsys):
   config = run_config('teacher', total_steps=4, checkpoint_every=2)
   train_and_evaluate(config, str(tmp_path))
@@ -833,6 +835,31 @@ def test_a_full_disk_stops_with_one_error_and_keeps_the_last_checkpoint(tmp_path
   monkeypatch.setattr(checkpoints.shutil, 'disk_usage', real)
   train_and_evaluate(run_config('teacher', total_steps=3, checkpoint_every=1), str(tmp_path))  # resumes
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '3']  # keep_checkpoints=2
+
+
+def test_running_out_of_device_memory_says_which_fields_to_change(tmp_path, monkeypatch):
+  def fails_with(message):  # as a step too big for the devices fails (the run's checkpoints are kept)
+    error = jax.errors.JaxRuntimeError(message)
+    monkeypatch.setattr(loop, '_train', lambda *args: (_ for _ in ()).throw(error))
+    return error
+
+  config = run_config('teacher')
+  fails_with('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12884901888 bytes.\n'
+             'BufferAssignment OOM Debugging.')
+  with pytest.raises(MemoryError) as raised:
+    train_and_evaluate(config, str(tmp_path))
+  assert str(raised.value) == (
+      'The devices ran out of memory (RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12884901888 '
+      f'bytes.). To fit, lower batch_size={config.batch_size} (or raise grad_accum_steps=1: the same batch in '
+      "parts); or set model.remat_policy='nothing_saveable' (recompute activations; with model.scan=True, one "
+      f'block at a time); or shard params and optimizer state over the {jax.device_count()} devices with '
+      "sharding.fsdp=-1; or compute in compute_dtype='bfloat16'. Checkpoints already saved are kept: the same "
+      'command resumes from the newest.')
+  assert 'BufferAssignment' in str(raised.value.__cause__)  # XLA's whole message, for the reader
+  other = fails_with('INTERNAL: an XLA error that is not about memory')
+  with pytest.raises(jax.errors.JaxRuntimeError) as raised:
+    train_and_evaluate(config, str(tmp_path))
+  assert raised.value is other
 
 
 def test_orbax_out_of_space_errors_become_one_oserror(tmp_path, caplog):

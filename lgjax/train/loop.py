@@ -251,11 +251,39 @@ def state_init(init: Callable, optimizer: Any, backend: Any, init_rng: jax.Array
   return jax.jit(make, out_shardings=shardings), shardings
 
 
+def out_of_memory(config: Any, error: Exception) -> MemoryError:
+  """XLA's RESOURCE_EXHAUSTED as the fields that trade memory for time, with its first line."""
+  fsdp = (config.get('sharding') or {}).get('fsdp', 1)
+  changes = [f'lower batch_size={config.batch_size} (or raise grad_accum_steps={config.grad_accum_steps}: '
+             'the same batch in parts)']
+  if not config.model.get('remat_policy'):
+    changes.append("set model.remat_policy='nothing_saveable' (recompute activations; with model.scan=True, "
+                   'one block at a time)')
+  if fsdp == 1 and jax.device_count() > 1:
+    changes.append(f'shard params and optimizer state over the {jax.device_count()} devices with sharding.fsdp=-1')
+  if config.compute_dtype == 'float32':
+    changes.append("compute in compute_dtype='bfloat16'")
+  first = str(error).strip().splitlines()[0][:300]
+  return MemoryError(f'The devices ran out of memory ({first}). To fit, {"; or ".join(changes)}. '
+                     'Checkpoints already saved are kept: the same command resumes from the newest.')
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains `config.kind` for config.total_steps, resuming from workdir, and exports
-  the result to workdir/export/. Returns the final metrics."""
+  the result to workdir/export/. Returns the final metrics. Raises MemoryError, saying
+  which fields to change, when XLA runs out of device memory."""
   check_config(config)
   config = resolve(config)
+  try:
+    return _train(config, workdir)
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    raise out_of_memory(config, e) from e
+
+
+def _train(config: Any, workdir: str) -> dict[str, float]:
+  """train_and_evaluate's run, on the resolved config."""
   backend = parallel.make_backend(config.parallelism, config.get('sharding'))
   teacher, teacher_params = load_teacher(config, config.compute_dtype)
   image_shape = data.image_shape(config.dataset)
