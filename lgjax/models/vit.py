@@ -45,10 +45,11 @@ POSEMBS = ('learn', 'sincos2d')
 POOL_TYPES = ('gap', 'tok')
 FINAL_NORMS = ('tokens', 'pooled')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')  # jax.nn.dot_product_attention's `implementation`
-NORM_IMPLS = (None, 'pallas')  # how residual adds and the LayerNorms after them run (residual_norm)
-MLP_IMPLS = (None, 'pallas')  # how the MLP's bias and GELU run: XLA's kernels or the matmuls' (gelu_mlp)
-QKV_IMPLS = (None, 'pallas')  # how the query's bias and dx's sum run: XLA's kernels or the matmuls' (qkv_projection)
-KERNEL_IMPLS = ('norm_impl', 'mlp_impl', 'qkv_impl')  # the fields naming a Pallas kernel (or XLA's ops)
+# The fields naming a Pallas kernel: how residual adds and the LayerNorms after them run
+# (residual_norm), the MLP's bias and GELU (gelu_mlp), the query's bias and dx's sum
+# (qkv_projection). Each is None (XLA's ops) or 'pallas' (lgjax's kernel that fuses them).
+KERNEL_IMPLS = ('norm_impl', 'mlp_impl', 'qkv_impl')
+KERNEL_CHOICES = (None, 'pallas')
 # What each block keeps for the backward pass (names in jax.checkpoint_policies); None: all.
 REMAT_POLICIES = (None, 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
@@ -179,8 +180,8 @@ def check_config(config: dict[str, Any]) -> None:
     if not 0.0 <= get(k) < 1.0:
       raise ValueError(f'{k} must be in [0, 1), got {get(k)!r}.')
   inits.get(get('param_init'))
-  check_choice(('attention_impl', ATTENTION_IMPLS), ('norm_impl', NORM_IMPLS), ('mlp_impl', MLP_IMPLS),
-               ('qkv_impl', QKV_IMPLS), ('remat_policy', REMAT_POLICIES))
+  check_choice(('attention_impl', ATTENTION_IMPLS), ('remat_policy', REMAT_POLICIES),
+               *((k, KERNEL_CHOICES) for k in KERNEL_IMPLS))
   for k in KERNEL_IMPLS:
     batched_kernels.check_available(k, get(k))
   for k in ('num_classes', 'mlp_dim'):
