@@ -92,11 +92,11 @@ def main(argv):
       recipe.run_recipe(_CONFIG.value, _WORKDIR.value)
       return
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except OSError as e:  # a full disk is the user's to fix: one line, not a traceback
+  except (MemoryError, FileNotFoundError) as e:  # a batch too big for the devices, a wrong path: one
+    sys.exit(f'train.py: {e}')                   # line naming the fields to change, not a traceback
+  except OSError as e:  # so is a full disk
     if e.errno != errno.ENOSPC:
       raise
-    sys.exit(f'train.py: {e}')
-  except MemoryError as e:  # so is a batch or model too big for the devices: what to change
     sys.exit(f'train.py: {e}')
   if jax.process_index() == 0:
     print('Final: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'

@@ -143,6 +143,9 @@ def test_every_recipe_takes_the_vits_runtime_fields_from_the_command_line(recipe
      "train.py: --config: [Errno 2] No such file or directory: 'configs/techer.py'; the recipes are configs/demo.py, "),
     (['--config=configs/teacher.py:mnist'], "train.py: flag --config=configs/teacher.py:mnist: config arg must be "
                                             "PRESET[,SIZE][,runlocal] (SIZE one of ('Ti', 'S', 'B', 'L', 'H'), not "),
+    # a directory the config names that holds nothing to read: the field, before anything is written
+    (['--config=configs/tleg_aux.py:mnist5k', '--config.teacher.dir=/nonexistent/teacher'],
+     "train.py: teacher.dir='/nonexistent/teacher': Missing '/nonexistent/teacher/model_config.json'.\n"),
 ])
 def test_a_config_typo_or_bad_value_is_one_line_before_any_work(args, message, tmp_path):
   import subprocess

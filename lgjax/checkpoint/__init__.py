@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +76,15 @@ def read_json(path: str) -> dict:
   if not isinstance(obj, dict):
     raise ValueError(f'{path}: expected a JSON object, got a {type(obj).__name__}.')
   return obj
+
+
+def load_from(field: str, path: str, load: Callable[[str], Any]) -> Any:
+  """load(path) for the directory config field `field` holds: a missing file names the
+  field, the flag to fix (--config.teacher.dir, ...)."""
+  try:
+    return load(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'{field}={path!r}: {e}') from None
 
 
 def image_shape_of(params: PyTree, model_config: dict) -> tuple[int, int, int]:

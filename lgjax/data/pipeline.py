@@ -69,8 +69,9 @@ def data_source(dataset: Any, split: str) -> Any:
     return tfds.data_source(dataset.name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types for "not prepared here"
     raise FileNotFoundError(
-        f'tfds dataset {dataset.name!r} split {split!r} is not prepared in '
-        f'{data_dir or "the default TFDS data dir"} ({type(e).__name__}: {str(e)[:200]}). Prepare it '
+        f'dataset.name={dataset.name!r}: the tfds split {split!r} is not prepared in dataset.data_dir='
+        f'{data_dir or "None (the default TFDS data dir)"} ({type(e).__name__}: '
+        f'{str(e).strip().splitlines()[0][:200]}). Prepare it '
         f'once, in the array_record format that random access needs (tfds build needs TensorFlow, '
         f'which the "data" extra brings):\n'
         f'  pip install -e ".[data]"\n'

@@ -82,12 +82,12 @@ def descendant_learngene(config: Any, method: registry.Method, options: dict) ->
   """The descendant's learngene: read from init.learngene_dir, or made here by the
   method from init.source (any ViT that load_params reads)."""
   if config.init.get('source'):
-    params, source_config = checkpoint.load_params(config.init.source)
+    params, source_config = checkpoint.load_from('init.source', config.init.source, checkpoint.load_params)
     try:
       return method.from_source(params, source_config, **options)
     except ValueError as e:
       raise ValueError(f'init.method={method.name!r} from init.source={config.init.source!r}: {e}') from None
-  learngene, meta = load_learngene(config.init.learngene_dir)
+  learngene, meta = checkpoint.load_from('init.learngene_dir', config.init.learngene_dir, load_learngene)
   if meta['method'] != method.name:
     raise ValueError(f'init.method={method.name!r} but init.learngene_dir={config.init.learngene_dir!r} '
                      f'holds a {meta["method"]!r} learngene.')

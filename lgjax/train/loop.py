@@ -139,7 +139,7 @@ def load_teacher(config: Any, compute_dtype: str) -> tuple[ViT | None, Any]:
   """(teacher module, params) from teacher.dir, or (None, None) without distillation."""
   if config.loss.alpha == 0 and config.kind != 'pool_distill':
     return None, None
-  params, teacher_cfg = checkpoint.load_params(config.teacher.dir)
+  params, teacher_cfg = checkpoint.load_from('teacher.dir', config.teacher.dir, checkpoint.load_params)
   if teacher_cfg.get('num_classes') != config.model.num_classes:
     raise ValueError(f'teacher.dir {config.teacher.dir!r} has num_classes={teacher_cfg.get("num_classes")} '
                      f'but model.num_classes={config.model.num_classes}; distillation needs the same classes.')

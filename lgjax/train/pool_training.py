@@ -84,7 +84,7 @@ def _forward(model: ViT, params, image):
 
 def distill_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
   configs = instance_configs(config)
-  _, teacher_cfg = checkpoint.load_params(config.teacher.dir)
+  _, teacher_cfg = checkpoint.load_from('teacher.dir', config.teacher.dir, checkpoint.load_params)
   pairs = supervised_pairs(config, config.pool.depth, teacher_cfg['depth'])
   students = [ViT(**{**c, 'dtype': config.compute_dtype}) for c in configs]
   d_teacher = teacher_cfg['width']
@@ -156,7 +156,7 @@ def stitched_accuracy(pool: PyTree, configs: Sequence[dict], specs: Sequence[Seq
 
 
 def stitched_kind(config: Any, image_shape: Sequence[int], Kind) -> Any:
-  trained_pool, meta = load_learngene(config.pool.dir)
+  trained_pool, meta = checkpoint.load_from('pool.dir', config.pool.dir, load_learngene)
   if meta['method'] != 'pool':
     raise ValueError(f'pool.dir={config.pool.dir!r} holds a {meta["method"]!r} learngene, not a pool.')
   configs = meta['instance_configs']
