@@ -96,9 +96,9 @@ def read_learngene(method, options: dict) -> tuple[object, dict, str]:
   if _SOURCE.value:
     if method.from_source is None:
       raise app.UsageError(f'--method={method.name} expands a trained learngene: give --learngene, not --source.')
-    params, source_config = checkpoint.load_params(_SOURCE.value)
+    params, source_config = checkpoint.load_from('--source', _SOURCE.value, checkpoint.load_params)
     return method.from_source(params, source_config, **options), source_config, _SOURCE.value
-  learngene, meta = load_learngene(_LEARNGENE.value)
+  learngene, meta = checkpoint.load_from('--learngene', _LEARNGENE.value, load_learngene)
   if meta['method'] != method.name:
     raise app.UsageError(f'--method={method.name} but {_LEARNGENE.value!r} holds a {meta["method"]} learngene.')
   return learngene, meta['model_config'], _LEARNGENE.value
@@ -142,7 +142,7 @@ def stitch():
     spec = tuple(int(v) for v in _SPEC.value)
   except ValueError:
     raise app.UsageError(f'--spec must be four integers, got {",".join(_SPEC.value)!r}.') from None
-  learngene, meta = load_learngene(_LEARNGENE.value)
+  learngene, meta = checkpoint.load_from('--learngene', _LEARNGENE.value, load_learngene)
   if 'instance_configs' not in meta:
     raise app.UsageError(f'--spec stitches a pool, but {_LEARNGENE.value!r} holds a {meta["method"]} learngene.')
   configs = meta['instance_configs']
