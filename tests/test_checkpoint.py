@@ -61,6 +61,7 @@ def test_npz_round_trip_never_unpickles(tmp_path):
   _equal(checkpoint.load_npz(str(tmp_path / 'p.npz')), params)
 
 
+@pytest.mark.slow  # end to end (the CLI in a fresh process): the slow tier
 def test_expand_cli_end_to_end(tmp_path):
   lg_dir, out = str(tmp_path / 'tleg'), str(tmp_path / 'desc')
   lg = tleg.init_learngene(jax.random.key(0), TINY, image_shape=IMAGE_SHAPE)
@@ -112,6 +113,7 @@ def test_expand_cli_sws_scan_and_errors(tmp_path):
     assert failed.stderr.startswith('expand.py: ') and failed.stderr.count('\n') == 1, failed.stderr
 
 
+@pytest.mark.slow  # end to end (the CLI in a fresh process): the slow tier
 def test_expand_cli_condense_to_safetensors(tmp_path):
   from lgjax.learngene import condense
   params = random_like(param_shapes({**TINY, 'depth': 4}, IMAGE_SHAPE))

@@ -352,6 +352,7 @@ def test_a_corrupt_checkpoint_is_damaged_not_restored(tmp_path, capsys, caplog, 
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '5', 'damaged-4']
 
 
+@pytest.mark.slow  # end to end (runs, resumed or in bfloat16): the slow tier
 def test_resume_with_a_changed_model_refuses_and_touches_nothing(tmp_path):
   config = run_config('teacher', total_steps=2, checkpoint_every=1)
   train_and_evaluate(config, str(tmp_path))
@@ -538,6 +539,7 @@ def test_demo_recipe_chains_runs(tmp_path, capsys):
   assert os.path.getsize(tmp_path / recipe.COMPARISON_PLOT) > 1000
 
 
+@pytest.mark.slow  # end to end (runs, resumed or in bfloat16): the slow tier
 def test_bfloat16_compute_keeps_float32_state(tmp_path):
   final = train_and_evaluate(run_config('teacher', total_steps=2, compute_dtype='bfloat16'), str(tmp_path))
   assert np.isfinite(final['loss'])
@@ -941,6 +943,7 @@ def test_an_export_is_whole_or_absent(tmp_path):
   np.testing.assert_array_equal(checkpoint.restore_tree(str(tmp_path / loop.EXPORT_DIR / 'p'))['w'], params['w'])
 
 
+@pytest.mark.slow  # end to end (runs, resumed or in bfloat16): the slow tier
 def test_frozen_params_stay_put_through_a_resume(tmp_path):
   frozen = ('^Transformer/encoderblock_0/', '^embedding/')
   config = run_config('teacher', total_steps=2, checkpoint_every=1, **{'optimizer.frozen': frozen})

@@ -67,6 +67,7 @@ def test_larger_or_other_stem_targets_are_refused(source, change, message):
   with pytest.raises(ValueError, match=message):
     METHODS['weight_selection'].expand(source, {**SOURCE, **change}, rng=jax.random.key(0))
 
+@pytest.mark.slow  # end to end (the CLI in a fresh process): the slow tier
 def test_cli_and_descendant_init_select_from_a_file(tmp_path, source):
   checkpoint.save_params(str(tmp_path / 'big.npz'), source, SOURCE, format='npz')
   out = tmp_path / 'small'

@@ -161,8 +161,8 @@ def preemption_guard():
   got: list[str] = []
   previous = {}
 
-  def interrupted(*_):
-    _say('Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again aborts without saving).')
+  def interrupted(*_):  # os.write: a print here could land inside another print and raise
+    os.write(2, b'Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again aborts).\n')
     got.append('Interrupted')
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
