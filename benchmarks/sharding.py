@@ -18,7 +18,7 @@ h100:N / h200:N, N GPUs of one host (JAX's CUDA plugin, as kernel_bytes): XLA's
 deviceless compilation, best in a scratch virtual environment. Memory is then that
 compiler's account, the budget the chip's HBM, and nothing runs, so there are no step
 times. (Deviceless XLA:GPU 0.10 finds no Triton GEMM tiles for some sharded bf16 steps:
-XLA_FLAGS=--xla_gpu_enable_triton_gemm=false.)
+XLA_FLAGS=--xla_gpu_enable_triton_gemm=false; 0.11 does.)
 
   JAX_NUM_CPU_DEVICES=8 python -m benchmarks.sharding   # CPU devices stand in for accelerators
   python -m benchmarks.sharding --width 1024 --heads 16 --depth 24 --budget-gb 4   # ViT-L layers
