@@ -33,8 +33,8 @@ flags.register_multi_flags_validator(['workdir', 'print_config'], lambda f: f['w
 
 def unloadable(error: OSError) -> str:
   """One line for a --config file that cannot be loaded, naming the recipes there are."""
-  recipes = sorted(f'configs/{n}' for n in os.listdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs'))
-                   if n.endswith('.py') and n not in ('__init__.py', 'common.py'))
+  here = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+  recipes = sorted(f'configs/{n}' for n in os.listdir(here) if n.endswith('.py') and n not in ('__init__.py', 'common.py'))
   return f"train.py: --config: {str(error).strip().splitlines()[-1].strip()}; the recipes are {', '.join(recipes)}."
 
 
