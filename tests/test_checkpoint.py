@@ -133,6 +133,7 @@ def test_expand_cli_condense_to_safetensors(tmp_path):
   assert short.returncode != 0 and 'depth=1 must be >= the 2 condensed learngene layers' in short.stderr
 
 
+@pytest.mark.slow  # two fresh processes: the slow tier
 def test_an_export_written_on_two_devices_loads_on_one(tmp_path):
   """Exports keep no topology: params saved sharded over 2 devices load in a 1-device process."""
   import subprocess

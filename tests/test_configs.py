@@ -131,18 +131,20 @@ def test_every_recipe_takes_the_vits_runtime_fields_from_the_command_line(recipe
 
 @pytest.mark.parametrize('args, message', [
     (['--config.total_step=3'], "train.py: unknown config field 'total_step'. Did you mean \"total_steps\""),
-    (['--config.model.flash=1'], "train.py: unknown config field 'model.flash' (--helpshort"),
+    pytest.param(['--config.model.flash=1'], "train.py: unknown config field 'model.flash' (--helpshort",
+                 marks=pytest.mark.slow),  # the cases that are like another: a fresh process each, the slow tier
     (['--config.loss.alpha=2'], 'train.py: loss.alpha (distillation weight) must be in [0, 1], got 2.0.\n'),
     # a recipe's runs are all checked before the first trains
     (['--config=configs/demo.py:mnist5k', '--config.runs.depth6_tleg.model.depth=0'],
      'train.py: runs.depth6_tleg: model.depth must be an integer >= 1, got 0.\n'),
-    (['--config=configs/demo.py:mnist5k', "--config.order=('teacher', 'depth3_tleg')"],
-     "train.py: order names runs that runs lacks: ['depth3_tleg']; runs has ['depth2_scratch', "),
+    pytest.param(['--config=configs/demo.py:mnist5k', "--config.order=('teacher', 'depth3_tleg')"],
+                 "train.py: order names runs that runs lacks: ['depth3_tleg']; runs has ['depth2_scratch', ",
+                 marks=pytest.mark.slow),
     # the recipe file or its preset
     (['--config=configs/techer.py:mnist5k', '--config.total_steps=3'],
      "train.py: --config: [Errno 2] No such file or directory: 'configs/techer.py'; the recipes are configs/demo.py, "),
-    (['--config=configs/teacher.py:mnist'], "train.py: flag --config=configs/teacher.py:mnist: config arg must be "
-                                            "PRESET[,SIZE][,runlocal] (SIZE one of ('Ti', 'S', 'B', 'L', 'H'), not "),
+    pytest.param(['--config=configs/teacher.py:mnist'], "train.py: flag --config=configs/teacher.py:mnist: config arg "
+                 "must be PRESET[,SIZE][,runlocal] (SIZE one of ('Ti', 'S', 'B', 'L', 'H'), not ", marks=pytest.mark.slow),
     # a directory the config names that holds nothing to read: the field, before anything is written
     (['--config=configs/tleg_aux.py:mnist5k', '--config.teacher.dir=/nonexistent/teacher'],
      "train.py: teacher.dir='/nonexistent/teacher': Missing '/nonexistent/teacher/model_config.json'.\n"),
