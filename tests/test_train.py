@@ -2,6 +2,7 @@ import asyncio
 import functools
 import glob
 import json
+import logging
 import math
 import os
 import re
@@ -845,7 +846,10 @@ def test_a_full_disk_stops_with_one_error_and_keeps_the_last_checkpoint(tmp_path
 def test_running_out_of_device_memory_says_which_fields_to_change(tmp_path, monkeypatch):
   def fails_with(message):  # as a step too big for the devices fails (the run's checkpoints are kept)
     error = jax.errors.JaxRuntimeError(message)
-    monkeypatch.setattr(loop, '_train', lambda *args: (_ for _ in ()).throw(error))
+
+    def train(*args):
+      raise error
+    monkeypatch.setattr(loop, '_train', train)
     return error
 
   config = run_config('teacher')
@@ -919,7 +923,7 @@ def test_a_failed_restores_late_reads_are_quiet_and_other_errors_are_not(tmp_pat
   for args in (late, other, unraisable(ValueError('a real one'))):
     sys.unraisablehook(args)
   assert [str(a.exc_value) for a in seen] == ['Event loop is closed', 'a real one']
-  logger = checkpoints.py_logging.getLogger('asyncio')
+  logger = logging.getLogger('asyncio')
   with caplog.at_level('ERROR', logger='asyncio'):
     for where in (step_dir, os.path.join(str(tmp_path), 'checkpoints', '2')):
       logger.error('Future exception was never retrieved\nfuture: <Future finished exception=ValueError('
